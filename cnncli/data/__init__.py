@@ -1,0 +1,1 @@
+"""Data sources, device-side transforms and the batching pipeline. Knows nothing of models."""

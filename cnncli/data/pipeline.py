@@ -1,0 +1,161 @@
+"""From a source to prepared splits, and from splits to batches.
+
+In-memory datasets live on the device as uint8 arrays; the host only produces index
+batches: a seeded permutation per epoch for training (so batch k of a run is a pure
+function of (seed, k) and a resumed run sees the same batches), and padded, masked
+index batches for evaluation (every example counted exactly once).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from cnncli.config import DataConfig
+from cnncli.data.dataset import Dataset, SourceData, check_labels
+from cnncli.errors import DataError
+
+# The size each source is trained at unless data.image_size says otherwise.
+DEFAULT_IMAGE_SIZE = {"digits": 32}
+
+
+def _holdout(n: int, fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Split range(n) into (kept, held_out) with round(fraction * n) held out."""
+    perm = rng.permutation(n)
+    k = int(round(fraction * n))
+    if k < 1 or k >= n:
+        raise DataError(f"cannot hold out a fraction {fraction} of {n} examples")
+    return np.sort(perm[k:]), np.sort(perm[:k])
+
+
+def resize_images(x: np.ndarray, size: int) -> np.ndarray:
+    """Resize uint8 NHWC images to size x size (bilinear, antialiased), chunked to bound memory."""
+    import jax
+    import jax.numpy as jnp
+
+    if x.shape[1:3] == (size, size):
+        return x
+    out = np.empty((x.shape[0], size, size, x.shape[3]), np.uint8)
+    resize = jax.jit(lambda b: jnp.clip(jnp.round(
+        jax.image.resize(b.astype(jnp.float32), (b.shape[0], size, size, b.shape[3]), "linear")), 0, 255
+    ).astype(jnp.uint8))
+    for start in range(0, x.shape[0], 4096):
+        out[start : start + 4096] = np.asarray(resize(x[start : start + 4096]))
+    return out
+
+
+def convert_channels(x: np.ndarray, channels: int | None) -> np.ndarray:
+    """Grayscale <-> RGB (ITU-R 601 luma for RGB -> gray)."""
+    if channels is None or x.shape[-1] == channels:
+        return x
+    if x.shape[-1] == 1 and channels == 3:
+        return np.repeat(x, 3, axis=-1)
+    if x.shape[-1] == 3 and channels == 1:
+        gray = x.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+        return np.clip(np.round(gray), 0, 255).astype(np.uint8)[..., None]
+    raise DataError(f"cannot convert {x.shape[-1]}-channel images to {channels} channels")
+
+
+def channel_stats(x: np.ndarray) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of uint8 images, in [0, 1] units (float64 accumulation)."""
+    flat = x.reshape(-1, x.shape[-1]).astype(np.float64) / 255.0
+    mean = flat.mean(axis=0)
+    std = flat.std(axis=0)
+    std = np.where(std > 0, std, 1.0)
+    return [float(v) for v in mean], [float(v) for v in std]
+
+
+def prepare_dataset(cfg: DataConfig, src: SourceData | None = None) -> Dataset:
+    """Load the source, hold out the missing splits (seeded), convert size/channels, compute stats."""
+    from cnncli.data.sources import load_source
+
+    if src is None:
+        src = load_source(cfg)
+    x_train, y_train = src.train
+    num_classes = len(src.class_names)
+    rng = np.random.default_rng(cfg.split_seed)
+    split_info: dict = {"split_seed": cfg.split_seed, "source_train_size": int(len(y_train))}
+    if src.test is None:
+        keep, held = _holdout(len(y_train), cfg.test_fraction, rng)
+        split_info["test_indices"] = held.tolist()
+        test = (x_train[held], y_train[held])
+        x_train, y_train = x_train[keep], y_train[keep]
+        base = keep
+    else:
+        test = src.test
+        base = np.arange(len(y_train))
+    if src.val is None:
+        keep, held = _holdout(len(y_train), cfg.val_fraction, rng)
+        split_info["val_indices"] = base[held].tolist()
+        val = (x_train[held], y_train[held])
+        x_train, y_train = x_train[keep], y_train[keep]
+        base = base[keep]
+    else:
+        val = src.val
+    split_info["train_indices"] = base.tolist()
+
+    size = cfg.image_size or DEFAULT_IMAGE_SIZE.get(cfg.source)
+    splits = {}
+    for name, (x, y) in (("train", (x_train, y_train)), ("val", val), ("test", test)):
+        x = convert_channels(np.asarray(x), cfg.channels)
+        if size is not None:
+            x = resize_images(x, size)
+        splits[name] = (x, check_labels(y, num_classes, f"{cfg.source} {name} split"))
+    if len({splits[s][0].shape[1:] for s in splits}) != 1:
+        raise DataError("train, val and test images differ in size or channels; set data.image_size")
+    if cfg.normalize:
+        mean, std = channel_stats(splits["train"][0])
+        channels = splits["train"][0].shape[-1]
+        if cfg.mean is not None:
+            mean = _per_channel(cfg.mean, channels, "data.mean")
+        if cfg.std is not None:
+            std = _per_channel(cfg.std, channels, "data.std")
+    else:
+        c = splits["train"][0].shape[-1]
+        mean, std = [0.0] * c, [1.0] * c
+    return Dataset(
+        *splits["train"], *splits["val"], *splits["test"],
+        class_names=list(src.class_names), mean=mean, std=std, source=cfg.source,
+        split_info=split_info, description=src.description,
+    )
+
+
+def _per_channel(values: list[float], channels: int, key: str) -> list[float]:
+    if len(values) == channels:
+        return list(values)
+    if len(values) == 1:
+        return list(values) * channels
+    raise DataError(f"'{key}' has {len(values)} values but the images have {channels} channels")
+
+
+class TrainIndexStream:
+    """Global index batches for training: permutation per epoch from (seed, epoch); last partial batch dropped."""
+
+    def __init__(self, num_examples: int, batch_size: int, seed: int):
+        if num_examples < batch_size:
+            raise DataError(f"the training split has {num_examples} examples, fewer than train.batch_size={batch_size}")
+        self.n, self.batch_size, self.seed = num_examples, batch_size, seed
+        self.steps_per_epoch = num_examples // batch_size
+        self._epoch, self._perm = -1, None
+
+    def batch(self, step: int) -> np.ndarray:
+        """Indices of the batch used at global step `step` (0-based)."""
+        epoch, i = divmod(step, self.steps_per_epoch)
+        if epoch != self._epoch:
+            self._perm = np.random.default_rng([self.seed, epoch]).permutation(self.n).astype(np.int32)
+            self._epoch = epoch
+        return self._perm[i * self.batch_size : (i + 1) * self.batch_size]
+
+
+def eval_index_batches(num_examples: int, batch_size: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(indices, mask) batches covering every example once; the last one padded with index 0, mask False."""
+    batches = []
+    for b in range(math.ceil(num_examples / batch_size)):
+        idx = np.arange(b * batch_size, min((b + 1) * batch_size, num_examples), dtype=np.int32)
+        mask = np.ones(batch_size, bool)
+        if len(idx) < batch_size:
+            mask[len(idx) :] = False
+            idx = np.concatenate([idx, np.zeros(batch_size - len(idx), np.int32)])
+        batches.append((idx, mask))
+    return batches

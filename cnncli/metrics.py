@@ -1,0 +1,145 @@
+"""Metric writers (JSONL, per-epoch CSV, TensorBoard) and the Rich progress display."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+CSV_COLUMNS = ["epoch", "step", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_top5_accuracy",
+               "lr", "images_per_sec", "epoch_time_s", "wall_time_s"]
+
+
+def _clean(v: Any) -> Any:
+    if isinstance(v, float) and not math.isfinite(v):
+        return str(v)  # JSON has no NaN/Inf
+    return v
+
+
+def truncate_after(path: Path, step: int) -> None:
+    """Drop JSONL records with step > `step` (used when resuming from an earlier checkpoint)."""
+    if not path.exists():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line).get("step", 0) <= step:
+                keep.append(line)
+        except json.JSONDecodeError:
+            continue  # a torn last line from a killed process
+    path.write_text("".join(line + "\n" for line in keep))
+
+
+def truncate_csv_after(path: Path, step: int) -> None:
+    if not path.exists():
+        return
+    with path.open() as f:
+        rows = [r for r in csv.DictReader(f) if r.get("step") and int(float(r["step"])) <= step]
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
+        w.writeheader()
+        w.writerows(rows)
+
+
+class MetricsWriter:
+    """Appends metric records to metrics.jsonl (+ TensorBoard) and epoch rows to metrics.csv."""
+
+    def __init__(self, jsonl: Path, csv_path: Path, tensorboard_dir: Path | None = None):
+        self.jsonl_path, self.csv_path = jsonl, csv_path
+        self._jsonl = jsonl.open("a")
+        new_csv = not csv_path.exists() or csv_path.stat().st_size == 0
+        self._csv_file = csv_path.open("a", newline="")
+        self._csv = csv.DictWriter(self._csv_file, fieldnames=CSV_COLUMNS, extrasaction="ignore")
+        if new_csv:
+            self._csv.writeheader()
+        self._tb = None
+        if tensorboard_dir is not None:
+            try:
+                from tensorboardX import SummaryWriter
+
+                self._tb = SummaryWriter(str(tensorboard_dir), flush_secs=10)
+            except ImportError:
+                self._tb = None
+
+    def write(self, step: int, epoch: float, split: str, values: dict[str, float]) -> None:
+        record = {"step": int(step), "epoch": round(float(epoch), 4), "split": split}
+        for k, v in values.items():
+            if isinstance(v, float):
+                v = _clean(v)
+            elif hasattr(v, "item"):  # numpy / jax scalars
+                v = _clean(v.item())
+            record[k] = v
+        self._jsonl.write(json.dumps(record) + "\n")
+        self._jsonl.flush()
+        if self._tb is not None:
+            for k, v in values.items():
+                if isinstance(v, (int, float)) and math.isfinite(float(v)):
+                    self._tb.add_scalar(f"{split}/{k}", float(v), int(step))
+
+    def write_epoch_row(self, row: dict[str, Any]) -> None:
+        self._csv.writerow(row)
+        self._csv_file.flush()
+
+    def close(self) -> None:
+        self._jsonl.close()
+        self._csv_file.close()
+        if self._tb is not None:
+            self._tb.close()
+
+
+class TrainProgress:
+    """Live progress: epoch, step, loss, accuracy, learning rate, images/s (compile excluded), ETA.
+
+    On a terminal it is a Rich progress bar; otherwise the loop's per-epoch lines are all that show.
+    """
+
+    def __init__(self, console, total_steps: int, start_step: int, steps_per_epoch: int, total_epochs: float):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.console = console
+        self.steps_per_epoch, self.total_epochs = steps_per_epoch, total_epochs
+        self.progress = Progress(
+            TextColumn("[bold]epoch {task.fields[epoch]}"),
+            BarColumn(bar_width=24),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[stats]}"),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=console,
+            transient=False,
+            disable=not console.is_terminal,
+        )
+        self.task = self.progress.add_task("train", total=total_steps, completed=start_step,
+                                           epoch=self._epoch(start_step), stats="compiling...")
+
+    def _epoch(self, step: int) -> str:
+        return f"{step // self.steps_per_epoch + 1}/{math.ceil(self.total_epochs)}"
+
+    def __enter__(self) -> TrainProgress:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.progress.stop()
+
+    def update(self, step: int, values: dict[str, float] | None = None) -> None:
+        fields: dict[str, Any] = {"epoch": self._epoch(min(step, self.progress.tasks[0].total - 1))}
+        if values:
+            fields["stats"] = (
+                f"loss {values['loss']:.4f}  acc {values['accuracy']:.3f}  lr {values['lr']:.3g}  "
+                f"{values.get('images_per_sec', 0):.0f} img/s"
+            )
+        self.progress.update(self.task, completed=step, **fields)
+
+
+class Stopwatch:
+    """Wall time split into compile time (first step) and steady-state time."""
+
+    def __init__(self):
+        self.start = time.perf_counter()
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start

@@ -1,0 +1,1 @@
+"""Training: state, optimizer and schedules, pure step functions, and the loop."""
