@@ -1,0 +1,70 @@
+"""The Typer app and what every command shares: error handling, output formats."""
+
+from __future__ import annotations
+
+import functools
+import json
+from enum import Enum
+from typing import Annotated, Any, Optional
+
+import typer
+
+from cnncli.errors import CnnError
+
+app = typer.Typer(
+    name="cnn",
+    help="Train, evaluate and explain classic CNNs (AlexNet, VGG, ResNet) on JAX + Flax NNX + Optax.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+_state = {"debug": False}
+
+
+class Format(str, Enum):
+    table = "table"
+    json = "json"
+
+
+def stderr_console():
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+def cli_errors(fn):
+    """Turn CnnError into one line on stderr and its exit code; --debug re-raises with the traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except CnnError as exc:
+            if _state["debug"]:
+                raise
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            if _state["debug"]:
+                raise
+            typer.echo("interrupted", err=True)
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def print_json(obj: Any) -> None:
+    typer.echo(json.dumps(obj, indent=2))
+
+
+@app.callback()
+def _main(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")] = False) -> None:
+    _state["debug"] = debug
+
+
+SetOption = Annotated[
+    Optional[list[str]],
+    typer.Option("--set", "-s", help="Override a config key, e.g. --set optimizer.lr=0.05 (repeatable)."),
+]

@@ -1,0 +1,74 @@
+"""`cnn train`: run an experiment into a run directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from cnncli.cli.app import Format, SetOption, cli_errors, print_json, stderr_console, app
+
+
+@app.command()
+@cli_errors
+def train(
+    config: Annotated[Optional[Path], typer.Argument(help="YAML experiment file.", show_default=False)] = None,
+    overrides: SetOption = None,
+    name: Annotated[Optional[str], typer.Option(help="Run name under output.root (default: config stem + time).")] = None,
+    run_dir: Annotated[Optional[Path], typer.Option("--run-dir", help="Exact run directory path.")] = None,
+    resume: Annotated[Optional[Path], typer.Option(help="Continue this run from its newest checkpoint.")] = None,
+    force: Annotated[bool, typer.Option(help="Replace an existing run directory.")] = False,
+    print_config: Annotated[bool, typer.Option("--print-config", help="Print the resolved config and exit.")] = False,
+    format: Annotated[Format, typer.Option("--format", help="Final summary format.")] = Format.table,
+) -> None:
+    """Train a model; writes a run directory (config, metrics, checkpoints, results)."""
+    from cnncli.config import load_config
+    from cnncli.errors import ConfigError
+    from cnncli.rundir import RunDir, default_run_name
+
+    if resume is not None:
+        run = RunDir.open(resume)
+        cfg = load_config(run.config, overrides)
+    else:
+        if config is None:
+            raise ConfigError("give a CONFIG file (e.g. configs/digits_resnet20.yaml) or --resume RUN_DIR")
+        cfg = load_config(config, overrides)
+        run = None
+    if print_config:
+        typer.echo(cfg.to_yaml(), nl=False)
+        return
+    if run is None:
+        path = run_dir or Path(cfg.output.root) / (name or default_run_name(config))
+        run = RunDir.create(path, force=force)
+
+    from cnncli.train.loop import train_and_evaluate
+
+    console = stderr_console()
+    summary = train_and_evaluate(cfg, run, resume=resume is not None, console=console)
+    if format == Format.json:
+        print_json(summary)
+    else:
+        _print_train_summary(summary, console)
+
+
+def _print_train_summary(s: dict, console) -> None:
+    from rich.table import Table
+
+    test = s["test"]
+    t = Table(title=f"run {s['run_dir']}", show_header=False, box=None)
+    best_key = next(k for k in s if k.startswith("best_val"))
+    rows = [
+        ("steps / epochs", f"{s['steps']} / {s['epochs']:.2f}"),
+        ("best checkpoint", f"step {s['best_step']} (epoch {s['best_epoch']:.2f}), {best_key[5:]} {s[best_key]:.4f}"),
+        ("test accuracy", f"{test['accuracy']:.4f} (top-5 {test['top5_accuracy']:.4f}), loss {test['loss']:.4f}, "
+                          f"{test['num_examples']} images"),
+        ("wall time", f"{s['wall_time_s']:.1f} s (compile {s['compile_time_s']:.1f} s)"),
+        ("throughput", f"{s['images_per_sec']:.0f} images/s" if s["images_per_sec"] else "-"),
+        ("checkpoints", s["checkpoints"]),
+    ]
+    if s.get("exported"):
+        rows.append(("exported weights", s["exported"]))
+    for k, v in rows:
+        t.add_row(f"[bold]{k}[/]", v)
+    console.print(t)
