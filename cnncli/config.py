@@ -7,6 +7,7 @@ once, here; everything downstream receives a typed `Config`.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -139,6 +140,7 @@ class TrainConfig:
     ema_decay: float | None = None
     on_nonfinite: str = field(default="stop", metadata=_choices("stop", "skip"))
     early_stopping_patience: int | None = None  # evaluations without improvement of best_metric
+    eval_test: bool = False  # also evaluate the test split at every evaluation (learning-curve figures)
 
 
 @dataclass
@@ -169,6 +171,9 @@ class Config:
 
 
 # ----------------------------------------------------------------------------- validation
+
+
+_FLOAT_LITERAL = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 
 def _type_name(tp: Any) -> str:
@@ -216,6 +221,8 @@ def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str) and _FLOAT_LITERAL.fullmatch(value.strip()):
+            return float(value)  # PyYAML reads `1e-4` (no dot) as a string
     elif tp is str:
         if isinstance(value, str):
             return value

@@ -76,3 +76,11 @@ def test_resolved_yaml_round_trips(tmp_path):
     again = load_config(write(tmp_path, cfg.to_yaml()))
     assert again == cfg
     assert Config() != cfg
+
+
+def test_exponent_without_dot_is_a_number(tmp_path):
+    # PyYAML parses `1e-4` as a string; numbers written that way are common in configs
+    cfg = load_config(write(tmp_path, "optimizer:\n  weight_decay: 1e-4\n"), ["optimizer.lr=5e-2"])
+    assert cfg.optimizer.weight_decay == 1e-4 and cfg.optimizer.lr == 0.05
+    with pytest.raises(ConfigError, match="'optimizer.lr' must be number"):
+        load_config(write(tmp_path, "optimizer:\n  lr: 1e-4x\n"))

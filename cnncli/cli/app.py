@@ -31,7 +31,7 @@ class Format(str, Enum):
 def stderr_console():
     from rich.console import Console
 
-    return Console(stderr=True)
+    return Console(stderr=True, soft_wrap=True)
 
 
 def cli_errors(fn):

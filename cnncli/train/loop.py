@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from cnncli.config import Config
-from cnncli.errors import ConfigError, TrainingError, TrainingInterrupted
+from cnncli.errors import CheckpointError, ConfigError, TrainingError, TrainingInterrupted
 from cnncli.rundir import RunDir
 
 
@@ -72,6 +72,14 @@ class _SignalCatcher:
         self.signum = signum
 
 
+def _peak_memory_bytes() -> int | None:
+    """Peak device memory of the first local device, where the backend reports it (GPU/TPU; not CPU)."""
+    import jax
+
+    stats = jax.local_devices()[0].memory_stats() or {}
+    return stats.get("peak_bytes_in_use")
+
+
 def _model_tree(state) -> dict:
     tree = {"params": state.params, "batch_stats": state.batch_stats}
     if state.ema_params is not None:
@@ -100,7 +108,7 @@ def train_and_evaluate(cfg: Config, run: RunDir, *, resume: bool = False, consol
     from cnncli.train.state import init_train_state, split_model
     from cnncli.train.step import make_train_step
 
-    console = console or Console(stderr=True)
+    console = console or Console(stderr=True, soft_wrap=True)
     wall_start = time.perf_counter()
     t = cfg.train
 
@@ -149,7 +157,8 @@ def train_and_evaluate(cfg: Config, run: RunDir, *, resume: bool = False, consol
         latest = manager.latest_step()
         saved = manager.restore_meta(latest).get("model", {})
         if saved and saved != identity:
-            raise TrainingError(f"cannot resume: the checkpoint holds {saved} but the config now asks for {identity}")
+            raise CheckpointError(f"cannot resume {run.path}: its checkpoint holds {saved} but the config now asks for "
+                                  f"{identity}")
         model_tree, train_tree, meta = manager.restore(latest, _model_tree(state), _train_tree(state))
         state = state.replace(params=model_tree["params"], batch_stats=model_tree["batch_stats"],
                               ema_params=model_tree.get("ema_params"), **train_tree)
@@ -228,6 +237,9 @@ def train_and_evaluate(cfg: Config, run: RunDir, *, resume: bool = False, consol
         window_start, window_images = now, 0
         counters = jax.device_get((state.nonfinite_steps, state.first_nonfinite_step))
         vals["nonfinite_steps"] = int(counters[0])
+        peak = _peak_memory_bytes()
+        if peak is not None:
+            vals["peak_memory_bytes"] = peak
         for f in fetched:
             epoch_sums["loss"] += float(f["loss"])
             epoch_sums["accuracy"] += float(f["accuracy"])
@@ -239,9 +251,9 @@ def train_and_evaluate(cfg: Config, run: RunDir, *, resume: bool = False, consol
             manager.wait()
             good = manager.latest_step()
             where = f"{run.checkpoints / str(good)}" if good is not None else "none (no checkpoint was written yet)"
-            run.set_status("failed", reason=f"non-finite loss at step {int(counters[1])}")
+            run.set_status("failed", reason=f"non-finite loss at step {int(counters[1]) + 1}")
             raise TrainingError(
-                f"loss or gradient became NaN/Inf at step {int(counters[1])}; training stopped. "
+                f"loss or gradient became NaN/Inf at step {int(counters[1]) + 1}; training stopped. "
                 f"Last good checkpoint: {where}. Lower optimizer.lr or set train.on_nonfinite=skip")
 
     with catcher.installed(), TrainProgress(console, total_steps, start_step, spe, total_epochs) as progress:
@@ -271,6 +283,8 @@ def train_and_evaluate(cfg: Config, run: RunDir, *, resume: bool = False, consol
                     ema_val = evaluate("val", state.ema_params, state.batch_stats)
                     extra = {"ema_accuracy": ema_val["accuracy"], "ema_loss": ema_val["loss"]}
                 writer.write(done, done / spe, "val", {**val, **extra})
+                if t.eval_test:
+                    writer.write(done, done / spe, "test", evaluate("test", state.params, state.batch_stats))
                 score = val["accuracy"] if t.best_metric == "val_accuracy" else val["loss"]
                 # Ties go to the later step (as the checkpoint policy keeps it); only strict gains reset patience.
                 prev = best["value"]

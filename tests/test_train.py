@@ -1,0 +1,204 @@
+"""Training engine: losses, accumulation, faults (NaN, signals, kill -9, torn saves), resume."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from cnncli.cli import app
+from cnncli.config import AugmentConfig, OptimizerConfig, ScheduleConfig
+from cnncli.models import create_model
+from cnncli.train.optim import build_optimizer, build_schedule
+from cnncli.train.state import init_train_state, split_model
+from cnncli.train.step import cross_entropy, make_train_step
+
+runner = CliRunner()
+
+
+def records(run, split=None):
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if split is None or r["split"] == split]
+
+
+def test_label_smoothing_against_numpy():
+    logits = jnp.array([[2.0, -1.0, 0.5], [0.1, 0.2, 3.0]])
+    labels = jnp.array([0, 1])
+    eps = 0.1
+    got = np.asarray(cross_entropy(logits, labels, 3, eps))
+    lg = np.asarray(logits, np.float64)
+    logp = lg - np.log(np.exp(lg).sum(-1, keepdims=True))
+    target = np.full((2, 3), eps / 3)
+    target[[0, 1], [0, 1]] += 1 - eps
+    assert np.allclose(got, -(target * logp).sum(-1), atol=1e-6)
+    assert np.allclose(np.asarray(cross_entropy(logits, labels, 3)), -logp[[0, 1], [0, 1]], atol=1e-6)
+
+
+def _one_step(accum: int):
+    # VGG without BatchNorm and without dropout: the gradient of a batch is the mean of its parts
+    model = create_model("vgg11", width=0.0625, dropout=0.0, num_classes=4, input_shape=(32, 32, 3), seed=0)
+    parts, params, stats = split_model(model)
+    sched = build_schedule(ScheduleConfig(), 0.05, 1, 1)
+    tx = build_optimizer(OptimizerConfig(name="sgd", lr=0.05, momentum=0.0), sched)
+    step = jax.jit(make_train_step(parts, tx, sched, num_classes=4, augment=AugmentConfig(), mean=[0.5] * 3,
+                                   std=[0.25] * 3, seed=0, grad_accum_steps=accum))
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8))
+    y = jnp.asarray(rng.integers(0, 4, 8).astype(np.int32))
+    state, metrics = step(init_train_state(params, stats, tx, ema=False), x, y)
+    return state, metrics
+
+
+def test_gradient_accumulation_equals_one_large_batch():
+    big, m1 = _one_step(1)
+    acc, m4 = _one_step(4)
+    assert float(m1["loss"]) == pytest.approx(float(m4["loss"]), rel=1e-5)
+    assert float(m1["grad_norm"]) == pytest.approx(float(m4["grad_norm"]), rel=1e-4)
+    for a, b in zip(jax.tree.leaves(big.params), jax.tree.leaves(acc.params)):
+        assert np.allclose(a, b, atol=1e-6)
+
+
+def cnn(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def test_nan_stops_with_the_step_and_skip_counts(tiny_config, tmp_path):
+    res = cnn("train", tiny_config, "--run-dir", tmp_path / "stop", "--set", "optimizer.lr=1e30")
+    assert res.exit_code == 3
+    assert "NaN/Inf at step 2" in res.output and "no checkpoint was written yet" in res.output
+    assert json.loads((tmp_path / "stop" / "status.json").read_text())["status"] == "failed"
+
+    res = cnn("train", tiny_config, "--run-dir", tmp_path / "skip", "--set", "optimizer.lr=1e30",
+              "--set", "train.on_nonfinite=skip")
+    assert res.exit_code == 0, res.output
+    last = records(tmp_path / "skip", "train")[-1]
+    assert last["step"] == 8 and 1 <= last["nonfinite_steps"] <= 7
+
+
+def _spawn(args, cwd):
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    return subprocess.Popen([sys.executable, "-m", "cnncli.cli", *map(str, args)], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for(predicate, proc, timeout=120):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return True
+        if proc.poll() is not None:
+            return False
+        time.sleep(0.05)
+    return False
+
+
+def _train_steps_seen(run):
+    return (run / "metrics.jsonl").exists() and len(records(run, "train")) >= 3
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_writes_checkpoint_and_resume_completes(tiny_config, tmp_path, sig, code):
+    run = tmp_path / "run"
+    args = ["train", tiny_config, "--run-dir", run, "--set", "train.steps=400", "--set", "train.log_every_steps=1",
+            "--set", "train.eval_every_steps=1000", "--set", "train.checkpoint_every_steps=1000"]
+    proc = _spawn(args, tmp_path)
+    assert _wait_for(lambda: _train_steps_seen(run), proc), proc.communicate()
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == code, err
+    assert "checkpoint written; resume with: cnn train --resume" in err and "Traceback" not in err
+    status = json.loads((run / "status.json").read_text())
+    assert status["status"] == "interrupted"
+    stopped = status["step"]
+    assert 3 <= stopped < 400
+    assert (run / "checkpoints" / str(stopped)).is_dir()
+
+    res = cnn("train", "--resume", run, "--set", "train.steps=410")
+    assert res.exit_code == 0, res.output
+    steps = [r["step"] for r in records(run, "train")]
+    assert steps == list(range(1, 411))  # contiguous: nothing lost, nothing repeated
+    assert json.loads((run / "status.json").read_text())["status"] == "finished"
+
+
+@pytest.mark.slow
+def test_kill_9_then_resume_recovers(tiny_config, tmp_path):
+    run = tmp_path / "run"
+    args = ["train", tiny_config, "--run-dir", run, "--set", "train.steps=100", "--set", "train.log_every_steps=1",
+            "--set", "train.checkpoint_every_steps=1", "--set", "train.eval_every_steps=1000",
+            "--set", "train.keep_last=2"]
+    proc = _spawn(args, tmp_path)
+    ck = run / "checkpoints"
+    assert _wait_for(lambda: ck.exists() and sum(p.name.isdigit() for p in ck.iterdir()) >= 2, proc), \
+        proc.communicate()
+    proc.kill()  # SIGKILL: no handler runs, saves may be torn
+    proc.wait()
+    res = cnn("train", "--resume", run, "--set", "train.checkpoint_every_steps=50")
+    assert res.exit_code == 0, res.output
+    assert not list(ck.glob("*orbax-checkpoint-tmp*"))
+    steps = [r["step"] for r in records(run, "train")]
+    assert steps == list(range(1, 101))
+    assert json.loads((run / "results.json").read_text())["num_examples"] == 359
+
+
+def test_torn_save_is_ignored_and_cleaned(tiny_config, tmp_path):
+    run = tmp_path / "run"
+    assert cnn("train", tiny_config, "--run-dir", run).exit_code == 0
+    ck = run / "checkpoints"
+    # what a crash in the middle of saving step 12 leaves behind
+    torn = ck / "12.orbax-checkpoint-tmp-1234"
+    shutil.copytree(ck / "8", torn)
+    shutil.rmtree(torn / "model")
+    res = cnn("train", "--resume", run, "--set", "train.steps=12")
+    assert res.exit_code == 0, res.output
+    assert not torn.exists()
+    assert [r["step"] for r in records(run, "train")][-1] == 12
+    assert "resuming" in res.output and "from step 8" in res.output
+
+
+def test_resume_with_another_model_is_refused(tiny_config, tmp_path):
+    run = tmp_path / "run"
+    assert cnn("train", tiny_config, "--run-dir", run).exit_code == 0
+    res = cnn("train", "--resume", run, "--set", "model.name=resnet32")
+    assert res.exit_code == 2
+    assert "resnet20" in res.output and "resnet32" in res.output
+
+
+def test_tensorboard_events_are_valid_records(tiny_config, tmp_path):
+    """Parse the event file as TensorBoard does: length-prefixed records of Event protos."""
+    import struct
+
+    from tensorboardX.proto import event_pb2
+
+    run = tmp_path / "run"
+    assert cnn("train", tiny_config, "--run-dir", run, "--set", "output.tensorboard=true").exit_code == 0
+    (event_file,) = (run / "tensorboard").glob("events.out.tfevents.*")
+    data = event_file.read_bytes()
+    tags, pos = {}, 0
+    while pos < len(data):
+        (length,) = struct.unpack("<Q", data[pos : pos + 8])
+        ev = event_pb2.Event.FromString(data[pos + 12 : pos + 12 + length])
+        pos += 12 + length + 4
+        for v in ev.summary.value:
+            tags.setdefault(v.tag, []).append((ev.step, v.simple_value))
+    assert pos == len(data)
+    assert [s for s, _ in tags["train/loss"]] == [2, 4, 6, 8]
+    jsonl = {r["step"]: r["loss"] for r in records(run, "train")}
+    assert all(v == pytest.approx(jsonl[s], rel=1e-6) for s, v in tags["train/loss"])
+    assert "val/accuracy" in tags
+
+
+def test_ema_is_evaluated_alongside(tiny_config, tmp_path):
+    run = tmp_path / "run"
+    res = cnn("train", tiny_config, "--run-dir", run, "--set", "train.ema_decay=0.9")
+    assert res.exit_code == 0, res.output
+    val = records(run, "val")
+    assert all("ema_accuracy" in r and 0 <= r["ema_accuracy"] <= 1 for r in val)
