@@ -140,3 +140,20 @@ def test_adaptive_pool_matches_torch_bins():
     assert (m > 0).tolist() == [[True, True, False, False, False],
                                 [False, True, True, True, False],
                                 [False, False, False, True, True]]
+
+
+def test_models_command_json():
+    import json
+
+    from typer.testing import CliRunner
+
+    from cnncli.cli import app
+
+    res = CliRunner().invoke(app, ["models", "vgg1*", "--format", "json"])
+    assert res.exit_code == 0, res.output
+    rows = json.loads(res.stdout)
+    assert [r["name"] for r in rows] == ["vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19",
+                                         "vgg19_bn"]
+    by_name = {r["name"]: r for r in rows}
+    assert by_name["vgg16"]["params"] == EXPECTED["vgg16"] and by_name["vgg16"]["family"] == "vgg"
+    assert by_name["vgg16_bn"]["default_input"] == [224, 224, 3]
