@@ -100,11 +100,12 @@ def train_and_evaluate(cfg: Config, run: RunDir, *, resume: bool = False, consol
 
     from cnncli.checkpoint import CheckpointManager, export_weights
     from cnncli.data.pipeline import TrainIndexStream, prepare_dataset
-    from cnncli.distributed import check_batch_size, make_mesh, replicate, shard_global_batch
+    from cnncli.distributed import check_batch_size, make_mesh, replicate
     from cnncli.evaluate import Evaluator, model_options
     from cnncli.metrics import MetricsWriter, TrainProgress, truncate_after, truncate_csv_after
     from cnncli.models import create_model
     from cnncli.train.optim import PlateauController, build_optimizer, build_schedule
+    from cnncli.train.feeds import make_feed
     from cnncli.train.state import init_train_state, split_model
     from cnncli.train.step import make_train_step
 
@@ -180,15 +181,10 @@ def train_and_evaluate(cfg: Config, run: RunDir, *, resume: bool = False, consol
         std=data.std, seed=t.seed, label_smoothing=t.label_smoothing, grad_accum_steps=t.grad_accum_steps,
         ema_decay=t.ema_decay, stop_on_nonfinite=t.on_nonfinite == "stop")
 
-    def indexed_step(state, data_x, data_y, idx):
-        return step_fn(state, data_x[idx], data_y[idx])
-
-    train_step = jax.jit(indexed_step, donate_argnums=(0,))
     evaluator = Evaluator(parts, num_classes=cfg.model.num_classes, mean=data.mean, std=data.std, mesh=mesh,
                           batch_size=eval_bs)
+    feed = make_feed(data, mesh, step_fn, evaluator, cfg)
     state = replicate(mesh, state)
-    dev = {s: replicate(mesh, (jnp.asarray(data.split(s)[0]), jnp.asarray(data.split(s)[1])))
-           for s in ("train", "val", "test")}
     sizes = data.sizes()
 
     writer = MetricsWriter(run.metrics_jsonl, run.metrics_csv, run.tensorboard if cfg.output.tensorboard else None)
@@ -207,9 +203,7 @@ def train_and_evaluate(cfg: Config, run: RunDir, *, resume: bool = False, consol
             metrics = {"val_accuracy": val["accuracy"], "val_loss": val["loss"]}
         manager.save(step, _model_tree(state), _train_tree(state), meta_for(step, val), metrics)
 
-    def evaluate(split: str, params, stats) -> dict:
-        x, y = dev[split]
-        return evaluator.run(params, stats, x, y, sizes[split])[0]
+    evaluate = feed.evaluate
 
     # ---- the loop ---------------------------------------------------------------------
     catcher = _SignalCatcher()
@@ -257,16 +251,15 @@ def train_and_evaluate(cfg: Config, run: RunDir, *, resume: bool = False, consol
                 f"Last good checkpoint: {where}. Lower optimizer.lr or set train.on_nonfinite=skip")
 
     with catcher.installed(), TrainProgress(console, total_steps, start_step, spe, total_epochs) as progress:
-        for step in range(start_step, total_steps):
-            idx = shard_global_batch(mesh, stream.batch(step))
+        for step, batch in zip(range(start_step, total_steps), feed.batches(stream, start_step, total_steps)):
             if step == start_step:
                 t0 = time.perf_counter()
-                state, m = train_step(state, *dev["train"], idx)
+                state, m = feed.step(state, batch)
                 jax.block_until_ready(m)
                 compile_time = time.perf_counter() - t0
                 window_start = time.perf_counter()
             else:
-                state, m = train_step(state, *dev["train"], idx)
+                state, m = feed.step(state, batch)
                 window_images += t.batch_size
             pending.append(m)
             done = step + 1
@@ -348,6 +341,10 @@ def train_and_evaluate(cfg: Config, run: RunDir, *, resume: bool = False, consol
         "checkpoints": str(run.checkpoints), "exported": str(export_path) if export_path else None,
         "stopped_early": stopped_early,
     }
+    skipped = feed.corrupt_files() if hasattr(feed, "corrupt_files") else []
+    if skipped:
+        summary["corrupt_files_skipped"] = len(skipped)
+        console.print(f"skipped {len(skipped)} unreadable image(s), e.g. {skipped[0]}")
     run.set_status("finished", wall_time_s=wall, best_step=best_step, test_accuracy=test["accuracy"],
                    images_per_sec=summary["images_per_sec"], epochs_done=summary["epochs"],
                    best_value=best["value"])

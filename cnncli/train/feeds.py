@@ -1,0 +1,123 @@
+"""How batches reach the compiled step.
+
+- `ArrayFeed`: in-memory datasets live on the device as uint8; the host sends only an index
+  vector per step, and the jitted step gathers and augments the batch.
+- `FileFeed`: file-backed datasets (image folders) are decoded on the host by Grain workers,
+  ahead of the step, in exactly the order the index stream gives; the step augments on device.
+
+Both feed the same pure train step and evaluate through the same `Evaluator`. Under several
+processes each one decodes / places only its own rows of every global batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from cnncli.data.dataset import Dataset
+from cnncli.data.pipeline import TrainIndexStream, eval_index_batches
+from cnncli.distributed import replicate, shard_global_batch
+
+
+def _local_rows(global_size: int) -> slice:
+    """This process's rows of a global batch."""
+    per = global_size // jax.process_count()
+    return slice(jax.process_index() * per, (jax.process_index() + 1) * per)
+
+
+def _shard_local(mesh, local: np.ndarray, global_size: int) -> jax.Array:
+    from cnncli.distributed import batch_sharding
+
+    if jax.process_count() == 1:
+        return jax.device_put(local, batch_sharding(mesh))
+    return jax.make_array_from_process_local_data(batch_sharding(mesh), local, (global_size, *local.shape[1:]))
+
+
+class _LocalIndexBatches(Sequence):
+    """A lazy sequence of index batches restricted to this process's rows."""
+
+    def __init__(self, batches: Sequence, rows: slice):
+        self.batches, self.rows = batches, rows
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, i):
+        return np.asarray(self.batches[i])[self.rows]
+
+
+class ArrayFeed:
+    """Device-resident uint8 splits; steps take (state, data_x, data_y, indices)."""
+
+    def __init__(self, data: Dataset, mesh, step_fn: Callable, evaluator: Any):
+        self.mesh, self.evaluator = mesh, evaluator
+        self.sizes = data.sizes()
+        self.dev = {s: replicate(mesh, (jnp.asarray(data.split(s)[0]), jnp.asarray(data.split(s)[1])))
+                    for s in ("train", "val", "test")}
+
+        def indexed_step(state, data_x, data_y, idx):
+            return step_fn(state, data_x[idx], data_y[idx])
+
+        self._step = jax.jit(indexed_step, donate_argnums=(0,))
+
+    def batches(self, stream: TrainIndexStream, start: int, stop: int) -> Iterator[tuple]:
+        for step in range(start, stop):
+            yield (*self.dev["train"], shard_global_batch(self.mesh, stream.batch(step)))
+
+    def step(self, state, batch: tuple):
+        return self._step(state, *batch)
+
+    def evaluate(self, split: str, params, batch_stats) -> dict[str, float]:
+        x, y = self.dev[split]
+        return self.evaluator.run(params, batch_stats, x, y, self.sizes[split])[0]
+
+
+class FileFeed:
+    """Host-decoded batches from image files; steps take (state, images, labels)."""
+
+    def __init__(self, data: Dataset, mesh, step_fn: Callable, evaluator: Any, *, num_workers: int,
+                 skip_corrupt: bool):
+        from cnncli.data.files import FileBatchLoader
+
+        self.mesh, self.evaluator = mesh, evaluator
+        self.sizes = data.sizes()
+        size, _, channels = data.image_shape
+        self.loaders = {s: FileBatchLoader(data.split(s)[0], data.split(s)[1], image_size=size, channels=channels,
+                                           num_workers=num_workers, skip_corrupt=skip_corrupt)
+                        for s in ("train", "val", "test")}
+        self._step = jax.jit(step_fn, donate_argnums=(0,))
+
+    def batches(self, stream: TrainIndexStream, start: int, stop: int) -> Iterator[tuple]:
+        rows = _local_rows(stream.batch_size)
+        for x, y in self.loaders["train"].iterate(_LocalIndexBatches(stream.batches(start, stop), rows)):
+            yield (_shard_local(self.mesh, x, stream.batch_size), _shard_local(self.mesh, y, stream.batch_size))
+
+    def step(self, state, batch: tuple):
+        return self._step(state, *batch)
+
+    def evaluate(self, split: str, params, batch_stats) -> dict[str, float]:
+        bs = self.evaluator.batch_size
+        index_batches = eval_index_batches(self.sizes[split], bs)
+        rows = _local_rows(bs)
+        decoded = self.loaders[split].iterate([idx[rows] for idx, _ in index_batches])
+
+        def host_batches():
+            for (x, y), (_, mask) in zip(decoded, index_batches):
+                yield (_shard_local(self.mesh, x, bs), _shard_local(self.mesh, y, bs),
+                       _shard_local(self.mesh, mask[rows], bs))
+
+        return self.evaluator.run_batches(params, batch_stats, host_batches())[0]
+
+    def corrupt_files(self) -> list[str]:
+        return [f for loader in self.loaders.values() for f in loader.corrupt_files]
+
+
+def make_feed(data: Dataset, mesh, step_fn: Callable, evaluator: Any, cfg) -> ArrayFeed | FileFeed:
+    if getattr(data, "file_backed", False):
+        return FileFeed(data, mesh, step_fn, evaluator, num_workers=cfg.data.num_workers,
+                        skip_corrupt=cfg.data.skip_corrupt)
+    return ArrayFeed(data, mesh, step_fn, evaluator)
