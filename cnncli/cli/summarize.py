@@ -1,4 +1,4 @@
-"""`cnn summarize`: explain a model layer by layer."""
+"""`cnn summarize`: explain a model layer by layer, with totals, training memory and XLA's figures."""
 
 from __future__ import annotations
 
@@ -6,36 +6,84 @@ from typing import Annotated, Optional
 
 import typer
 
-from cnncli.cli.app import Format, cli_errors, print_json, app
+from cnncli.cli.app import app, cli_errors, print_json
+
+FORMATS = ("table", "json", "markdown", "csv")
+DTYPES = ("float32", "bfloat16", "float16")
+OPTIMIZERS = ("sgd", "sgd_momentum", "adam")
+
+
+# Options are parsed here rather than by Typer so that a bad value is one line and exit 2.
+def _positive(value: Optional[str], option: str) -> Optional[int]:
+    from cnncli.summary import SummaryError
+
+    if value is None:
+        return None
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise SummaryError(f"{option} must be a positive integer, got {value!r}")
+    return n
+
+
+def _choice(value: Optional[str], option: str, choices: tuple[str, ...]) -> Optional[str]:
+    from cnncli.errors import did_you_mean
+    from cnncli.summary import SummaryError
+
+    if value is not None and value not in choices:
+        raise SummaryError(f"{option} must be one of {', '.join(choices)}, got {value!r}"
+                           f"{did_you_mean(value, choices)}")
+    return value
 
 
 @app.command()
 @cli_errors
 def summarize(
-    model: Annotated[str, typer.Argument(help="Model name (see `cnn models`).")],
-    input_size: Annotated[Optional[int], typer.Option(help="Square input size (default: the model's).")] = None,
-    channels: Annotated[Optional[int], typer.Option(help="Input channels.")] = None,
-    num_classes: Annotated[Optional[int], typer.Option(help="Output classes.")] = None,
-    format: Annotated[Format, typer.Option("--format")] = Format.table,
+    targets: Annotated[list[str], typer.Argument(
+        metavar="TARGET", help="Model names (see `cnn models`), a CONFIG.yaml, a run directory or a "
+                                  "checkpoint directory; several are compared side by side.")],
+    input_size: Annotated[Optional[str], typer.Option(metavar="N", help="Square input size.")] = None,
+    channels: Annotated[Optional[str], typer.Option(metavar="N", help="Input channels.")] = None,
+    num_classes: Annotated[Optional[str], typer.Option(metavar="N", help="Output classes.")] = None,
+    batch_size: Annotated[Optional[str], typer.Option(
+        metavar="N", help="Batch for the training memory and XLA (default: the config's, else the largest "
+                          "that fits --memory, else 1).")] = None,
+    dtype: Annotated[Optional[str], typer.Option(
+        metavar="DTYPE", help="Compute dtype: float32, bfloat16 or float16 (parameters stay float32).")] = None,
+    optimizer: Annotated[Optional[str], typer.Option(
+        metavar="NAME", help="sgd, sgd_momentum or adam: parameters + gradients + optimizer state hold x2, x3 "
+                             "or x4 the parameters (default: the config's, else sgd_momentum).")] = None,
+    memory: Annotated[Optional[str], typer.Option(
+        metavar="SIZE", help="Device memory, e.g. 80GB (10^9 bytes), 80GiB (2^30), 81920MB: the largest "
+                             "batch that fits.")] = None,
+    compile: Annotated[bool, typer.Option(
+        "--compile/--no-compile", help="Compile the real training step and compare with XLA's figures.")] = True,
+    expand: Annotated[bool, typer.Option(
+        "--expand/--collapse", help="Show every layer inside residual blocks (table, markdown).")] = False,
+    wide: Annotated[bool, typer.Option("--wide", help="Exact numbers and more columns, past 80 columns.")] = False,
+    format: Annotated[str, typer.Option("--format", metavar="FORMAT",
+                                        help="table, json, markdown or csv.")] = "table",
 ) -> None:
-    """Per-layer output shapes, parameters and MACs of a model, with totals."""
-    from cnncli.summary import summarize_model
+    """Per-layer output shapes, activations, parameters and MACs; totals, training memory, XLA's figures."""
+    from cnncli.summary import parse_memory
+    from cnncli.summary.target import summarize_targets
 
-    s = summarize_model(model, input_size=input_size, in_channels=channels, num_classes=num_classes)
-    if format == Format.json:
-        print_json(s)
+    _choice(format, "--format", FORMATS)
+    summaries = summarize_targets(
+        targets, input_size=_positive(input_size, "--input-size"), in_channels=_positive(channels, "--channels"),
+        num_classes=_positive(num_classes, "--num-classes"), batch_size=_positive(batch_size, "--batch-size"),
+        dtype=_choice(dtype, "--dtype", DTYPES), optimizer=_choice(optimizer, "--optimizer", OPTIMIZERS),
+        memory_budget=parse_memory(memory) if memory is not None else None, compile=compile)
+    if format == "json":
+        print_json(summaries[0] if len(summaries) == 1 else summaries)
         return
-    from rich.console import Console
-    from rich.table import Table
+    from cnncli.summary import render
 
-    t = Table(title=f"{s['model']}  input {'x'.join(map(str, s['input_shape']))}  classes {s['num_classes']}")
-    for col, just in (("layer", "left"), ("type", "left"), ("output", "right"), ("params", "right"),
-                      ("MACs", "right")):
-        t.add_column(col, justify=just)
-    for r in s["layers"]:
-        t.add_row(r["name"], r["type"], "x".join(map(str, r["output_shape"])), f"{r['params']:,}", f"{r['macs']:,}")
-    console = Console()
-    console.print(t)
-    console.print(f"trainable params {s['trainable_params']:,}   non-trainable (BatchNorm statistics) "
-                  f"{s['non_trainable_params']:,}   total {s['total_params']:,}")
-    console.print(f"MACs {s['total_macs']:,}   FLOPs (2 x MACs) {s['total_flops']:,}")
+    if format == "markdown":
+        typer.echo(render.to_markdown(summaries, expand=expand))
+    elif format == "csv":
+        typer.echo(render.to_csv(summaries), nl=False)
+    else:
+        render.print_table(summaries, wide=wide, expand=expand)

@@ -1,0 +1,143 @@
+"""What `cnn summarize` was pointed at: a model name, a config file, a run directory or a checkpoint.
+
+A config file may leave the input size, channels and class count to the data; for the
+well-known sources their native figures are used, otherwise the model family's defaults,
+with a note. A run directory's config.yaml has them resolved; a checkpoint step directory
+`runs/NAME/checkpoints/STEP` belongs to the run two levels up.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from cnncli.summary.memory import SummaryError
+
+# Native (image size, channels, classes) of the sources whose files have a fixed format.
+KNOWN_SOURCES = {
+    "mnist": (28, 1, 10), "fashion_mnist": (28, 1, 10), "kmnist": (28, 1, 10),
+    "cifar10": (32, 3, 10), "cifar100": (32, 3, 100),
+}
+
+
+@dataclasses.dataclass
+class Target:
+    """Everything summarize_model needs besides the command-line options."""
+
+    model: str
+    source: str | None = None  # the config file or run directory it came from
+    input_size: int | None = None
+    in_channels: int | None = None
+    num_classes: int | None = None
+    options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    batch_size: int | None = None
+    optimizer: str | None = None  # a key of OPTIMIZER_STATE_COPIES
+    optimizer_config: Any = None
+    augment: Any = None
+    notes: list[str] = dataclasses.field(default_factory=list)
+
+
+def optimizer_label(opt: Any) -> str:
+    """The memory formula's name for a config's optimizer section."""
+    if opt.name == "sgd":
+        return "sgd_momentum" if opt.momentum else "sgd"
+    if opt.name == "rmsprop":
+        return "rmsprop_momentum" if opt.momentum else "rmsprop"
+    return opt.name
+
+
+def _run_dir_of(path: Path) -> Path | None:
+    """The run directory a directory stands for: itself, or the run of a checkpoints dir or step dir."""
+    if (path / "config.yaml").is_file():
+        return path
+    if path.name == "checkpoints" and (path.parent / "config.yaml").is_file():
+        return path.parent
+    if path.name.isdigit() and path.parent.name == "checkpoints" and (path.parent.parent / "config.yaml").is_file():
+        return path.parent.parent
+    return None
+
+
+def _from_config(cfg: Any, source: str, resolved: bool) -> Target:
+    from cnncli.evaluate import model_options
+    from cnncli.models import get_spec
+
+    m, d = cfg.model, cfg.data
+    spec = get_spec(m.name)
+    t = Target(m.name, source=source, options=model_options(cfg), batch_size=cfg.train.batch_size,
+               optimizer=optimizer_label(cfg.optimizer), optimizer_config=cfg.optimizer, augment=d.augment)
+    t.input_size, t.in_channels, t.num_classes = m.input_size, m.in_channels, m.num_classes
+    if resolved:
+        return t
+    native = KNOWN_SOURCES.get(d.source)
+    if d.source == "digits":
+        from cnncli.data.pipeline import DEFAULT_IMAGE_SIZE
+
+        native = (DEFAULT_IMAGE_SIZE.get("digits", 8), 1, 10)
+    elif d.source == "cifar100" and d.label == "coarse":
+        native = (32, 3, 20)
+    elif d.source == "synthetic":
+        native = (32, 3, d.num_classes)
+    t.input_size = t.input_size or d.image_size or (native[0] if native else None)
+    t.in_channels = t.in_channels or d.channels or (native[1] if native else None)
+    t.num_classes = t.num_classes or (native[2] if native else None)
+    unknown = [k for k, v in (("input size", t.input_size), ("channels", t.in_channels),
+                              ("number of classes", t.num_classes)) if v is None]
+    if unknown:
+        t.notes.append(f"{source} leaves the {', '.join(unknown)} to the {d.source!r} data; using {m.name}'s "
+                       f"defaults (input {spec.default_input[0]}x{spec.default_input[1]}x{spec.default_input[2]}, "
+                       f"{spec.default_classes} classes)")
+    return t
+
+
+def resolve_target(arg: str) -> Target:
+    """A registered model name, a config YAML, a run directory or a checkpoint directory."""
+    from cnncli.models import get_spec, list_models
+
+    if arg in list_models():
+        return Target(arg)
+    path = Path(arg)
+    if path.is_file():
+        from cnncli.config import load_config
+
+        return _from_config(load_config(path), str(path), resolved=False)
+    if path.is_dir():
+        run = _run_dir_of(path)
+        if run is None:
+            raise SummaryError(f"{path} is neither a run directory (no config.yaml) nor a checkpoint directory "
+                               "(runs/NAME/checkpoints/STEP)")
+        from cnncli.config import load_config
+
+        # A run's config.yaml has the data's size, channels and classes written into model.*.
+        return _from_config(load_config(run / "config.yaml"), str(run), resolved=True)
+    if "/" in arg or arg.endswith((".yaml", ".yml")):
+        raise SummaryError(f"no such config file, run directory or checkpoint: {arg}")
+    return Target(get_spec(arg).name)  # an unknown name raises, suggesting the closest registered ones
+
+
+def summarize_targets(targets: list[str], *, input_size: int | None = None, in_channels: int | None = None,
+                      num_classes: int | None = None, batch_size: int | None = None, dtype: str | None = None,
+                      optimizer: str | None = None, memory_budget: int | None = None,
+                      compile: bool = True) -> list[dict[str, Any]]:
+    """Summaries of each target (model name, config, run or checkpoint dir); options given here win.
+
+    Without a batch size, a config's train.batch_size is used; with a memory budget and no
+    batch size anywhere, the largest batch that fits; otherwise 1 (per image).
+    """
+    from cnncli.summary.report import summarize_model
+
+    resolved = [resolve_target(t) for t in targets]  # all names checked before any work
+    out = []
+    for t in resolved:
+        options = dict(t.options)
+        if dtype is not None:
+            options["dtype"] = dtype
+        opt = optimizer or t.optimizer or "sgd_momentum"
+        batch = batch_size or t.batch_size or (None if memory_budget is not None else 1)
+        s = summarize_model(
+            t.model, input_size=input_size or t.input_size, in_channels=in_channels or t.in_channels,
+            num_classes=num_classes or t.num_classes, batch_size=batch, optimizer=opt, memory_budget=memory_budget,
+            compile=compile, optimizer_config=t.optimizer_config if optimizer is None else None,
+            augment=t.augment, **options)
+        out.append({"source": t.source, "notes": t.notes, **s})
+    return out

@@ -1,0 +1,91 @@
+"""Cross-check against the compiler: lower and compile the real training step, read XLA's figures.
+
+The state is built with `jax.eval_shape`, so nothing of the model's size is allocated: XLA
+compiles for shapes only. What the backend does not report comes back as None, and a
+compilation that fails is reported, never raised.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _cost_flops(compiled: Any) -> float | None:
+    try:
+        cost = compiled.cost_analysis()
+    except Exception:  # noqa: BLE001 - backends without cost analysis raise various errors
+        return None
+    if isinstance(cost, (list, tuple)):  # older jax: one dict per computation
+        cost = cost[0] if cost else None
+    if not isinstance(cost, dict) or cost.get("flops") is None:
+        return None
+    return float(cost["flops"])
+
+
+def _memory(compiled: Any) -> dict[str, int] | None:
+    try:
+        stats = compiled.memory_analysis()
+    except Exception:  # noqa: BLE001 - backends without memory analysis raise various errors
+        return None
+    if stats is None:
+        return None
+    fields = {"argument_bytes": "argument_size_in_bytes", "output_bytes": "output_size_in_bytes",
+              "alias_bytes": "alias_size_in_bytes", "temp_bytes": "temp_size_in_bytes"}
+    out = {k: getattr(stats, attr, None) for k, attr in fields.items()}
+    if any(v is None for v in out.values()):
+        return None
+    out = {k: int(v) for k, v in out.items()}
+    # Donated state is aliased to the output: count it once.
+    out["peak_bytes"] = out["argument_bytes"] + out["output_bytes"] - out["alias_bytes"] + out["temp_bytes"]
+    return out
+
+
+def compile_train_step(model: Any, *, batch_size: int, optimizer: Any, augment: Any = None,
+                       mean: list[float] | None = None, std: list[float] | None = None) -> dict[str, Any]:
+    """Compile the training step of `model` (abstract is fine) for one batch; XLA's figures.
+
+    optimizer: a cnncli.config.OptimizerConfig. Returns {flops, argument_bytes, output_bytes,
+    alias_bytes, temp_bytes, peak_bytes, backend, note}; a figure the backend does not give
+    is None and `note` says why.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    from cnncli.config import AugmentConfig, ScheduleConfig
+    from cnncli.train.optim import build_optimizer, build_schedule
+    from cnncli.train.state import init_train_state, split_model
+    from cnncli.train.step import make_train_step
+
+    h, w, c = model.input_shape
+    schedule = build_schedule(ScheduleConfig(), optimizer.lr, 1, 1)
+    tx = build_optimizer(optimizer, schedule)
+    parts, params, batch_stats = split_model(model)
+    state = jax.eval_shape(lambda p, s: init_train_state(p, s, tx, ema=False), params, batch_stats)
+    augment = augment or AugmentConfig()
+    mean = mean or [0.5] * c
+    std = std or [0.25] * c
+
+    # The model parts go in as arguments so that an abstract model's RNG state is traced, not baked in.
+    def step(parts, state, images, labels):
+        train_step = make_train_step(parts, tx, schedule, num_classes=model.num_classes, augment=augment,
+                                     mean=mean, std=std, seed=0)
+        return train_step(state, images, labels)
+
+    images = jax.ShapeDtypeStruct((batch_size, h, w, c), jnp.uint8)
+    labels = jax.ShapeDtypeStruct((batch_size,), jnp.int32)
+    result: dict[str, Any] = {"flops": None, "argument_bytes": None, "output_bytes": None, "alias_bytes": None,
+                              "temp_bytes": None, "peak_bytes": None, "backend": jax.default_backend(), "note": None}
+    try:
+        compiled = jax.jit(step, donate_argnums=(1,)).lower(parts, state, images, labels).compile()
+    except Exception as exc:  # noqa: BLE001 - report any compiler failure (e.g. out of memory) instead of failing
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        result["note"] = f"compilation failed: {first[:200]}"
+        return result
+    result["flops"] = _cost_flops(compiled)
+    memory = _memory(compiled)
+    if memory is not None:
+        result.update(memory)
+    missing = [k for k, v in (("cost_analysis", result["flops"]), ("memory_analysis", memory)) if v is None]
+    if missing:
+        result["note"] = f"the {result['backend']} backend gives no {' or '.join(missing)}"
+    return result
