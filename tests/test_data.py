@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 
 from cnncli.config import DataConfig
 from cnncli.data.pipeline import TrainIndexStream, channel_stats, eval_index_batches, prepare_dataset
@@ -43,6 +44,18 @@ def test_train_stream_is_a_function_of_seed_and_step():
     epoch0 = sum(seq[:3], [])
     assert len(set(epoch0)) == 96  # no repeats within an epoch
     assert seq[3] != seq[0]  # a new permutation each epoch
+
+
+def test_train_batches_view_is_a_lazy_picklable_sequence():
+    import pickle
+
+    stream = TrainIndexStream(100, 32, seed=7)
+    view = pickle.loads(pickle.dumps(stream.batches(2, 7)))
+    assert len(view) == 5
+    assert [view[i].tolist() for i in range(5)] == [stream.batch(s).tolist() for s in range(2, 7)]
+    assert view[-1].tolist() == stream.batch(6).tolist()
+    with pytest.raises(IndexError):
+        view[5]
 
 
 def test_eval_batches_cover_every_example_once():

@@ -1,4 +1,4 @@
-"""In-memory datasets: uint8 NHWC images and int32 labels per split."""
+"""Datasets: per split, uint8 NHWC images (in memory) or image file paths (file-backed), and int32 labels."""
 
 from __future__ import annotations
 
@@ -13,8 +13,10 @@ from cnncli.errors import DataError
 class SourceData:
     """What a source loader returns: whatever splits the source ships, unprocessed.
 
-    Images are uint8 [N, H, W, C] (all the same size) or, for file sources, a list of
-    file paths; labels are int32 [N]. `val`/`test` are None when the source has none.
+    Images are uint8 [N, H, W, C] (all the same size) or, for file sources, a 1-D string
+    array of file paths; labels are int32 [N]. `val`/`test` are None when the source has none.
+    `path` is where the files were read from; `notes` are things the user should hear about
+    (skipped corrupt files, ignored files).
     """
 
     train: tuple[np.ndarray, np.ndarray]
@@ -22,11 +24,21 @@ class SourceData:
     test: tuple[np.ndarray, np.ndarray] | None
     class_names: list[str]
     description: str = ""
+    path: str | None = None
+    notes: list[str] = dataclasses.field(default_factory=list)
+
+    @property
+    def file_backed(self) -> bool:
+        return is_path_array(self.train[0])
 
 
 @dataclasses.dataclass
 class Dataset:
-    """Prepared splits at the model's input size and channels, plus normalisation stats."""
+    """Prepared splits at the model's input size and channels, plus normalisation stats.
+
+    In-memory: x_* are uint8 [N, H, W, C]. File-backed (`file_backed`): x_* are 1-D string
+    arrays of image paths, decoded to `image_shape` by `cnncli.data.files.FileBatchLoader`.
+    """
 
     x_train: np.ndarray
     y_train: np.ndarray
@@ -40,9 +52,20 @@ class Dataset:
     source: str
     split_info: dict  # how the splits were made (seed, held-out indices), saved in the run dir
     description: str = ""
+    path: str | None = None  # where the source was read from (None: embedded or generated)
+    notes: list[str] = dataclasses.field(default_factory=list)
+    decoded_shape: tuple[int, int, int] | None = None  # file-backed only: (size, size, channels)
+    stats_from: str = "train"  # how mean/std were obtained: "train", "sample of N", "config", "none"
+
+    @property
+    def file_backed(self) -> bool:
+        """True when the splits hold file paths rather than pixels."""
+        return is_path_array(self.x_train)
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
+        if self.decoded_shape is not None:
+            return tuple(int(v) for v in self.decoded_shape)  # type: ignore[return-value]
         return tuple(int(v) for v in self.x_train.shape[1:])  # type: ignore[return-value]
 
     @property
@@ -56,6 +79,15 @@ class Dataset:
 
     def sizes(self) -> dict[str, int]:
         return {"train": len(self.y_train), "val": len(self.y_val), "test": len(self.y_test)}
+
+    def class_counts(self, name: str) -> list[int]:
+        """Examples per class in one split."""
+        return np.bincount(self.split(name)[1], minlength=self.num_classes).tolist()
+
+
+def is_path_array(x: np.ndarray) -> bool:
+    """A split that holds file paths (strings) rather than decoded pixels."""
+    return isinstance(x, np.ndarray) and x.ndim == 1 and x.dtype.kind in ("U", "S", "O")
 
 
 def check_labels(y: np.ndarray, num_classes: int, where: str) -> np.ndarray:

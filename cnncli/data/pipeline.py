@@ -3,12 +3,15 @@
 In-memory datasets live on the device as uint8 arrays; the host only produces index
 batches: a seeded permutation per epoch for training (so batch k of a run is a pure
 function of (seed, k) and a resumed run sees the same batches), and padded, masked
-index batches for evaluation (every example counted exactly once).
+index batches for evaluation (every example counted exactly once). File-backed datasets
+(`folder`) use the same index batches; `cnncli.data.files.FileBatchLoader` turns them into
+pixels on the host.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -16,8 +19,12 @@ from cnncli.config import DataConfig
 from cnncli.data.dataset import Dataset, SourceData, check_labels
 from cnncli.errors import DataError
 
-# The size each source is trained at unless data.image_size says otherwise.
-DEFAULT_IMAGE_SIZE = {"digits": 32}
+# The size each source is trained at unless data.image_size says otherwise (other sources: their own).
+# Folder images come in any size, so they need one: 224, the ImageNet models' input.
+DEFAULT_IMAGE_SIZE = {"digits": 32, "folder": 224}
+
+# File-backed mean/std are measured on at most this many decoded training images (a seeded sample).
+STATS_SAMPLE = 2000
 
 
 def _holdout(n: int, fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -96,6 +103,11 @@ def prepare_dataset(cfg: DataConfig, src: SourceData | None = None) -> Dataset:
     split_info["train_indices"] = base.tolist()
 
     size = cfg.image_size or DEFAULT_IMAGE_SIZE.get(cfg.source)
+    common = dict(class_names=list(src.class_names), source=cfg.source, split_info=split_info,
+                  description=src.description, path=src.path, notes=list(src.notes))
+    if src.file_backed:
+        return _prepare_file_backed(cfg, ((x_train, y_train), val, test), size or DEFAULT_IMAGE_SIZE["folder"],
+                                    num_classes, common)
     splits = {}
     for name, (x, y) in (("train", (x_train, y_train)), ("val", val), ("test", test)):
         x = convert_channels(np.asarray(x), cfg.channels)
@@ -104,21 +116,71 @@ def prepare_dataset(cfg: DataConfig, src: SourceData | None = None) -> Dataset:
         splits[name] = (x, check_labels(y, num_classes, f"{cfg.source} {name} split"))
     if len({splits[s][0].shape[1:] for s in splits}) != 1:
         raise DataError("train, val and test images differ in size or channels; set data.image_size")
-    if cfg.normalize:
-        mean, std = channel_stats(splits["train"][0])
-        channels = splits["train"][0].shape[-1]
-        if cfg.mean is not None:
-            mean = _per_channel(cfg.mean, channels, "data.mean")
-        if cfg.std is not None:
-            std = _per_channel(cfg.std, channels, "data.std")
+    mean, std, stats_from = _normalisation(cfg, splits["train"][0].shape[-1], lambda: channel_stats(splits["train"][0]))
+    return Dataset(*splits["train"], *splits["val"], *splits["test"], mean=mean, std=std, stats_from=stats_from,
+                   **common)
+
+
+def _normalisation(cfg: DataConfig, channels: int, measure) -> tuple[list[float], list[float], str]:
+    """(mean, std, where they came from): configured values win; `measure()` is only called if needed."""
+    if not cfg.normalize:
+        return [0.0] * channels, [1.0] * channels, "none (data.normalize: false)"
+    if cfg.mean is not None and cfg.std is not None:
+        measured, how = None, "config"
     else:
-        c = splits["train"][0].shape[-1]
-        mean, std = [0.0] * c, [1.0] * c
-    return Dataset(
-        *splits["train"], *splits["val"], *splits["test"],
-        class_names=list(src.class_names), mean=mean, std=std, source=cfg.source,
-        split_info=split_info, description=src.description,
-    )
+        measured, how = measure(), "train"
+    mean = _per_channel(cfg.mean, channels, "data.mean") if cfg.mean is not None else measured[0]
+    std = _per_channel(cfg.std, channels, "data.std") if cfg.std is not None else measured[1]
+    return mean, std, how
+
+
+def _prepare_file_backed(cfg: DataConfig, parts, size: int, num_classes: int, common: dict) -> Dataset:
+    """Splits of file paths; mean/std measured on a seeded sample of decoded training images."""
+    channels = cfg.channels or 3
+    splits = {}
+    for name, (x, y) in zip(("train", "val", "test"), parts):
+        splits[name] = (np.asarray(x), check_labels(y, num_classes, f"{cfg.source} {name} split"))
+    n = len(splits["train"][1])
+    sample = np.sort(np.random.default_rng([cfg.split_seed, 1]).permutation(n)[: min(n, STATS_SAMPLE)])
+
+    def measure():
+        return decoded_stats(splits["train"][0], sample, size, channels, cfg.num_workers, cfg.skip_corrupt)
+
+    mean, std, how = _normalisation(cfg, channels, measure)
+    if how == "train" and len(sample) < n:
+        how = f"train (seeded sample of {len(sample)} images)"
+    return Dataset(*splits["train"], *splits["val"], *splits["test"], mean=mean, std=std, stats_from=how,
+                   decoded_shape=(size, size, channels), **common)
+
+
+def decoded_stats(paths: np.ndarray, indices: np.ndarray, size: int, channels: int, num_workers: int = 0,
+                  skip_corrupt: bool = False, batch_size: int = 64) -> tuple[list[float], list[float]]:
+    """Per-channel mean/std (in [0, 1] units) of the decoded images `paths[indices]`, accumulated in float64.
+
+    Files that fail to decode are left out of the statistics when `skip_corrupt` is set.
+    """
+    from cnncli.data.files import FileBatchLoader
+
+    loader = FileBatchLoader(paths, np.zeros(len(paths), np.int32), image_size=size, channels=channels,
+                             num_workers=num_workers, skip_corrupt=skip_corrupt)
+    batches = [indices[i : i + batch_size] for i in range(0, len(indices), batch_size)]
+    total, total_sq, count = np.zeros(channels), np.zeros(channels), 0
+    seen_corrupt = 0
+    for idx, (images, _) in zip(batches, loader.iterate(batches)):
+        if len(loader.corrupt_files) > seen_corrupt:  # their rows are black: leave them out
+            bad = set(loader.corrupt_files[seen_corrupt:])
+            seen_corrupt = len(loader.corrupt_files)
+            images = images[[str(paths[i]) not in bad for i in idx]]
+        flat = images.reshape(-1, channels).astype(np.float64) / 255.0
+        total += flat.sum(axis=0)
+        total_sq += (flat * flat).sum(axis=0)
+        count += flat.shape[0]
+    if count == 0:
+        raise DataError("no training image could be decoded to measure the pixel mean/std")
+    mean = total / count
+    std = np.sqrt(np.maximum(total_sq / count - mean * mean, 0.0))
+    std = np.where(std > 0, std, 1.0)
+    return [float(v) for v in mean], [float(v) for v in std]
 
 
 def _per_channel(values: list[float], channels: int, key: str) -> list[float]:
@@ -146,6 +208,29 @@ class TrainIndexStream:
             self._perm = np.random.default_rng([self.seed, epoch]).permutation(self.n).astype(np.int32)
             self._epoch = epoch
         return self._perm[i * self.batch_size : (i + 1) * self.batch_size]
+
+    def batches(self, start: int, stop: int) -> TrainBatches:
+        """The batches of steps start..stop-1 as a lazy sequence (what FileBatchLoader workers read)."""
+        return TrainBatches(TrainIndexStream(self.n, self.batch_size, self.seed), start, stop)
+
+
+class TrainBatches(Sequence):
+    """Random-access view of a TrainIndexStream over a step range; small to pickle into worker processes."""
+
+    def __init__(self, stream: TrainIndexStream, start: int, stop: int):
+        self.stream, self.start, self.stop = stream, start, max(start, stop)
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        if isinstance(i, slice):
+            raise TypeError("TrainBatches does not slice; index one step at a time")
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        return self.stream.batch(self.start + i)
 
 
 def eval_index_batches(num_examples: int, batch_size: int) -> list[tuple[np.ndarray, np.ndarray]]:

@@ -1,12 +1,40 @@
-"""Dataset sources. Each reads local files only (nothing is downloaded) and returns SourceData."""
+"""Dataset sources. Each reads local files only (nothing is downloaded) and returns SourceData.
+
+A source's files live in `data.path`, else in `$CNN_DATA_DIR/<source>`. When they are not
+there, the error names the directory, the exact files expected and where to obtain them.
+"""
 
 from __future__ import annotations
+
+import os
+from pathlib import Path
 
 import numpy as np
 
 from cnncli.config import DataConfig
 from cnncli.data.dataset import SourceData
 from cnncli.errors import DataError
+
+DATA_DIR_ENV = "CNN_DATA_DIR"
+
+
+def source_location(cfg: DataConfig) -> Path | None:
+    """Where the source's files should be: `data.path`, else `$CNN_DATA_DIR/<source>`, else None."""
+    if cfg.path:
+        return Path(cfg.path).expanduser()
+    root = os.environ.get(DATA_DIR_ENV)
+    if root:
+        return Path(root).expanduser() / cfg.source
+    return None
+
+
+def missing_dataset(source: str, where: Path | None, expected: str, how: str) -> DataError:
+    """The error for absent files: where we looked, what we expected there, how to get it."""
+    if where is None:
+        return DataError(
+            f"{source}: no dataset location: set data.path (or {DATA_DIR_ENV}, read as ${DATA_DIR_ENV}/{source}) "
+            f"to a folder holding {expected}; {how}")
+    return DataError(f"{source}: dataset not found in {where}: expected {expected}; {how} and place them in {where}")
 
 
 def load_digits() -> SourceData:
@@ -40,4 +68,20 @@ def load_source(cfg: DataConfig) -> SourceData:
         return load_digits()
     if cfg.source == "synthetic":
         return load_synthetic(cfg)
+    if cfg.source in ("mnist", "fashion_mnist", "kmnist"):
+        from cnncli.data.idx import load_mnist_family
+
+        return load_mnist_family(cfg.source, source_location(cfg))
+    if cfg.source in ("cifar10", "cifar100"):
+        from cnncli.data.cifar import load_cifar
+
+        return load_cifar(cfg.source, source_location(cfg), label=cfg.label)
+    if cfg.source == "npz":
+        from cnncli.data.npz import load_npz
+
+        return load_npz(source_location(cfg))
+    if cfg.source == "folder":
+        from cnncli.data.folder import load_folder
+
+        return load_folder(source_location(cfg), skip_corrupt=cfg.skip_corrupt)
     raise DataError(f"data source {cfg.source!r} is not available in this build")

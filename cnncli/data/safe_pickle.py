@@ -1,0 +1,86 @@
+"""A restricted unpickler for dataset files (the CIFAR Python distribution).
+
+Ordinary unpickling can call any importable function, so a tampered file could run code.
+This one resolves only what rebuilding plain containers, strings, numbers and numpy arrays
+needs; every other global is refused before anything is called. Object-dtype arrays (which
+would hold arbitrary objects) are refused too.
+"""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+
+from cnncli.errors import DataError
+
+
+class _Refused(Exception):
+    pass
+
+
+def _dtype(*args):
+    """numpy.dtype, refusing object dtypes (their arrays carry arbitrary pickled objects)."""
+    dt = np.dtype(*args)
+    if dt.hasobject:
+        raise _Refused("numpy object arrays")
+    return dt
+
+
+def _encode(text, encoding="latin1"):
+    """_codecs.encode as protocol-2 pickles use it for bytes: latin-1 only."""
+    if not isinstance(text, str) or encoding.replace("-", "").lower() != "latin1":
+        raise _Refused(f"_codecs.encode with {encoding!r}")
+    return text.encode("latin1")
+
+
+def _allowed() -> dict[tuple[str, str], object]:
+    # Take the functions numpy itself pickles with, whatever module path this numpy version uses;
+    # accept the numpy 1.x (numpy.core) and 2.x (numpy._core) spellings of each.
+    reconstruct = np.zeros(1).__reduce__()[0]
+    frombuffer = np.zeros(1).__reduce_ex__(5)[0]
+    scalar = np.int64(0).__reduce__()[0]
+    table: dict[tuple[str, str], object] = {
+        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "dtype"): _dtype,
+        ("_codecs", "encode"): _encode,
+    }
+    for core in ("numpy.core", "numpy._core"):
+        table[(f"{core}.multiarray", "_reconstruct")] = reconstruct
+        table[(f"{core}.multiarray", "scalar")] = scalar
+        table[(f"{core}.numeric", "_frombuffer")] = frombuffer
+    return table
+
+
+class RestrictedUnpickler(pickle.Unpickler):
+    """Unpickler that admits dicts, lists, tuples, strings, bytes, numbers and numpy arrays only."""
+
+    _table = _allowed()
+
+    def find_class(self, module: str, name: str):
+        obj = self._table.get((module, name))
+        if obj is None:
+            raise _Refused(f"{module}.{name}")
+        return obj
+
+
+def load_pickle(path: Path):
+    """Unpickle a dataset file safely; Python 2 pickles (the CIFAR files) are read as latin-1."""
+    try:
+        with open(path, "rb") as f:
+            return RestrictedUnpickler(f, encoding="latin1").load()
+    except _Refused as exc:
+        raise DataError(f"{path}: refused to unpickle: the file references {exc}, which is not a plain container, "
+                        f"string, number or numpy array (tampered, or not a dataset file)") from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read: {exc}") from None
+    except Exception as exc:  # malformed pickles raise many types (UnpicklingError, EOFError, ValueError, ...)
+        raise DataError(f"{path}: not a readable pickle ({type(exc).__name__}: {exc})") from None
+
+
+def plain_keys(obj):
+    """A dict's keys as str (Python 2 pickles may give bytes keys)."""
+    if not isinstance(obj, dict):
+        return obj
+    return {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in obj.items()}
