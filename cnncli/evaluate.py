@@ -1,18 +1,22 @@
 """Evaluation: masked, padded batches so that every example counts exactly once.
 
 `Evaluator` is shared by the training loop (validation, final test) and `cnn eval`.
+`evaluate_models` is `cnn eval`: one model or an ensemble (mean of softmax probabilities),
+optionally with test-time augmentation, reported with per-class metrics and the confusion
+matrix (see cnncli.scores).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from cnncli.config import Config
-from cnncli.errors import CheckpointError
+from cnncli.errors import CheckpointError, ConfigError
 
 
 class Evaluator:
@@ -61,6 +65,13 @@ class Evaluator:
             "num_examples": int(round(n)),
         }
         return metrics, (np.concatenate(logits_out) if with_logits else None)
+
+    def logits(self, params, batch_stats, data_x, num_examples: int) -> np.ndarray:
+        """Logits [N, K] of the first `num_examples` images of a (device) uint8 array, no labels needed."""
+        import jax
+
+        labels = jax.device_put(np.zeros((data_x.shape[0],), np.int32), data_x.sharding)
+        return self.run(params, batch_stats, data_x, labels, num_examples, with_logits=True)[1]
 
 
 @dataclasses.dataclass
@@ -124,8 +135,9 @@ def load_checkpoint_model(path: str | Path, which: str = "best", overrides: list
     restored, _, meta = manager.restore(step, target)
     manager.close()
     data_info = run.read_json("data.json") or {}
+    class_names = data_info.get("class_names") or meta.get("class_names") or []
     return LoadedModel(cfg, parts, restored["params"], restored["batch_stats"], step, meta,
-                       data_info.get("class_names", []), data_info.get("mean"), data_info.get("std"), run.path)
+                       list(class_names), data_info.get("mean"), data_info.get("std"), run.path)
 
 
 def model_options(cfg: Config) -> dict[str, Any]:
@@ -136,22 +148,149 @@ def model_options(cfg: Config) -> dict[str, Any]:
             "lrn": m.lrn}
 
 
-def evaluate_run(path: str | Path, *, split: str = "test", which: str = "best", batch_size: int | None = None,
-                 overrides: list[str] | None = None) -> dict[str, Any]:
-    """Evaluate a run's checkpoint on one split of its dataset; the dict matches results.json."""
+TTA_MODES = ("flip",)
+
+
+@dataclasses.dataclass
+class MemberResult:
+    """One evaluated model: its report and its log-probabilities on the split."""
+
+    report: dict[str, Any]
+    log_probs: np.ndarray  # [N, K] float64
+    labels: np.ndarray  # [N]
+    class_names: list[str]
+
+
+class _EvalContext:
+    """What the models of one `cnn eval` share: the mesh, prepared datasets and compiled evaluators."""
+
+    def __init__(self):
+        from cnncli.distributed import make_mesh
+
+        self.mesh = make_mesh()
+        self._data: dict[str, Any] = {}
+        self._evaluators: dict[str, Evaluator] = {}
+
+    def dataset(self, data_cfg):
+        from cnncli.data.pipeline import prepare_dataset
+
+        key = json.dumps(dataclasses.asdict(data_cfg), sort_keys=True)
+        if key not in self._data:
+            self._data[key] = prepare_dataset(data_cfg)
+        return self._data[key]
+
+    def evaluator(self, loaded: LoadedModel, mean, std, batch_size: int) -> Evaluator:
+        # Models of one architecture share a graph: compile their evaluation once.
+        key = json.dumps([dataclasses.asdict(loaded.config.model), list(mean), list(std), batch_size])
+        if key not in self._evaluators:
+            self._evaluators[key] = Evaluator(loaded.parts, num_classes=loaded.config.model.num_classes, mean=mean,
+                                              std=std, mesh=self.mesh, batch_size=batch_size)
+        return self._evaluators[key]
+
+
+def _class_names(loaded: LoadedModel, data_names: list[str], num_classes: int) -> list[str]:
+    names = list(loaded.class_names or data_names)
+    return names + [f"class_{i}" for i in range(len(names), num_classes)]
+
+
+def evaluate_member(path: str | Path, *, split: str = "test", which: str = "best", batch_size: int | None = None,
+                    overrides: list[str] | None = None, tta: str | None = None, data_path: str | Path | None = None,
+                    context: _EvalContext | None = None) -> MemberResult:
+    """Evaluate one checkpoint on a split of its run's dataset (`data_path` replaces data.path).
+
+    Without TTA, loss/accuracy/top-5 are the Evaluator's (the numbers training wrote to
+    results.json); with `tta="flip"` every number comes from the mean of the softmax over
+    the image and its horizontal mirror.
+    """
     import jax.numpy as jnp
 
-    from cnncli.data.pipeline import prepare_dataset
-    from cnncli.distributed import make_mesh, replicate
+    from cnncli.distributed import replicate
+    from cnncli.errors import DataError
+    from cnncli.scores import class_breakdown, log_softmax, mean_probabilities, score_log_probs
+    from cnncli.train.loop import resolve_data_shape
 
+    if tta is not None and tta not in TTA_MODES:
+        raise ConfigError(f"--tta must be one of {', '.join(TTA_MODES)}, got {tta!r}")
+    if batch_size is not None and batch_size < 1:
+        raise ConfigError(f"--batch-size must be a positive integer, got {batch_size}")
+    ctx = context or _EvalContext()
     loaded = load_checkpoint_model(path, which, overrides)
     cfg = loaded.config
-    data = prepare_dataset(cfg.data)
+    if data_path is not None:
+        cfg.data.path = str(data_path)
+    resolve_data_shape(cfg)
+    data = ctx.dataset(cfg.data)
     x, y = data.split(split)
-    mesh = make_mesh()
+    m = cfg.model
+    if tuple(x.shape[1:]) != (m.input_size, m.input_size, m.in_channels):
+        raise DataError(f"the {split} images of {path} are {'x'.join(map(str, x.shape[1:]))} but the model expects "
+                        f"{m.input_size}x{m.input_size}x{m.in_channels}")
+    if loaded.class_names and data.class_names != loaded.class_names:
+        raise DataError(f"the data of {path} has the classes {data.class_names}, but the model was trained on "
+                        f"{loaded.class_names}")
+    if len(y) == 0:
+        raise DataError(f"the {split} split of {path} is empty")
+    names = _class_names(loaded, data.class_names, m.num_classes)
     bs = batch_size or cfg.train.eval_batch_size or cfg.train.batch_size
-    ev = Evaluator(loaded.parts, num_classes=cfg.model.num_classes, mean=loaded.mean or data.mean,
-                   std=loaded.std or data.std, mesh=mesh, batch_size=bs)
-    params, stats = replicate(mesh, (loaded.params, loaded.batch_stats))
-    metrics, _ = ev.run(params, stats, replicate(mesh, jnp.asarray(x)), replicate(mesh, jnp.asarray(y)), len(y))
-    return {**metrics, "split": split, "checkpoint_step": loaded.step, "run": str(loaded.run_path)}
+    ev = ctx.evaluator(loaded, loaded.mean or data.mean, loaded.std or data.std, bs)
+    params, stats = replicate(ctx.mesh, (loaded.params, loaded.batch_stats))
+    dev_x, dev_y = replicate(ctx.mesh, (jnp.asarray(x), jnp.asarray(y)))
+    metrics, logits = ev.run(params, stats, dev_x, dev_y, len(y), with_logits=True)
+    log_probs = log_softmax(logits)
+    if tta is None:
+        report = {**metrics, **class_breakdown(np.argmax(logits, axis=1), y, names)}
+    else:
+        mirrored = replicate(ctx.mesh, jnp.asarray(np.ascontiguousarray(x[:, :, ::-1])))
+        log_probs = mean_probabilities([log_probs, log_softmax(ev.logits(params, stats, mirrored, len(y)))])
+        report = score_log_probs(log_probs, y, names)
+    report.update(split=split, checkpoint_step=loaded.step, run=str(loaded.run_path), path=str(path), tta=tta)
+    return MemberResult(report, log_probs, np.asarray(y), names)
+
+
+def evaluate_run(path: str | Path, *, split: str = "test", which: str = "best", batch_size: int | None = None,
+                 overrides: list[str] | None = None, tta: str | None = None,
+                 data_path: str | Path | None = None) -> dict[str, Any]:
+    """Evaluate a run's checkpoint on one split of its dataset; the dict matches results.json
+    (plus per-class metrics and the confusion matrix)."""
+    return evaluate_member(path, split=split, which=which, batch_size=batch_size, overrides=overrides, tta=tta,
+                           data_path=data_path).report
+
+
+def combine_members(members: list[MemberResult]) -> dict[str, Any]:
+    """The ensemble report: mean of the members' softmax probabilities, scored; members' reports; gain.
+
+    `gain` compares the ensemble with the best member (highest accuracy, then lowest loss):
+    positive accuracy gain and negative error/loss gain mean the ensemble is better.
+    """
+    from cnncli.errors import DataError
+    from cnncli.scores import mean_probabilities, score_log_probs
+
+    first = members[0]
+    for other in members[1:]:
+        where = f"{first.report['path']} and {other.report['path']}"
+        if other.class_names != first.class_names:
+            raise DataError(f"ensemble members {where} have different classes")
+        if not np.array_equal(other.labels, first.labels):
+            raise DataError(f"ensemble members {where} see different {first.report['split']} examples "
+                            "(check their data configs and data.split_seed)")
+    ensemble = score_log_probs(mean_probabilities([m.log_probs for m in members]), first.labels, first.class_names)
+    ensemble.update(split=first.report["split"], tta=first.report["tta"], num_members=len(members))
+    best = max(members, key=lambda m: (m.report["accuracy"], -m.report["loss"])).report
+    gain = {"best_member": best["path"],
+            **{k: ensemble[k] - best[k] for k in ("accuracy", "top5_accuracy", "error", "top5_error", "loss")}}
+    return {**ensemble, "members": [m.report for m in members], "ensemble": ensemble, "gain": gain}
+
+
+def evaluate_models(paths: list[str | Path], *, split: str = "test", which: str = "best",
+                    batch_size: int | None = None, overrides: list[str] | None = None, tta: str | None = None,
+                    data_path: str | Path | None = None) -> dict[str, Any]:
+    """`cnn eval`: one path gives that model's report; several give the ensemble's report
+    with `members`, `ensemble` and `gain` (see `combine_members`)."""
+    if not paths:
+        raise ConfigError("give at least one run directory or checkpoint to evaluate")
+    context = _EvalContext()
+    members = [evaluate_member(p, split=split, which=which, batch_size=batch_size, overrides=overrides, tta=tta,
+                               data_path=data_path, context=context) for p in paths]
+    if len(members) == 1:
+        return members[0].report
+    return combine_members(members)
