@@ -201,7 +201,7 @@ def test_largest_batch_fits_and_one_more_does_not(name, budget, options):
     s = summarize_model(name, memory_budget=budget_bytes, batch_size=None, advice=False, **options)
     answer = s["memory"]["largest_batch"]
     assert answer >= 1 and s["memory"]["batch_size"] == answer
-    assert s["memory"]["total_bytes"] <= budget_bytes
+    assert s["memory"]["total_bytes"] <= budget_bytes and s["memory"]["fits"] is True
     one_more = summarize_model(name, batch_size=answer + 1, advice=False, **options)
     assert one_more["memory"]["total_bytes"] > budget_bytes
     assert "activations" in s["memory"]["limited_by"]
@@ -211,7 +211,7 @@ def test_budget_below_the_parameters_gives_zero():
     s = summarize_model("vgg16", memory_budget=10**9, batch_size=None, advice=False)
     fixed = 3 * 4 * s["trainable_params"]
     assert fixed > 10**9 and s["memory"]["largest_batch"] == 0 and s["memory"]["batch_size"] == 1
-    assert "parameters" in s["memory"]["limited_by"]
+    assert "parameters" in s["memory"]["limited_by"] and s["memory"]["fits"] is False
 
 
 def test_advice_ranked_by_bytes_saved(vgg16):
@@ -290,12 +290,15 @@ def test_config_run_dir_and_checkpoint(tmp_path):
     run = tmp_path / "run"
     (run / "checkpoints" / "12").mkdir(parents=True)
     (run / "config.yaml").write_text("model:\n  name: resnet20\n  num_classes: 7\n  input_size: 20\n"
-                                     "  in_channels: 3\n  width: 0.25\ntrain:\n  batch_size: 5\n")
+                                     "  in_channels: 3\n  width: 0.25\n  remat: true\ntrain:\n  batch_size: 5\n")
     for path in (run, run / "checkpoints", run / "checkpoints" / "12"):
         t = resolve_target(str(path))
         assert (t.model, t.source, t.input_size, t.in_channels, t.num_classes, t.batch_size) == \
             ("resnet20", str(run), 20, 3, 7, 5)
         assert t.options["width"] == 0.25
+    s3 = summarize_targets([str(run / "checkpoints" / "12")], compile=False)[0]
+    assert s3["input_shape"] == [20, 20, 3] and s3["num_classes"] == 7
+    assert any("model.remat is on" in n for n in s3["notes"])
     with pytest.raises(SummaryError, match="neither a run directory"):
         resolve_target(str(tmp_path))
 

@@ -111,8 +111,10 @@ def totals_items(s: dict[str, Any]) -> list[tuple[str, str]]:
                    f"activations {format_bytes(mem['activations_bytes'])} = {format_bytes(mem['total_bytes'])}"),
     ]
     if mem["budget_bytes"] is not None:
-        items.append(("Fits", f"{format_bytes(mem['budget_bytes'])} ({mem['budget_bytes']:,} bytes): largest batch "
-                              f"{mem['largest_batch']:,}; limited by {mem['limited_by']}"))
+        verdict = "fits" if mem["fits"] else "does not fit"
+        items.append(("Fits", f"{format_bytes(mem['budget_bytes'])} ({mem['budget_bytes']:,} bytes): batch "
+                              f"{mem['batch_size']:,} {verdict}; largest batch {mem['largest_batch']:,}, limited by "
+                              f"{mem['limited_by']}"))
     if s["fc_params"]:
         items.append(("FC layers", f"hold {s['fc_param_share']:.1%} of the trainable parameters "
                                    f"({s['fc_params']:,})"))
@@ -124,6 +126,13 @@ def totals_items(s: dict[str, Any]) -> list[tuple[str, str]]:
     items.extend(xla_items(s))
     items.extend(("Note", n) for n in s.get("notes", []))
     return items
+
+
+def _over_budget(peak: int, mem: dict[str, Any]) -> str:
+    budget = mem["budget_bytes"]
+    if budget is None or peak <= budget:
+        return ""
+    return f"; over the {format_bytes(budget)} budget by {format_bytes(peak - budget)}"
 
 
 def xla_items(s: dict[str, Any]) -> list[tuple[str, str]]:
@@ -141,7 +150,7 @@ def xla_items(s: dict[str, Any]) -> list[tuple[str, str]]:
                                   f"{format_bytes(x['output_bytes'])} - aliased {format_bytes(x['alias_bytes'])} + "
                                   f"temporaries {format_bytes(x['temp_bytes'])} = {format_bytes(x['peak_bytes'])} vs "
                                   f"{format_bytes(s['memory']['total_bytes'])} analytic, ratio "
-                                  f"{x['memory_ratio']:.2f}"))
+                                  f"{x['memory_ratio']:.2f}" + _over_budget(x["peak_bytes"], s["memory"])))
     if x["note"]:
         out.append(("XLA", x["note"]))
     return out

@@ -111,7 +111,8 @@ def summarize_model(name: str, *, input_size: int | None = None, in_channels: in
     if batch_size < 1:
         raise SummaryError(f"--batch-size must be a positive integer, got {batch_size}")
     memory = mem.breakdown(batch_size)
-    memory.update(budget_bytes=memory_budget, largest_batch=largest, limited_by=None)
+    memory.update(budget_bytes=memory_budget, largest_batch=largest, limited_by=None,
+                  fits=memory["total_bytes"] <= memory_budget if memory_budget is not None else None)
     if memory_budget is not None:
         at = max(largest, 1)
         act = at * mem.bytes_per_image()

@@ -14,7 +14,8 @@ from typing import Any
 
 from cnncli.summary.memory import SummaryError
 
-# Native (image size, channels, classes) of the sources whose files have a fixed format.
+# Native (image size, channels, classes) of the sources whose files have a fixed format; the
+# data pipeline's DEFAULT_IMAGE_SIZE takes precedence for the size.
 KNOWN_SOURCES = {
     "mnist": (28, 1, 10), "fashion_mnist": (28, 1, 10), "kmnist": (28, 1, 10),
     "cifar10": (32, 3, 10), "cifar100": (32, 3, 100),
@@ -69,24 +70,26 @@ def _from_config(cfg: Any, source: str, resolved: bool) -> Target:
     t.input_size, t.in_channels, t.num_classes = m.input_size, m.in_channels, m.num_classes
     if resolved:
         return t
-    native = KNOWN_SOURCES.get(d.source)
-    if d.source == "digits":
-        from cnncli.data.pipeline import DEFAULT_IMAGE_SIZE
+    from cnncli.data.pipeline import DEFAULT_IMAGE_SIZE
 
-        native = (DEFAULT_IMAGE_SIZE.get("digits", 8), 1, 10)
+    native = KNOWN_SOURCES.get(d.source, (None, None, None))
+    if d.source == "digits":
+        native = (None, 1, 10)
     elif d.source == "cifar100" and d.label == "coarse":
         native = (32, 3, 20)
     elif d.source == "synthetic":
         native = (32, 3, d.num_classes)
-    t.input_size = t.input_size or d.image_size or (native[0] if native else None)
-    t.in_channels = t.in_channels or d.channels or (native[1] if native else None)
-    t.num_classes = t.num_classes or (native[2] if native else None)
+    # the size the data pipeline resizes to when data.image_size is not set
+    t.input_size = t.input_size or d.image_size or DEFAULT_IMAGE_SIZE.get(d.source) or native[0]
+    t.in_channels = t.in_channels or d.channels or native[1]
+    t.num_classes = t.num_classes or native[2]
+    defaults = {"input size": f"{spec.default_input[0]}x{spec.default_input[1]}",
+                "channels": str(spec.default_input[2]), "number of classes": str(spec.default_classes)}
     unknown = [k for k, v in (("input size", t.input_size), ("channels", t.in_channels),
                               ("number of classes", t.num_classes)) if v is None]
     if unknown:
-        t.notes.append(f"{source} leaves the {', '.join(unknown)} to the {d.source!r} data; using {m.name}'s "
-                       f"defaults (input {spec.default_input[0]}x{spec.default_input[1]}x{spec.default_input[2]}, "
-                       f"{spec.default_classes} classes)")
+        t.notes.append(f"{source} leaves the {' and '.join(unknown)} to the {d.source!r} data; using "
+                       f"{m.name}'s defaults ({', '.join(f'{k} {defaults[k]}' for k in unknown)})")
     return t
 
 
@@ -139,5 +142,9 @@ def summarize_targets(targets: list[str], *, input_size: int | None = None, in_c
             num_classes=num_classes or t.num_classes, batch_size=batch, optimizer=opt, memory_budget=memory_budget,
             compile=compile, optimizer_config=t.optimizer_config if optimizer is None else None,
             augment=t.augment, **options)
-        out.append({"source": t.source, "notes": t.notes, **s})
+        notes = list(t.notes)
+        if options.get("remat"):
+            notes.append("model.remat is on: the analytic activations count every layer's output as without "
+                         "recomputation; XLA's figures include the saving")
+        out.append({"source": t.source, "notes": notes, **s})
     return out
