@@ -20,7 +20,8 @@ from cnncli.errors import CheckpointError, ConfigError
 
 
 class Evaluator:
-    """Jit-compiled evaluation of one model graph over device-resident uint8 splits."""
+    """Jit-compiled evaluation of one model graph: over device-resident uint8 splits (`run`) or
+    over batches the host decodes and places (`run_batches`, for file-backed data)."""
 
     def __init__(self, parts: Any, *, num_classes: int, mean, std, mesh, batch_size: int):
         import jax
@@ -36,6 +37,7 @@ class Evaluator:
             return step(params, batch_stats, data_x[idx], data_y[idx], mask)
 
         self._step = jax.jit(indexed, out_shardings=None)
+        self._batch_step = jax.jit(step, out_shardings=None)
         self._sharding = batch_sharding(mesh)
 
     def run(self, params, batch_stats, data_x, data_y, num_examples: int, *, with_logits: bool = False
@@ -54,9 +56,35 @@ class Evaluator:
             totals = sums if totals is None else jax.tree.map(lambda a, b: a + b, totals, sums)
             if with_logits:
                 logits_out.append(np.asarray(jax.device_get(logits))[mask])
+        return self._metrics(totals), (np.concatenate(logits_out) if with_logits else None)
+
+    def run_batches(self, params, batch_stats, batches, *, with_logits: bool = False
+                    ) -> tuple[dict[str, float], np.ndarray | None]:
+        """Metrics over (images_uint8, labels, mask) batches already placed on the mesh, each of
+        `batch_size` rows with padding rows masked out; logits [N, K] of the real rows if asked."""
+        import jax
+
+        totals = None
+        logits_out = []
+        for x, y, mask in batches:
+            sums, logits = self._batch_step(params, batch_stats, x, y, mask)
+            totals = sums if totals is None else jax.tree.map(lambda a, b: a + b, totals, sums)
+            if with_logits:
+                keep = np.asarray(jax.device_get(mask), bool)
+                logits_out.append(np.asarray(jax.device_get(logits))[keep])
+        return self._metrics(totals), (np.concatenate(logits_out) if with_logits else None)
+
+    @staticmethod
+    def _metrics(totals) -> dict[str, float]:
+        import jax
+
+        from cnncli.errors import DataError
+
+        if totals is None:
+            raise DataError("nothing to evaluate: the split has no examples")
         t = {k: float(v) for k, v in jax.device_get(totals).items()}
         n = t["count"]
-        metrics = {
+        return {
             "loss": t["loss"] / n,
             "accuracy": t["correct"] / n,
             "top5_accuracy": t["correct_top5"] / n,
@@ -64,7 +92,6 @@ class Evaluator:
             "top5_error": 1.0 - t["correct_top5"] / n,
             "num_examples": int(round(n)),
         }
-        return metrics, (np.concatenate(logits_out) if with_logits else None)
 
     def logits(self, params, batch_stats, data_x, num_examples: int) -> np.ndarray:
         """Logits [N, K] of the first `num_examples` images of a (device) uint8 array, no labels needed."""
@@ -222,9 +249,9 @@ def evaluate_member(path: str | Path, *, split: str = "test", which: str = "best
     data = ctx.dataset(cfg.data)
     x, y = data.split(split)
     m = cfg.model
-    if tuple(x.shape[1:]) != (m.input_size, m.input_size, m.in_channels):
-        raise DataError(f"the {split} images of {path} are {'x'.join(map(str, x.shape[1:]))} but the model expects "
-                        f"{m.input_size}x{m.input_size}x{m.in_channels}")
+    if tuple(data.image_shape) != (m.input_size, m.input_size, m.in_channels):
+        raise DataError(f"the {split} images of {path} are {'x'.join(map(str, data.image_shape))} but the model "
+                        f"expects {m.input_size}x{m.input_size}x{m.in_channels}")
     if loaded.class_names and data.class_names != loaded.class_names:
         raise DataError(f"the data of {path} has the classes {data.class_names}, but the model was trained on "
                         f"{loaded.class_names}")
@@ -234,17 +261,45 @@ def evaluate_member(path: str | Path, *, split: str = "test", which: str = "best
     bs = batch_size or cfg.train.eval_batch_size or cfg.train.batch_size
     ev = ctx.evaluator(loaded, loaded.mean or data.mean, loaded.std or data.std, bs)
     params, stats = replicate(ctx.mesh, (loaded.params, loaded.batch_stats))
-    dev_x, dev_y = replicate(ctx.mesh, (jnp.asarray(x), jnp.asarray(y)))
-    metrics, logits = ev.run(params, stats, dev_x, dev_y, len(y), with_logits=True)
+    if getattr(data, "file_backed", False):  # image files: decoded batch by batch on the host
+        def views(mirror: bool):
+            return ev.run_batches(params, stats, _decoded_batches(ctx.mesh, x, y, data.image_shape, cfg.data, bs,
+                                                                  mirror), with_logits=True)
+    else:  # in memory: on the device once, as during training
+        dev_y = replicate(ctx.mesh, jnp.asarray(y))
+
+        def views(mirror: bool):
+            dev_x = replicate(ctx.mesh, jnp.asarray(np.ascontiguousarray(x[:, :, ::-1]) if mirror else x))
+            return ev.run(params, stats, dev_x, dev_y, len(y), with_logits=True)
+
+    metrics, logits = views(False)
     log_probs = log_softmax(logits)
     if tta is None:
         report = {**metrics, **class_breakdown(np.argmax(logits, axis=1), y, names)}
     else:
-        mirrored = replicate(ctx.mesh, jnp.asarray(np.ascontiguousarray(x[:, :, ::-1])))
-        log_probs = mean_probabilities([log_probs, log_softmax(ev.logits(params, stats, mirrored, len(y)))])
+        log_probs = mean_probabilities([log_probs, log_softmax(views(True)[1])])
         report = score_log_probs(log_probs, y, names)
     report.update(split=split, checkpoint_step=loaded.step, run=str(loaded.run_path), path=str(path), tta=tta)
     return MemberResult(report, log_probs, np.asarray(y), names)
+
+
+def _decoded_batches(mesh, paths: np.ndarray, labels: np.ndarray, image_shape, data_cfg, batch_size: int,
+                     mirror: bool):
+    """(images, labels, mask) on the mesh for a file-backed split: padded, masked last batch."""
+    from cnncli.data.files import FileBatchLoader
+    from cnncli.data.pipeline import eval_index_batches
+    from cnncli.distributed import shard_global_batch
+
+    size, _, channels = image_shape
+    loader = FileBatchLoader(paths, labels, image_size=size, channels=channels, num_workers=data_cfg.num_workers,
+                             skip_corrupt=data_cfg.skip_corrupt)
+    index_batches = eval_index_batches(len(labels), batch_size)
+    decoded = loader.iterate([idx for idx, _ in index_batches])
+    for (images, batch_labels), (_, mask) in zip(decoded, index_batches):
+        if mirror:
+            images = np.ascontiguousarray(images[:, :, ::-1])
+        yield (shard_global_batch(mesh, images), shard_global_batch(mesh, batch_labels),
+               shard_global_batch(mesh, mask))
 
 
 def evaluate_run(path: str | Path, *, split: str = "test", which: str = "best", batch_size: int | None = None,

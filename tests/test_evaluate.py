@@ -273,3 +273,28 @@ def test_cli_bad_input_is_one_line(run, tmp_path):
     assert res.exit_code == 2 and "nothing" in res.stderr
     res = cnn("eval", run, "--batch-size", "0")
     assert res.exit_code == 2 and "--batch-size" in res.stderr
+
+
+def test_data_path_evaluates_the_same_images_from_an_image_folder(run, tmp_path):
+    """--data-path with the folder source: file-backed decoding gives the in-memory numbers."""
+    from PIL import Image
+
+    from cnncli.evaluate import evaluate_run
+
+    _, y, x = reference_log_probs(run)
+    root = tmp_path / "digits_folder"
+    one_per_class = [int(np.argmax(y == c)) for c in range(10)]
+    for split, idx in (("train", one_per_class), ("val", one_per_class), ("test", range(len(y)))):
+        for i in idx:
+            target = root / split / str(y[i]) / f"{i:03d}.png"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(x[i, :, :, 0], "L").save(target)
+    in_memory = evaluate_run(run)
+    from_files = evaluate_run(run, data_path=root, overrides=["data.source=folder"])
+    assert from_files["num_examples"] == 359
+    assert from_files["accuracy"] == in_memory["accuracy"]
+    assert from_files["top5_accuracy"] == in_memory["top5_accuracy"]
+    assert from_files["loss"] == pytest.approx(in_memory["loss"], rel=1e-6)
+    assert from_files["confusion_matrix"] == in_memory["confusion_matrix"]
+    flipped = evaluate_run(run, data_path=root, overrides=["data.source=folder"], tta="flip")
+    assert flipped["loss"] == pytest.approx(evaluate_run(run, tta="flip")["loss"], rel=1e-6)

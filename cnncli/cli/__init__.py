@@ -11,7 +11,7 @@ import sys
 
 import typer
 
-from cnncli.cli import evaluate, models, summarize, train  # noqa: F401  (registers the commands)
+from cnncli.cli import analysis, data, evaluate, models, summarize, train  # noqa: F401  (registers the commands)
 from cnncli.cli.app import _state, app
 from cnncli.errors import CnnError
 

@@ -1,0 +1,115 @@
+"""`cnn predict`: classify image files with a trained model.
+
+An image goes through what the eval pipeline does to a dataset image. For a model trained
+on in-memory arrays (digits, MNIST, CIFAR, npz): decoded with PIL, converted to the model's
+channels (cnncli.data.pipeline.convert_channels), resized so that its shorter side is the
+model's input size (bilinear, antialiased, as cnncli.data.pipeline.resize_images) and
+centre-cropped. For a model trained on an image folder: cnncli.data.files.decode_image, the
+folder loader's own decoding. Either way the uint8 result goes through the same compiled
+evaluation step (uint8 -> /255 -> (x - mean) / std with data.json's stats).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cnncli.errors import ConfigError, DataError
+
+_GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
+
+
+def decode_image(path: str | Path) -> np.ndarray:
+    """uint8 [H, W, C] pixels of an image file (C = 1 for grayscale files, 3 otherwise)."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    try:
+        with Image.open(path) as img:
+            img.load()
+            if img.mode in _GRAY_MODES:
+                if img.mode in ("1", "L", "LA"):
+                    return np.asarray(img.convert("L"))[..., None]
+                if img.mode.startswith("I;16"):  # 16-bit: the top 8 bits, as the folder source does
+                    return (np.asarray(img).astype(np.uint32) >> 8).astype(np.uint8)[..., None]
+                return np.asarray(img.convert("L"))[..., None]
+            return np.asarray(img.convert("RGB"))
+    except FileNotFoundError:
+        raise DataError(f"image file not found: {path}") from None
+    except IsADirectoryError:
+        raise DataError(f"{path} is a directory, expected an image file") from None
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise DataError(f"{path}: cannot read the image ({str(exc).splitlines()[0] if str(exc) else 'corrupt'})"
+                        ) from None
+
+
+def fit_to_input(pixels: np.ndarray, size: int, channels: int) -> np.ndarray:
+    """uint8 [H, W, C] -> [size, size, channels]: channel conversion, shorter side resized to `size`,
+    centre crop."""
+    import jax
+    import jax.numpy as jnp
+
+    from cnncli.data.pipeline import convert_channels
+
+    x = convert_channels(pixels, channels)
+    h, w = x.shape[:2]
+    scale = size / min(h, w)
+    new_h, new_w = max(size, round(h * scale)), max(size, round(w * scale))
+    if (new_h, new_w) != (h, w):
+        resized = jax.image.resize(jnp.asarray(x, jnp.float32), (new_h, new_w, x.shape[2]), "linear")
+        x = np.asarray(jnp.clip(jnp.round(resized), 0, 255).astype(jnp.uint8))
+    top, left = (new_h - size) // 2, (new_w - size) // 2
+    return np.ascontiguousarray(x[top : top + size, left : left + size])
+
+
+def predict_images(path: str | Path, images: Sequence[str | Path], *, top_k: int = 5, which: str = "best",
+                   overrides: list[str] | None = None, tta: str | None = None,
+                   batch_size: int | None = None) -> list[dict[str, Any]]:
+    """Top-k classes with probabilities for each image file:
+    [{file, predictions: [{class, index, probability}, ...]}, ...] in the order given."""
+    import jax.numpy as jnp
+
+    from cnncli.distributed import make_mesh, replicate
+    from cnncli.evaluate import TTA_MODES, Evaluator, load_checkpoint_model
+    from cnncli.scores import log_softmax, mean_probabilities
+
+    if not images:
+        raise ConfigError("give at least one image file to classify")
+    if top_k < 1:
+        raise ConfigError(f"--top-k must be at least 1, got {top_k}")
+    if tta is not None and tta not in TTA_MODES:
+        raise ConfigError(f"--tta must be one of {', '.join(TTA_MODES)}, got {tta!r}")
+    pixels = [decode_image(p) for p in images]  # fail on a bad file before loading the model
+    loaded = load_checkpoint_model(path, which, overrides)
+    m = loaded.config.model
+    if loaded.mean is None or loaded.std is None:
+        raise DataError(f"{loaded.run_path / 'data.json'} is missing or has no mean/std; "
+                        "cannot normalise images as in training")
+    if loaded.config.data.source == "folder":  # trained on image files: decode exactly as its loader did
+        from cnncli.data.files import decode_image as decode_for_folder
+
+        x = np.stack([decode_for_folder(str(f), m.input_size, m.in_channels) for f in images])
+    else:
+        x = np.stack([fit_to_input(p, m.input_size, m.in_channels) for p in pixels])
+    mesh = make_mesh()
+    n_dev = mesh.devices.size
+    limit = batch_size or loaded.config.train.eval_batch_size or loaded.config.train.batch_size
+    bs = -(-min(len(x), limit) // n_dev) * n_dev  # no more padding than the device count needs
+    ev = Evaluator(loaded.parts, num_classes=m.num_classes, mean=loaded.mean, std=loaded.std, mesh=mesh,
+                   batch_size=bs)
+    params, stats = replicate(mesh, (loaded.params, loaded.batch_stats))
+    views = [x] if tta is None else [x, np.ascontiguousarray(x[:, :, ::-1])]
+    log_probs = mean_probabilities(
+        [log_softmax(ev.logits(params, stats, replicate(mesh, jnp.asarray(v)), len(v))) for v in views])
+    probs = np.exp(log_probs)
+    names = list(loaded.class_names) + [f"class_{i}" for i in range(len(loaded.class_names), m.num_classes)]
+    k = min(top_k, m.num_classes)
+    out = []
+    for file, p in zip(images, probs):
+        order = np.argsort(-p, kind="stable")[:k]
+        out.append({"file": str(file), "predictions": [
+            {"class": names[i], "index": int(i), "probability": float(p[i])} for i in order]})
+    return out
