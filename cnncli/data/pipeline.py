@@ -65,12 +65,21 @@ def convert_channels(x: np.ndarray, channels: int | None) -> np.ndarray:
 
 
 def channel_stats(x: np.ndarray) -> tuple[list[float], list[float]]:
-    """Per-channel mean and std of uint8 images, in [0, 1] units (float64 accumulation)."""
-    flat = x.reshape(-1, x.shape[-1]).astype(np.float64) / 255.0
-    mean = flat.mean(axis=0)
-    std = flat.std(axis=0)
-    std = np.where(std > 0, std, 1.0)
-    return [float(v) for v in mean], [float(v) for v in std]
+    """Per-channel mean and std of uint8 images, in [0, 1] units.
+
+    Computed from each channel's histogram of the 256 values: exact, and much faster than
+    converting every pixel to float.
+    """
+    values = np.arange(256, dtype=np.float64) / 255.0
+    mean, std = [], []
+    for c in range(x.shape[-1]):
+        counts = np.bincount(np.ascontiguousarray(x[..., c]).reshape(-1), minlength=256).astype(np.float64)
+        n = counts.sum()
+        m = counts @ values / n
+        var = max(counts @ (values - m) ** 2 / n, 0.0)
+        mean.append(float(m))
+        std.append(float(np.sqrt(var)) if var > 0 else 1.0)
+    return mean, std
 
 
 def prepare_dataset(cfg: DataConfig, src: SourceData | None = None) -> Dataset:
