@@ -123,8 +123,9 @@ def plot(
     panel: Annotated[Optional[list[str]], typer.Option(help="One panel per use: comma-separated runs (RUN paths or "
                                                             "names, or run directories), e.g. plain20,plain56.")]
     = None,
-    figure: Annotated[Optional[str], typer.Option(help="Preset: he2016 (train/val error of plain nets beside "
-                                                       "ResNets, He et al. 2016).")] = None,
+    figure: Annotated[Optional[str], typer.Option(help="Preset that sets metrics and panels: he2016 (training "
+                                                       "and test/val error of plain nets beside ResNets, "
+                                                       "He et al. 2016).")] = None,
     percent: Annotated[bool, typer.Option(help="Show values in percent.")] = False,
     output: Annotated[Path, typer.Option("--output", "-o", help="Image file (png, pdf, svg).")] = Path("curves.png"),
 ) -> None:
