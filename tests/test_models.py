@@ -4,7 +4,7 @@ import pytest
 from flax import nnx
 
 from cnncli.errors import ModelError
-from cnncli.models import create_model, list_models
+from cnncli.models import create_model, get_spec, list_models
 from cnncli.summary import walk_layers
 
 
@@ -72,9 +72,7 @@ def test_alexnet_table_shapes():
     assert [shapes[f"fc{i}"] for i in (6, 7, 8)] == [[4096], [4096], [1000]]
 
 
-@pytest.mark.parametrize("name", [n for n in list_models() if n.startswith(("resnet2", "resnet3", "resnet4",
-                                                                             "resnet5", "resnet11", "plain"))
-                                  and n not in ("resnet50",)])
+@pytest.mark.parametrize("name", [n for n in list_models() if get_spec(n).family in ("cifar_resnet", "cifar_plain")])
 def test_cifar_models_forward_32(name):
     m = create_model(name, num_classes=7, input_shape=(32, 32, 3))
     m.eval()

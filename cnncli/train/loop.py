@@ -8,7 +8,9 @@ step gathers its batch from a host-computed index vector and augments inside jit
 from __future__ import annotations
 
 import math
+import os
 import signal
+import socket
 import time
 from contextlib import contextmanager
 from typing import Any
@@ -144,14 +146,19 @@ def train_and_evaluate(cfg: Config, run: RunDir, *, resume: bool = False, consol
     # ---- run directory ----------------------------------------------------------------
     run.config.write_text(cfg.to_yaml())
     run.write_json("split.json", data.split_info)
-    run.write_json("data.json", {"source": data.source, "description": data.description,
+    run.write_json("data.json", {"source": data.source, "path": data.path, "description": data.description,
                                  "class_names": data.class_names, "image_shape": list(data.image_shape),
-                                 "mean": data.mean, "std": data.std, "sizes": data.sizes()})
+                                 "mean": data.mean, "std": data.std, "stats_from": data.stats_from,
+                                 "sizes": data.sizes(), "notes": data.notes})
+    for note in data.notes:
+        console.print(f"note: {note}")
     manager = CheckpointManager(run.checkpoints, keep_last=t.keep_last, keep_best=t.keep_best,
                                 best_metric=t.best_metric, best_mode=best_mode)
     identity = {"name": cfg.model.name, "num_classes": cfg.model.num_classes, "input_shape": list(data.image_shape)}
 
-    start_step, images_seen, train_time, compile_time = 0, 0, 0.0, 0.0
+    # Time spent by earlier processes of this run (resume): wall times and rates cover the whole run.
+    start_step, images_seen, train_time, compile_time, wall_before = 0, 0, 0.0, 0.0, 0.0
+    steady = {"images": 0, "seconds": 0.0}  # steps after the first of each process, evaluation excluded
     best: dict[str, Any] = {"value": None, "step": None, "epoch": None}
     bad_evals = 0
     if resume and manager.latest_step() is not None:
@@ -166,13 +173,16 @@ def train_and_evaluate(cfg: Config, run: RunDir, *, resume: bool = False, consol
         start_step = int(meta["step"])
         images_seen, train_time = int(meta["images_seen"]), float(meta["train_time_s"])
         compile_time = float(meta.get("compile_time_s", 0.0))
+        wall_before = float(meta.get("wall_time_s", 0.0))
+        steady = dict(meta.get("steady", steady))
         best, bad_evals = meta["best"], int(meta["bad_evals"])
         if plateau is not None and meta.get("plateau"):
             plateau.load_state_dict(meta["plateau"])
         console.print(f"resuming {run.path} from step {start_step} (epoch {start_step / spe:.2f})")
     truncate_after(run.metrics_jsonl, start_step)
     truncate_csv_after(run.metrics_csv, start_step)
-    run.set_status("running", started=time.strftime("%Y-%m-%dT%H:%M:%S"), total_steps=total_steps,
+    run.set_status("running", started=time.strftime("%Y-%m-%dT%H:%M:%S"), pid=os.getpid(), host=socket.gethostname(),
+                   total_steps=total_steps,
                    steps_per_epoch=spe, model=cfg.model.name, dataset=cfg.data.source)
 
     # ---- compiled steps ---------------------------------------------------------------
@@ -191,7 +201,8 @@ def train_and_evaluate(cfg: Config, run: RunDir, *, resume: bool = False, consol
 
     def meta_for(step: int, val: dict | None) -> dict:
         return {"step": step, "epoch": step / spe, "images_seen": images_seen, "train_time_s": train_time,
-                "compile_time_s": compile_time, "best": best, "bad_evals": bad_evals,
+                "wall_time_s": wall_before + time.perf_counter() - wall_start,
+                "compile_time_s": compile_time, "steady": steady, "best": best, "bad_evals": bad_evals,
                 "plateau": plateau.state_dict() if plateau else None,
                 "data_position": {"seed": t.seed, "epoch": step // spe, "batch_in_epoch": step % spe},
                 "model": identity, "class_names": data.class_names, "has_ema": state.ema_params is not None,
@@ -228,6 +239,8 @@ def train_and_evaluate(cfg: Config, run: RunDir, *, resume: bool = False, consol
         vals = {k: float(np.mean([f[k] for f in fetched])) for k in fetched[0]}
         if window_start is not None and now > window_start:
             vals["images_per_sec"] = window_images / (now - window_start)
+            steady["images"] += window_images
+            steady["seconds"] += now - window_start
         window_start, window_images = now, 0
         counters = jax.device_get((state.nonfinite_steps, state.first_nonfinite_step))
         vals["nonfinite_steps"] = int(counters[0])
@@ -256,7 +269,7 @@ def train_and_evaluate(cfg: Config, run: RunDir, *, resume: bool = False, consol
                 t0 = time.perf_counter()
                 state, m = feed.step(state, batch)
                 jax.block_until_ready(m)
-                compile_time = time.perf_counter() - t0
+                compile_time += time.perf_counter() - t0  # summed over the processes of a resumed run
                 window_start = time.perf_counter()
             else:
                 state, m = feed.step(state, batch)
@@ -295,7 +308,7 @@ def train_and_evaluate(cfg: Config, run: RunDir, *, resume: bool = False, consol
                     "val_accuracy": val["accuracy"], "val_top5_accuracy": val["top5_accuracy"],
                     "lr": last_train.get("lr"), "images_per_sec": last_train.get("images_per_sec"),
                     "epoch_time_s": time.perf_counter() - epoch_start,
-                    "wall_time_s": time.perf_counter() - wall_start})
+                    "wall_time_s": wall_before + time.perf_counter() - wall_start})
                 progress.console.print(
                     f"epoch {done / spe:6.2f}  step {done:>6}  train loss {epoch_sums['loss'] / n:.4f} "
                     f"acc {epoch_sums['accuracy'] / n:.4f}  val loss {val['loss']:.4f} acc {val['accuracy']:.4f}  "
@@ -306,6 +319,8 @@ def train_and_evaluate(cfg: Config, run: RunDir, *, resume: bool = False, consol
                     stopped_early = True
             if is_eval or done % ckpt_every == 0 or catcher.signum or stopped_early:
                 save(done, val)
+            if is_eval and window_start is not None:
+                window_start = time.perf_counter()  # evaluation time is not training throughput
             if catcher.signum:
                 manager.close()
                 writer.close()
@@ -331,13 +346,12 @@ def train_and_evaluate(cfg: Config, run: RunDir, *, resume: bool = False, consol
     if cfg.output.export:
         export_path = export_weights(run.path / f"model.{cfg.output.export}", model_tree, cfg.output.export)
     manager.close()
-    wall = time.perf_counter() - wall_start
-    steady = max(train_time - compile_time, 1e-9)
+    wall = wall_before + time.perf_counter() - wall_start
     summary = {
         "run_dir": str(run.path), "steps": int(state.step), "epochs": float(state.step) / spe,
         "best_step": best["step"], "best_epoch": best["epoch"], f"best_{t.best_metric}": best["value"],
         "test": results, "wall_time_s": wall, "compile_time_s": compile_time,
-        "images_per_sec": (images_seen - t.batch_size) / steady if images_seen > t.batch_size else None,
+        "images_per_sec": steady["images"] / steady["seconds"] if steady["seconds"] > 0 else None,
         "checkpoints": str(run.checkpoints), "exported": str(export_path) if export_path else None,
         "stopped_early": stopped_early,
     }
