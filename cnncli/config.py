@@ -64,7 +64,7 @@ class DataConfig:
         ),
     )
     path: str | None = None
-    image_size: int | None = None  # resize to this square size; null = the source's size (digits: 32)
+    image_size: int | None = None  # resize to this square size; null = the source's size (digits: 32, folder: 224)
     channels: int | None = None  # 1 or 3; null = the source's channels
     val_fraction: float = 0.1  # held out of train when the source has no validation split
     test_fraction: float = 0.2  # held out when the source has no test split (digits)
