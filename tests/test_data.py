@@ -64,3 +64,14 @@ def test_eval_batches_cover_every_example_once():
     assert idx.tolist() == list(range(10))
     assert [int(m.sum()) for _, m in batches] == [4, 4, 2]
     assert all(len(i) == 4 for i, _ in batches)
+
+
+def test_expected_shape_matches_the_prepared_data():
+    from cnncli.data.sources import expected_shape
+
+    for cfg in (DataConfig(source="digits"), DataConfig(source="digits", image_size=12, channels=3),
+                DataConfig(source="synthetic", image_size=20, channels=1, num_classes=4, num_train=64, num_test=16)):
+        d = prepare_dataset(cfg)
+        assert expected_shape(cfg) == (d.image_shape[0], d.image_shape[2], d.num_classes)
+    assert expected_shape(DataConfig(source="cifar100", label="coarse")) == (32, 3, 20)
+    assert expected_shape(DataConfig(source="folder")) == (224, 3, None)

@@ -17,6 +17,31 @@ from cnncli.errors import DataError
 
 DATA_DIR_ENV = "CNN_DATA_DIR"
 
+# (image size, channels, classes) fixed by each source's format; None where the files decide.
+_NATIVE = {
+    "digits": (8, 1, 10),
+    "mnist": (28, 1, 10), "fashion_mnist": (28, 1, 10), "kmnist": (28, 1, 10),
+    "cifar10": (32, 3, 10), "cifar100": (32, 3, 100),
+}
+
+
+def expected_shape(cfg: DataConfig) -> tuple[int | None, int | None, int | None]:
+    """(image size, channels, classes) that prepare_dataset will produce, known without reading files.
+
+    None for what only the files can tell (a folder's classes, an npz archive's arrays).
+    """
+    from cnncli.data.pipeline import DEFAULT_IMAGE_SIZE
+
+    size, channels, classes = _NATIVE.get(cfg.source, (None, None, None))
+    if cfg.source == "cifar100" and cfg.label == "coarse":
+        classes = 20
+    elif cfg.source == "synthetic":
+        size, channels, classes = cfg.image_size or 32, cfg.channels or 3, cfg.num_classes
+    elif cfg.source == "folder":
+        channels = 3
+    size = cfg.image_size or DEFAULT_IMAGE_SIZE.get(cfg.source) or size
+    return size, cfg.channels or channels, classes
+
 
 def source_location(cfg: DataConfig) -> Path | None:
     """Where the source's files should be: `data.path`, else `$CNN_DATA_DIR/<source>`, else None."""

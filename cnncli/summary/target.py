@@ -1,8 +1,8 @@
 """What `cnn summarize` was pointed at: a model name, a config file, a run directory or a checkpoint.
 
-A config file may leave the input size, channels and class count to the data; for the
-well-known sources their native figures are used, otherwise the model family's defaults,
-with a note. A run directory's config.yaml has them resolved; a checkpoint step directory
+A config file may leave the input size, channels and class count to the data; what the
+source's format fixes is used (cnncli.data.sources.expected_shape), otherwise the model
+family's defaults, with a note. A run directory's config.yaml has them resolved; a checkpoint step directory
 `runs/NAME/checkpoints/STEP` belongs to the run two levels up.
 """
 
@@ -13,14 +13,6 @@ from pathlib import Path
 from typing import Any
 
 from cnncli.summary.memory import SummaryError
-
-# Native (image size, channels, classes) of the sources whose files have a fixed format; the
-# data pipeline's DEFAULT_IMAGE_SIZE takes precedence for the size.
-KNOWN_SOURCES = {
-    "mnist": (28, 1, 10), "fashion_mnist": (28, 1, 10), "kmnist": (28, 1, 10),
-    "cifar10": (32, 3, 10), "cifar100": (32, 3, 100),
-}
-
 
 @dataclasses.dataclass
 class Target:
@@ -70,19 +62,12 @@ def _from_config(cfg: Any, source: str, resolved: bool) -> Target:
     t.input_size, t.in_channels, t.num_classes = m.input_size, m.in_channels, m.num_classes
     if resolved:
         return t
-    from cnncli.data.pipeline import DEFAULT_IMAGE_SIZE
+    from cnncli.data.sources import expected_shape
 
-    native = KNOWN_SOURCES.get(d.source, (None, None, None))
-    if d.source == "digits":
-        native = (None, 1, 10)
-    elif d.source == "cifar100" and d.label == "coarse":
-        native = (32, 3, 20)
-    elif d.source == "synthetic":
-        native = (32, 3, d.num_classes)
-    # the size the data pipeline resizes to when data.image_size is not set
-    t.input_size = t.input_size or d.image_size or DEFAULT_IMAGE_SIZE.get(d.source) or native[0]
-    t.in_channels = t.in_channels or d.channels or native[1]
-    t.num_classes = t.num_classes or native[2]
+    size, channels, classes = expected_shape(d)
+    t.input_size = t.input_size or size
+    t.in_channels = t.in_channels or channels
+    t.num_classes = t.num_classes or classes
     defaults = {"input size": f"{spec.default_input[0]}x{spec.default_input[1]}",
                 "channels": str(spec.default_input[2]), "number of classes": str(spec.default_classes)}
     unknown = [k for k, v in (("input size", t.input_size), ("channels", t.in_channels),
