@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import time
 from pathlib import Path
 from typing import Any
 
@@ -133,13 +132,3 @@ class TrainProgress:
                 f"{values.get('images_per_sec', 0):.0f} img/s"
             )
         self.progress.update(self.task, completed=step, **fields)
-
-
-class Stopwatch:
-    """Wall time split into compile time (first step) and steady-state time."""
-
-    def __init__(self):
-        self.start = time.perf_counter()
-
-    def elapsed(self) -> float:
-        return time.perf_counter() - self.start
