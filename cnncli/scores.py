@@ -67,15 +67,30 @@ def top_k_correct(scores: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
     return np.any(top == np.asarray(labels)[:, None], axis=1)
 
 
+def macro_averages(cm: np.ndarray, per_class: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Unweighted means of per-class precision / recall / F1 over the classes they are defined for.
+
+    A class counts when it has examples or the model predicted it (a class predicted but
+    absent from the split counts with precision 0). A class with neither is undefined and
+    left out; it is named in `macro_undefined_classes`. This equals scikit-learn's
+    `precision_recall_fscore_support(y, p, average="macro")`, and equals it with
+    `labels=range(K)` whenever no class is undefined.
+    """
+    cm = np.asarray(cm, np.int64)
+    defined = (cm.sum(axis=1) > 0) | (cm.sum(axis=0) > 0)
+    covered = [c for c, d in zip(per_class, defined) if d]
+    macro = {f"macro_{m}": float(np.mean([c[m] for c in covered])) if covered else 0.0
+             for m in ("precision", "recall", "f1")}
+    return {**macro, "macro_classes": len(covered),
+            "macro_undefined_classes": [c["name"] for c, d in zip(per_class, defined) if not d]}
+
+
 def class_breakdown(predictions: np.ndarray, labels: np.ndarray, class_names: Sequence[str]) -> dict[str, Any]:
     """Confusion matrix, per-class metrics and their macro averages for predicted class ids."""
     k = len(class_names)
     cm = confusion_matrix(labels, predictions, k)
     per_class = per_class_metrics(cm, class_names)
-    present = [c for c in per_class if c["support"] > 0]
-    macro = {f"macro_{m}": float(np.mean([c[m] for c in present])) if present else 0.0
-             for m in ("precision", "recall", "f1")}
-    return {**macro, "per_class": per_class, "confusion_matrix": cm.tolist()}
+    return {**macro_averages(cm, per_class), "per_class": per_class, "confusion_matrix": cm.tolist()}
 
 
 def score_log_probs(log_probs: np.ndarray, labels: np.ndarray, class_names: Sequence[str]) -> dict[str, Any]:

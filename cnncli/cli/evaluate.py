@@ -122,6 +122,11 @@ def _print_tables(report: dict[str, Any], split: str) -> None:
         pc.add_row(c["name"], str(c["support"]), f"{c['accuracy']:.4f}", f"{c['precision']:.4f}",
                    f"{c['recall']:.4f}", f"{c['f1']:.4f}")
     console.print(pc)
+    if "macro_classes" in report:
+        undefined = report["macro_undefined_classes"]
+        console.print(f"macro precision {report['macro_precision']:.4f}, recall {report['macro_recall']:.4f}, "
+                      f"F1 {report['macro_f1']:.4f} over {report['macro_classes']} classes"
+                      + (f" (left out, no examples and never predicted: {', '.join(undefined)})" if undefined else ""))
 
     cm = report["confusion_matrix"]
     if len(cm) > 20:
