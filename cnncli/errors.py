@@ -52,3 +52,7 @@ class TrainingInterrupted(CnnError):
     def __init__(self, message: str, signum: int):
         super().__init__(message)
         self.exit_code = 128 + signum
+
+
+class WriteError(CnnError):
+    """A file could not be written (disk full, read-only filesystem, no permission): what, where, why."""

@@ -1,28 +1,45 @@
-"""The run directory: where a training run writes everything, and how it is found again.
+"""The run directory: where a training run writes everything, who owns it, and how it is found again.
 
     runs/<name>/
+      .cnn-run        marker: this folder was made by `cnn train` (so --force may replace it)
+      .lock           OS lock held by the one process writing the run; holds its pid and host
       config.yaml     fully resolved config (defaults + file + overrides + data-derived sizes)
       split.json      how train/val/test were split (seed, held-out indices)
       data.json       class names, image shape, normalisation mean/std
       metrics.jsonl   one object per logged step and per evaluation
       metrics.csv     one row per epoch
-      status.json     running / finished / interrupted / failed, timings
+      status.json     running / finished / interrupted / failed, timings, pid and host
       checkpoints/    Orbax steps (latest + best)
       results.json    final test-split evaluation of the best checkpoint
       model.safetensors  exported best weights
       tensorboard/    event files
+
+Ownership: a writer takes `fcntl.flock` on `.lock` and keeps it for the life of the process
+(`RunDir.create` takes it; a resume calls `acquire()` or enters `lock()`). The kernel drops the
+lock when the process dies, however it dies, so a stale `.lock` file never blocks a resume.
+Within one process the lock is re-entrant (held per resolved path), so in-process callers that
+open the same run twice do not refuse themselves.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import socket
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
-from cnncli.errors import RunDirError
+from cnncli.errors import RunDirError, WriteError
+
+MARKER = ".cnn-run"
+LOCK = ".lock"
+STATUSES = ("running", "finished", "interrupted", "failed")
+_SYSTEM_ROOTS = (Path("/proc"), Path("/sys"), Path("/dev"))
+_HELD: dict[Path, int] = {}  # resolved run path -> fd of its flocked .lock file, for this process
 
 
 def default_run_name(config_path: str | Path | None) -> str:
@@ -30,15 +47,24 @@ def default_run_name(config_path: str | Path | None) -> str:
     return f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write JSON via a temporary file and rename, so readers never see half a file."""
+def _reason(exc: OSError) -> str:
+    return exc.strerror or str(exc)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write via a temporary file and rename, so readers never see half a file; one-line error on failure."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise WriteError(f"could not write {path}: {_reason(exc)}") from None
 
 
 class RunDir:
-    """Paths and small files of one run."""
+    """Paths, small files, ownership and status of one run."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -60,38 +86,71 @@ class RunDir:
         return self.path / "metrics.csv"
 
     @property
-    def results(self) -> Path:
-        return self.path / "results.json"
-
-    @property
-    def status_file(self) -> Path:
-        return self.path / "status.json"
-
-    @property
     def tensorboard(self) -> Path:
         return self.path / "tensorboard"
 
-    def exists(self) -> bool:
-        return self.path.exists()
-
     def is_run(self) -> bool:
+        """Has what `cnn eval` / `--resume` need: a resolved config.yaml."""
         return self.config.is_file()
+
+    def is_cnn_run(self) -> bool:
+        """Made by `cnn train`: the marker file, or (older runs) a status.json carrying cnn's fields."""
+        if (self.path / MARKER).is_file():
+            return True
+        try:
+            status = json.loads((self.path / "status.json").read_text())
+        except (OSError, ValueError):
+            return False
+        return (isinstance(status, dict) and status.get("status") in STATUSES
+                and "steps_per_epoch" in status and "total_steps" in status)
+
+    # -- creating and opening -----------------------------------------------------------
 
     @classmethod
     def create(cls, path: str | Path, *, force: bool = False) -> RunDir:
-        """A fresh run directory. Refuses an existing non-empty one unless `force` (which clears it)."""
+        """A fresh run directory, locked by this process.
+
+        Refuses an existing non-empty folder; with `force`, replaces it only if it is a cnn run
+        directory that no live process owns. Never touches any other folder's files.
+        """
         run = cls(path)
-        if run.path.exists() and any(run.path.iterdir()):
+        run._check_location()
+        if run.path.is_dir() and any(run.path.iterdir()):
             if not force:
                 raise RunDirError(
                     f"run directory {run.path} already exists; use --resume {run.path} to continue it, "
-                    "--force to replace it, or --name/--run-dir for a new one"
-                )
-            if not run.is_run():
-                raise RunDirError(f"--force refuses to clear {run.path}: it is not a run directory (no config.yaml)")
-            shutil.rmtree(run.path)
-        run.path.mkdir(parents=True, exist_ok=True)
+                    "--force to replace it, or --name/--run-dir for a new one")
+            if not run.is_cnn_run():
+                entries = sorted(p.name for p in run.path.iterdir())
+                shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
+                raise RunDirError(f"--force refuses to clear {run.path}: it is not a cnn run directory (no {MARKER} "
+                                  f"marker or run status.json) and holds {len(entries)} entries ({shown})")
+            run.acquire()  # refuses if a live process owns it
+            run.release()
+            try:
+                shutil.rmtree(run.path)
+            except OSError as exc:
+                raise RunDirError(f"--force could not clear {run.path}: {_reason(exc)}") from None
+        try:
+            run.path.mkdir(parents=True, exist_ok=True)
+            (run.path / MARKER).write_text(json.dumps({"created": time.strftime("%Y-%m-%dT%H:%M:%S")}) + "\n")
+        except OSError as exc:
+            raise RunDirError(f"cannot create run directory {run.path}: {_reason(exc)}") from None
+        run.acquire()
         return run
+
+    def _check_location(self) -> None:
+        resolved = self.path.resolve()
+        if any(resolved == r or r in resolved.parents for r in _SYSTEM_ROOTS):
+            raise RunDirError(f"cannot create run directory {self.path}: /{resolved.parts[1]} is a system folder, "
+                              "not storage")
+        if self.path.exists() and not self.path.is_dir():
+            raise RunDirError(f"cannot create run directory {self.path}: it is a file, not a folder")
+        for parent in self.path.parents:
+            if parent.exists():
+                if not parent.is_dir():
+                    raise RunDirError(f"cannot create run directory {self.path}: {parent} is a file, not a folder")
+                break
 
     @classmethod
     def open(cls, path: str | Path) -> RunDir:
@@ -102,19 +161,135 @@ class RunDir:
             raise RunDirError(f"{run.path} is not a run directory (no config.yaml)")
         return run
 
+    # -- ownership ----------------------------------------------------------------------
+
+    def acquire(self) -> RunDir:
+        """Own this run for the life of the process; a one-line RunDirError naming the live owner otherwise."""
+        import fcntl
+
+        key = self.path.resolve()
+        if key in _HELD:
+            return self
+        lock = self.path / LOCK
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise RunDirError(f"cannot lock run directory {self.path}: {_reason(exc)}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            owner = _read_owner(fd)
+            os.close(fd)
+            who = f"process {owner.get('pid')} on host {owner.get('host')}" if owner else "another process"
+            raise RunDirError(f"run directory {self.path} is in use by {who}; wait for it to finish or stop it "
+                              "first") from None
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname()}).encode() + b"\n", 0)
+        except OSError as exc:
+            os.close(fd)
+            raise RunDirError(f"cannot lock run directory {self.path}: {_reason(exc)}") from None
+        _HELD[key] = fd
+        return self
+
+    def release(self) -> None:
+        """Give up ownership (the kernel also does this when the process ends)."""
+        fd = _HELD.pop(self.path.resolve(), None)
+        if fd is not None:
+            os.close(fd)  # closing the descriptor drops the flock
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[RunDir]:
+        """`with run.lock():` owns the run inside the block; re-entrant if this process already owns it."""
+        held = self.path.resolve() in _HELD
+        self.acquire()
+        try:
+            yield self
+        finally:
+            if not held:
+                self.release()
+
+    def owner(self) -> dict | None:
+        """{'pid', 'host'} of the live process owning this run, or None if nobody holds the lock."""
+        import fcntl
+
+        if self.path.resolve() in _HELD:
+            return {"pid": os.getpid(), "host": socket.gethostname()}
+        try:
+            fd = os.open(self.path / LOCK, os.O_RDONLY)
+        except OSError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            return _read_owner(fd) or {"pid": None, "host": None}
+        finally:
+            os.close(fd)
+        return None
+
+    # -- small files --------------------------------------------------------------------
+
     def read_json(self, name: str) -> Any:
         p = self.path / name
         if not p.exists():
             return None
         try:
             return json.loads(p.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise RunDirError(f"{p}: unreadable JSON ({exc})") from None
+        except (OSError, ValueError) as exc:
+            raise RunDirError(f"{p}: unreadable JSON ({str(exc)[:200]})") from None
 
     def write_json(self, name: str, obj: Any) -> None:
-        write_json_atomic(self.path / name, obj)
+        """Atomic JSON write; a WriteError (one line: what, where, why) if the disk refuses it."""
+        _write_atomic(self.path / name, json.dumps(obj, indent=2) + "\n")
 
     def set_status(self, status: str, **fields: Any) -> None:
-        current = self.read_json("status.json") or {}
+        """Merge `fields` into status.json and set its status; an unreadable old status.json is replaced."""
+        try:
+            current = self.read_json("status.json") or {}
+        except RunDirError:
+            current = {}
+        if not isinstance(current, dict):
+            current = {}
         current.update(fields, status=status, updated=time.strftime("%Y-%m-%dT%H:%M:%S"))
         self.write_json("status.json", current)
+
+
+def _read_owner(fd: int) -> dict | None:
+    try:
+        owner = json.loads(os.pread(fd, 4096, 0).decode())
+    except (OSError, ValueError):
+        return None
+    return owner if isinstance(owner, dict) else None
+
+
+class Location(NamedTuple):
+    """What a user's path names: its run (if it belongs to one), checkpoints folder and step."""
+
+    run: RunDir | None  # the run directory (with config.yaml) the path belongs to
+    checkpoints: Path | None  # its checkpoints folder, if the path has or is one
+    step: int | None  # set when the path is one checkpoint step directory
+
+
+def _is_step_dir(path: Path) -> bool:
+    return path.name.isdigit() and path.is_dir() and any(
+        (path / n).exists() for n in ("_CHECKPOINT_METADATA", "meta", "model", "train"))
+
+
+def locate(path: str | Path) -> Location:
+    """Resolve a run directory, its checkpoints/ folder or one checkpoints/<step> folder."""
+    p = Path(path)
+    if not p.exists():
+        raise RunDirError(f"no such run directory or checkpoint: {p}")
+    if not p.is_dir():
+        raise RunDirError(f"{p} is a file, not a run directory or checkpoint")
+    step = None
+    if _is_step_dir(p):
+        checkpoints, step = p.parent, int(p.name)
+    elif (p / "checkpoints").is_dir():
+        checkpoints = p / "checkpoints"
+    elif p.name == "checkpoints" or any(_is_step_dir(c) for c in p.iterdir()):
+        checkpoints = p
+    else:
+        checkpoints = None
+    run = RunDir(checkpoints.parent if checkpoints is not None else p)
+    return Location(run if run.is_run() else None, checkpoints, step)

@@ -1,0 +1,176 @@
+"""The run directory: --force replaces only cnn runs, one writer at a time, one-line write failures, locate()."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from cnncli.errors import RunDirError, WriteError
+from cnncli.rundir import LOCK, MARKER, RunDir, locate
+
+
+def test_force_keeps_a_users_project_folder(tmp_path):
+    project = tmp_path / "project"
+    (project / "src").mkdir(parents=True)
+    (project / "src" / "main.py").write_text("print('mine')\n")
+    (project / "config.yaml").write_text("train: {}\n")
+    (project / "notes.txt").write_text("notes\n")
+    before = {p.relative_to(project): p.read_bytes() for p in project.rglob("*") if p.is_file()}
+    with pytest.raises(RunDirError, match="not a cnn run directory") as err:
+        RunDir.create(project, force=True)
+    assert "\n" not in str(err.value)
+    assert {p.relative_to(project): p.read_bytes() for p in project.rglob("*") if p.is_file()} == before
+
+
+def test_force_replaces_a_run_directory(tmp_path):
+    run = RunDir.create(tmp_path / "run")
+    run.config.write_text("x: 1\n")
+    run.write_json("results.json", {"accuracy": 0.5})
+    run.release()
+    with pytest.raises(RunDirError, match="already exists"):
+        RunDir.create(tmp_path / "run")
+    again = RunDir.create(tmp_path / "run", force=True)
+    assert sorted(p.name for p in again.path.iterdir()) == sorted([MARKER, LOCK])
+    again.release()
+
+
+def test_older_run_recognised_by_its_status(tmp_path):
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "config.yaml").write_text("x: 1\n")
+    (old / "status.json").write_text(json.dumps({"status": "finished", "total_steps": 10, "steps_per_epoch": 5}))
+    assert RunDir(old).is_cnn_run()
+    (old / "status.json").write_text(json.dumps({"status": "finished"}))  # some other tool's status file
+    assert not RunDir(old).is_cnn_run()
+    (old / "status.json").write_text("{broken")
+    assert not RunDir(old).is_cnn_run()
+
+
+@pytest.mark.parametrize("kind", ["file", "file_parent", "proc"])
+def test_unusable_paths_are_one_line_errors(tmp_path, kind):
+    f = tmp_path / "afile"
+    f.write_text("x")
+    path = {"file": f, "file_parent": f / "run", "proc": "/proc/self/cnn-run"}[kind]
+    with pytest.raises(RunDirError) as err:
+        RunDir.create(path)
+    assert "\n" not in str(err.value) and str(path) in str(err.value)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores directory permissions")
+def test_read_only_parent_is_a_one_line_error(tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    try:
+        with pytest.raises(RunDirError, match="cannot create run directory"):
+            RunDir.create(ro / "run")
+    finally:
+        ro.chmod(0o700)
+
+
+def _tiny_fs(tmp_path, size="64k"):
+    mnt = tmp_path / "tiny"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)], capture_output=True)
+    if r.returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    return mnt
+
+
+def test_full_disk_write_is_one_line(tmp_path):
+    mnt = _tiny_fs(tmp_path)
+    try:
+        run = RunDir.create(mnt / "run")
+        run.set_status("running", pid=1)
+        with pytest.raises(WriteError) as err:
+            run.write_json("big.json", {"x": "y" * 200_000})
+        msg = str(err.value)
+        assert "\n" not in msg and str(mnt / "run" / "big.json") in msg and "No space left" in msg
+        assert not (mnt / "run" / "big.json.tmp").exists()  # no half file left behind
+        assert run.read_json("status.json")["status"] == "running"  # the old status is intact
+        run.release()
+    finally:
+        subprocess.run(["umount", str(mnt)])
+
+
+def test_read_only_filesystem(tmp_path):
+    mnt = _tiny_fs(tmp_path)
+    try:
+        subprocess.run(["mount", "-o", "remount,ro", str(mnt)], check=True)
+        with pytest.raises(RunDirError, match="Read-only file system") as err:
+            RunDir.create(mnt / "run")
+        assert "\n" not in str(err.value)
+    finally:
+        subprocess.run(["umount", str(mnt)])
+
+
+HOLDER = textwrap.dedent("""
+    import sys, time
+    from cnncli.rundir import RunDir
+    run = RunDir.create(sys.argv[1])
+    print("locked", flush=True)
+    time.sleep(600)
+""")
+
+
+def _start_holder(path):
+    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(path)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "locked"
+    return proc
+
+
+def test_second_writer_is_refused_while_the_first_lives(tmp_path):
+    path = tmp_path / "run"
+    holder = _start_holder(path)
+    try:
+        run = RunDir(path)
+        assert run.owner() == {"pid": holder.pid, "host": socket.gethostname()}
+        with pytest.raises(RunDirError) as err:
+            run.acquire()
+        msg = str(err.value)
+        assert "\n" not in msg and f"process {holder.pid} on host {socket.gethostname()}" in msg
+        with pytest.raises(RunDirError, match=f"in use by process {holder.pid}"):
+            RunDir.create(path, force=True)  # --force does not take a live run away either
+        assert (path / MARKER).exists()
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    # The holder died without cleaning up: its .lock file stays but the kernel dropped the lock.
+    assert json.loads((path / LOCK).read_text())["pid"] == holder.pid
+    run = RunDir(path)
+    assert run.owner() is None
+    with run.lock():
+        assert json.loads((path / LOCK).read_text())["pid"] == os.getpid()
+        with run.lock():  # re-entrant within one process
+            pass
+        assert run.owner()["pid"] == os.getpid()
+    assert run.owner() is None
+
+
+def test_locate(tmp_path):
+    run = tmp_path / "run"
+    step = run / "checkpoints" / "12"
+    (step / "model").mkdir(parents=True)
+    (run / "config.yaml").write_text("x: 1\n")
+    for p, expected in [(run, (run, run / "checkpoints", None)),
+                        (run / "checkpoints", (run, run / "checkpoints", None)),
+                        (step, (run, run / "checkpoints", 12))]:
+        loc = locate(p)
+        assert (loc.run.path, loc.checkpoints, loc.step) == expected
+    bare = tmp_path / "bare"
+    (bare / "3" / "meta").mkdir(parents=True)
+    assert locate(bare) == (None, bare, None)
+    assert locate(bare / "3") == (None, bare, 3)
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    assert locate(plain) == (None, None, None)
+    with pytest.raises(RunDirError, match="no such run directory"):
+        locate(tmp_path / "missing")
+    (tmp_path / "f.txt").write_text("x")
+    with pytest.raises(RunDirError, match="is a file"):
+        locate(tmp_path / "f.txt")
