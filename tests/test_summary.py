@@ -368,3 +368,117 @@ def test_bad_input_is_one_line_exit_2(args, needle):
     assert "Traceback" not in proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0], proc.stderr
+
+
+# --- receptive fields -------------------------------------------------------------------------------------------
+# Independent of cnncli.summary.receptive: the closed form RF_L = 1 + sum_l (k_l - 1) * prod_{i<l} s_i over the
+# main path, written out from each architecture's description.
+
+def closed_form(path):
+    """[(rf, jump)] after each (kernel, stride) of `path`."""
+    out, rf, jump = [], 1, 1
+    for k, s in path:
+        rf += (k - 1) * jump
+        jump *= s
+        out.append((rf, jump))
+    return out
+
+
+def resnet_path(stem, blocks_per_stage, block):
+    """(main path, index of each block's last layer in it) for a ResNet: stem layers then the blocks' convs."""
+    path, ends = list(stem), []
+    for stage, n in enumerate(blocks_per_stage):
+        for j in range(n):
+            path += block(2 if stage > 0 and j == 0 else 1)
+            ends.append(len(path) - 1)
+    return path, ends
+
+
+def basic(stride):
+    return [(3, stride), (3, 1)]
+
+
+def bottleneck(stride):  # torchvision v1.5: the stride on the 3x3 conv
+    return [(1, 1), (3, stride), (1, 1)]
+
+
+def fields(s, types):
+    return [(r["receptive_field"], r["effective_stride"]) for r in s["layers"] if r["type"] in types]
+
+
+def test_alexnet_receptive_fields_are_the_lectures():
+    s = summarize_model("alexnet", advice=False)
+    by_name = {r["name"]: r["receptive_field"] for r in s["layers"]}
+    assert (by_name["conv1"], by_name["pool1"], by_name["conv2"]) == (11, 19, 51)  # the lecture's figures
+    path = [(11, 4), (3, 2), (5, 1), (3, 2), (3, 1), (3, 1), (3, 1), (3, 2)]
+    assert fields(s, ("conv", "pool"))[:8] == closed_form(path)
+    assert s["receptive_field"] == {"layer": "avgpool", "receptive_field": 195, "effective_stride": 32}
+
+
+def test_vgg16_receptive_fields():
+    s = summarize_model("vgg16", advice=False)
+    cfg = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]
+    path = [(2, 2) if v == "M" else (3, 1) for v in cfg]
+    got = [(r["receptive_field"], r["effective_stride"]) for r in s["layers"] if r["name"].startswith("features.")]
+    assert got == closed_form(path)
+    assert s["receptive_field"]["receptive_field"] == 212  # pool5; the 7x7 adaptive pooling is an identity
+    # past the last feature map, the first dense layer covers the whole 7x7 map
+    fc6 = next(r for r in s["layers"] if r["name"] == "fc6")
+    assert (fc6["receptive_field"], fc6["effective_stride"]) == (212 + 6 * 32, 7 * 32)
+
+
+@pytest.mark.parametrize("name,stem,blocks,block,final", [
+    ("resnet18", [(7, 2), (3, 2)], [2, 2, 2, 2], basic, 435),
+    ("resnet50", [(7, 2), (3, 2)], [3, 4, 6, 3], bottleneck, 427),
+    ("resnet20", [(3, 1)], [3, 3, 3], basic, 81),
+    ("plain20", [(3, 1)], [3, 3, 3], basic, 81),
+])
+def test_resnet_receptive_fields_follow_the_deepest_path(name, stem, blocks, block, final):
+    s = summarize_model(name, advice=False, width=0.25)
+    path, ends = resnet_path(stem, blocks, block)
+    hand = closed_form(path)
+    main = [(r["receptive_field"], r["effective_stride"]) for r in s["layers"]
+            if r["type"] in ("conv", "pool") and len(r["output_shape"]) == 3
+            and not r["name"].rsplit(".", 1)[-1].startswith(("downsample", "proj"))]
+    assert main == hand
+    block_rows = [b for b in group_blocks(s["layers"]) if b["type"] == "block"]
+    assert [(b["receptive_field"], b["effective_stride"]) for b in block_rows] == [hand[i] for i in ends]
+    assert s["receptive_field"]["receptive_field"] == final == hand[-1][0]
+
+
+def test_shortcut_projection_starts_from_the_block_input():
+    layers = {r["name"]: r for r in summarize_model("resnet18", advice=False, width=0.25)["layers"]}
+    entry = layers["layer1.1"]  # layer2.0's input
+    proj = layers["layer2.0.downsample"]
+    assert (proj["receptive_field"], proj["effective_stride"]) == (entry["receptive_field"],
+                                                                   2 * entry["effective_stride"])
+    assert layers["layer2.0.downsample_bn"]["receptive_field"] == entry["receptive_field"]
+    assert layers["layer2.0"]["receptive_field"] == layers["layer2.0.conv2"]["receptive_field"]
+
+
+def test_receptive_field_geometry_helpers():
+    from cnncli.summary.receptive import Field, adaptive_kernel_stride
+
+    assert Field(1, 1).through(3, 1, dilation=2) == Field(5, 1)  # a dilated 3x3 spans 5 pixels
+    assert Field(5, 2).through(3, 2, dilation=2) == Field(13, 4)
+    assert adaptive_kernel_stride(14, 7) == (2, 2)
+    assert adaptive_kernel_stride(8, 7) == (2, 1)  # bins [0,2), [1,3), ...
+
+
+def test_receptive_field_in_every_format():
+    res = runner.invoke(app, ["summarize", "resnet20", "--no-compile", "--format", "json"])
+    s = json.loads(res.stdout)
+    assert s["receptive_field"] == {"layer": "layer3.2", "receptive_field": 81, "effective_stride": 4}
+    assert all({"receptive_field", "effective_stride"} <= set(r) for r in s["layers"])
+    rows = list(csv.DictReader(io.StringIO(runner.invoke(
+        app, ["summarize", "alexnet", "--no-compile", "--format", "csv"]).stdout)))
+    assert {r["name"]: r["receptive_field"] for r in rows}["conv2"] == "51"
+    md = runner.invoke(app, ["summarize", "alexnet", "--no-compile", "--format", "markdown"]).stdout
+    assert "| RF | jump |" in md and "| conv2 | conv | 5x5 p2 | 27x27x256 | 51 | 8 |" in md
+    table = runner.invoke(app, ["summarize", "resnet20", "--no-compile"]).stdout
+    assert " RF " in table
+    flat = " ".join(table.split())
+    assert "sees 81x81 input pixels, 4 apart; larger than the 32x32 input" in flat
+    assert "every unit sees the whole image" in flat  # 81 >= 2 * 32 - 1
+    big = " ".join(runner.invoke(app, ["summarize", "resnet18", "--no-compile"]).stdout.split())
+    assert "larger than the 224x224 input" in big and "whole image" not in big  # 435 < 447

@@ -38,6 +38,25 @@ def _kernel(r: dict[str, Any]) -> str:
     return text + (f" p{p[0]}" if p and p[0] else "")
 
 
+def _field(v: int | None) -> str:
+    return "" if v is None else str(v)
+
+
+def receptive_sentence(s: dict[str, Any]) -> str | None:
+    """The footer's receptive-field sentence, or None for a model without feature maps."""
+    f = s.get("receptive_field")
+    if not f:
+        return None
+    side = s["input_shape"][0]
+    text = (f"each unit of the last feature map ({f['layer']}) sees {f['receptive_field']}x{f['receptive_field']} "
+            f"input pixels, {f['effective_stride']} apart")
+    if f["receptive_field"] > side:
+        text += f"; larger than the {side}x{side} input (part of each field lies on padding)"
+        if f["receptive_field"] >= 2 * side - 1:
+            text += ", so every unit sees the whole image"
+    return text
+
+
 def display_rows(s: dict[str, Any], expand: bool) -> list[dict[str, Any]]:
     """The input row, then layers with residual blocks collapsed (or each block row followed by its layers).
 
@@ -48,7 +67,7 @@ def display_rows(s: dict[str, Any], expand: bool) -> list[dict[str, Any]]:
     h, w, c = s["input_shape"]
     rows = [{"name": "input", "type": "input", "output_shape": [h, w, c], "kernel": None, "stride": None,
              "padding": None, "activations": s["input_activations"], "params": 0, "non_trainable": 0, "macs": 0,
-             "indent": False, "section": False}]
+             "receptive_field": 1, "effective_stride": 1, "indent": False, "section": False}]
     stage = None
     for g in group_blocks(s["layers"]):
         if g["type"] != "block":
@@ -71,10 +90,11 @@ def _layer_table(s: dict[str, Any], wide: bool, expand: bool):
     num = (lambda v: f"{v:,}") if wide else compact
     t = Table(title=f"{s['model']}  input {_shape(s['input_shape'])}  {s['num_classes']} classes",
               box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False, title_justify="left")
-    cols = [("layer", "left"), ("type", "left"), ("kernel", "left"), ("output", "right"), ("activ.", "right"),
-            ("params", "right"), ("MACs", "right")]
+    cols = [("layer", "left"), ("type", "left"), ("kernel", "left"), ("output", "right"), ("RF", "right"),
+            ("activ.", "right"), ("params", "right"), ("MACs", "right")]
     if wide:
-        cols.insert(6, ("BN stats", "right"))
+        cols.insert(5, ("jump", "right"))
+        cols.insert(8, ("BN stats", "right"))
     for col, just in cols:
         t.add_column(col, justify=just, no_wrap=True)
     for r in display_rows(s, expand):
@@ -82,12 +102,14 @@ def _layer_table(s: dict[str, Any], wide: bool, expand: bool):
             t.add_section()
         name = ("  " + r["name"].rsplit(".", 1)[-1] if r["name"] != r.get("block") else "  add") \
             if r["indent"] else r["name"]
-        cells = [name, r["type"], _kernel(r), _shape(r["output_shape"]),
+        cells = [name, r["type"], _kernel(r), _shape(r["output_shape"]), _field(r.get("receptive_field")),
                  num(r["activations"]) if r["activations"] else "-", num(r["params"]), num(r["macs"])]
         if wide:
-            cells.insert(6, num(r["non_trainable"]))
+            cells.insert(5, _field(r.get("effective_stride")))
+            cells.insert(8, num(r["non_trainable"]))
         if r.get("header"):
-            cells[4:] = [""] * len(cells[4:])
+            first = 6 if wide else 5
+            cells[first:] = [""] * len(cells[first:])
         t.add_row(*cells, style="bold" if r.get("header") else None)
     return t
 
@@ -123,6 +145,9 @@ def totals_items(s: dict[str, Any]) -> list[tuple[str, str]]:
         for i, a in enumerate(s["advice"], 1):
             fits = f"; largest batch {a['largest_batch']:,}" if a["largest_batch"] is not None else ""
             items.append((f"  {i}.", f"{a['action']}: saves {format_bytes(a['saves_bytes'])}{fits} ({a['detail']})"))
+    rf = receptive_sentence(s)
+    if rf:
+        items.append(("Receptive field", rf))
     items.extend(xla_items(s))
     items.extend(("Note", n) for n in s.get("notes", []))
     return items
@@ -230,8 +255,10 @@ def to_markdown(summaries: list[dict[str, Any]], *, expand: bool = False) -> str
         for r in display_rows(s, expand):
             name = ("&nbsp;&nbsp;" + r["name"]) if r["indent"] else r["name"]
             numbers = ["", "", ""] if r.get("header") else [f"{r[k]:,}" for k in ("activations", "params", "macs")]
-            rows.append([name, r["type"], _kernel(r), _shape(r["output_shape"]), *numbers])
-        lines += _md_table(["layer", "type", "kernel", "output", "activations", "params", "MACs"], rows, 4)
+            rows.append([name, r["type"], _kernel(r), _shape(r["output_shape"]), _field(r.get("receptive_field")),
+                         _field(r.get("effective_stride")), *numbers])
+        lines += _md_table(["layer", "type", "kernel", "output", "RF", "jump", "activations", "params", "MACs"],
+                           rows, 4)
         lines.append("")
         lines += [f"  {label.strip()} {text}" if label.startswith(" ") else f"- **{label}** {text}"
                   for label, text in totals_items(s)]
@@ -239,8 +266,8 @@ def to_markdown(summaries: list[dict[str, Any]], *, expand: bool = False) -> str
     return "\n".join(lines)
 
 
-CSV_FIELDS = ["model", "name", "type", "block", "output_shape", "kernel", "stride", "padding", "activations",
-              "params", "non_trainable", "macs"]
+CSV_FIELDS = ["model", "name", "type", "block", "output_shape", "kernel", "stride", "padding", "receptive_field",
+              "effective_stride", "activations", "params", "non_trainable", "macs"]
 
 
 def to_csv(summaries: list[dict[str, Any]]) -> str:
@@ -254,5 +281,5 @@ def to_csv(summaries: list[dict[str, Any]]) -> str:
                 continue
             w.writerow([s["model"], r["name"], r["type"], r.get("block") or "", _shape(r["output_shape"]),
                         _shape(r["kernel"] or []), _shape(r["stride"] or []), _shape(r["padding"] or []),
-                        r["activations"], r["params"], r["non_trainable"], r["macs"]])
+                        _field(r.get("receptive_field")), _field(r.get("effective_stride")), r["activations"], r["params"], r["non_trainable"], r["macs"]])
     return buf.getvalue()

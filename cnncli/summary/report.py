@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from cnncli.summary.memory import DTYPE_BYTES, OPTIMIZER_STATE_COPIES, MemoryModel, SummaryError, rank_advice
+from cnncli.summary.receptive import final_field
 from cnncli.summary.walk import group_blocks, walk_layers
 
 # A training step costs about three forward passes: the forward, the gradient with respect to
@@ -161,6 +162,7 @@ def summarize_model(name: str, *, input_size: int | None = None, in_channels: in
         "activations_bytes_per_image_with_backward": mem.bytes_per_image(),
         "fc_params": fc_params,
         "fc_param_share": fc_params / trainable if trainable else 0.0,
+        "receptive_field": final_field(layers),
         "layers": layers,
         "memory": memory,
         "advice": ranked,

@@ -19,6 +19,8 @@ import dataclasses
 import math
 from typing import Any
 
+from cnncli.summary.receptive import Geometry, assign_fields
+
 COUNTED_KINDS = ("conv", "fc", "pool", "bn", "add", "lrn")
 
 
@@ -35,6 +37,8 @@ class LayerRow:
     non_trainable: int  # BatchNorm running statistics
     macs: int  # multiply-accumulates per example (conv and fc)
     block: str | None = None  # enclosing residual block, e.g. layer2.0 (None outside blocks)
+    receptive_field: int | None = None  # input pixels one output unit sees (summary.receptive)
+    effective_stride: int | None = None  # input pixels between neighbouring output units
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -75,10 +79,11 @@ def walk_layers(model: Any, input_shape: tuple[int, int, int]) -> list[LayerRow]
     import jax.numpy as jnp
     from flax import nnx
 
-    from cnncli.models.layers import AdaptiveAvgPool, Conv, MaxPool, record_layers
+    from cnncli.models.layers import AdaptiveAvgPool, Conv, GlobalAvgPool, MaxPool, record_layers
 
     graphdef, state = nnx.split(model)
     rows: list[LayerRow] = []
+    geometry: list[Geometry] = []
 
     def forward(state, x):
         m = nnx.merge(graphdef, state, copy=True)
@@ -92,14 +97,24 @@ def walk_layers(model: Any, input_shape: tuple[int, int, int]) -> list[LayerRow]
             params, non_trainable = _param_counts(mod) if c.kind in ("conv", "fc", "bn") else (0, 0)
             kernel = stride = padding = None
             macs = 0
+            geo = Geometry("same")
             if isinstance(mod, Conv):
                 kernel, stride, padding = list(mod.kernel_size), list(mod.strides), list(mod.pad)
                 in_ch = c.input_shape[-1]
                 macs = math.prod(out_shape) * kernel[0] * kernel[1] * in_ch // mod.feature_group_count
+                dilation = mod.kernel_dilation
+                geo = Geometry("local", kernel[0], stride[0], dilation if isinstance(dilation, int) else dilation[0])
             elif c.kind == "fc":
                 macs = c.input_shape[-1] * c.output_shape[-1]
+                geo = Geometry("global")
             elif isinstance(mod, MaxPool):
                 kernel, stride, padding = list(mod.kernel), list(mod.stride), list(mod.pad)
+                geo = Geometry("local", kernel[0], stride[0])
+            elif isinstance(mod, GlobalAvgPool):
+                geo = Geometry("global")
+            elif isinstance(mod, AdaptiveAvgPool):
+                geo = Geometry("adaptive", output_size=mod.output_size)
+            geometry.append(geo)
             identity = isinstance(mod, AdaptiveAvgPool) and c.input_shape == c.output_shape
             counted = c.kind in COUNTED_KINDS and not identity
             name = names.get(id(mod), type(mod).__name__)
@@ -109,6 +124,7 @@ def walk_layers(model: Any, input_shape: tuple[int, int, int]) -> list[LayerRow]
         return out
 
     jax.eval_shape(forward, state, jax.ShapeDtypeStruct((1, *input_shape), jnp.float32))
+    assign_fields(rows, geometry, input_shape)
     return rows
 
 
@@ -127,9 +143,11 @@ def group_blocks(layers: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if not out or out[-1]["type"] != "block" or out[-1]["name"] != r["block"]:
             out.append({"name": r["block"], "type": "block", "output_shape": r["output_shape"], "kernel": None,
                         "stride": None, "padding": None, "activations": 0, "params": 0, "non_trainable": 0,
-                        "macs": 0, "block": r["block"], "layers": 0, "kernel_desc": "", "last_activations": 0})
+                        "macs": 0, "block": r["block"], "receptive_field": None, "effective_stride": None, "layers": 0, "kernel_desc": "", "last_activations": 0})
         b = out[-1]
         b["output_shape"] = r["output_shape"]
+        if not r["name"].rsplit(".", 1)[-1].startswith(("downsample", "proj")):
+            b["receptive_field"], b["effective_stride"] = r.get("receptive_field"), r.get("effective_stride")
         b["last_activations"] = r["activations"]
         for key in ("activations", "params", "non_trainable", "macs"):
             b[key] += r[key]
