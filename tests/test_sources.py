@@ -17,6 +17,43 @@ from cnncli.errors import DataError
 RNG = np.random.default_rng(0)
 
 
+# ----------------------------------------------------------------------------- the table
+
+
+def test_the_table_names_every_source_once_and_the_config_offers_exactly_those():
+    import dataclasses
+    import importlib
+
+    from cnncli.data.catalog import SOURCE_NAMES, SOURCES
+
+    choices = {f.name: f for f in dataclasses.fields(DataConfig)}["source"].metadata["choices"]
+    assert tuple(choices) == SOURCE_NAMES == tuple(SOURCES)
+    assert SOURCE_NAMES == ("digits", "mnist", "fashion_mnist", "kmnist", "cifar10", "cifar100", "folder", "npz",
+                            "synthetic")
+    for spec in SOURCES.values():
+        module, _, function = spec.loader.partition(":")
+        assert callable(getattr(importlib.import_module(module), function)), spec.loader
+        assert not spec.file_backed or spec.default_size, f"{spec.name}: file-backed sources need a default size"
+
+
+def test_the_config_module_imports_no_heavy_library():
+    import subprocess
+    import sys
+
+    probe = "import sys, cnncli.config; print(sorted({m.split('.')[0] for m in sys.modules} & {'numpy', 'jax'}))"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "[]", out.stderr
+
+
+def test_an_unknown_source_is_a_data_error_naming_the_known_ones():
+    from cnncli.data.catalog import expected_shape
+
+    with pytest.raises(DataError, match=r"unknown data source 'svhn': expected one of digits, mnist, .*synthetic"):
+        load_source(DataConfig(source="svhn"))
+    with pytest.raises(DataError, match="unknown data source 'svhn'"):
+        expected_shape(DataConfig(source="svhn"))
+
+
 # ----------------------------------------------------------------------------- IDX
 
 
@@ -94,6 +131,40 @@ def test_idx_corrupt_files_are_named(tmp_path):
     path.write_bytes(b"PK\x03\x04 not idx")
     with pytest.raises(DataError, match="not an IDX file"):
         load_source(DataConfig(source="mnist", path=str(tmp_path)))
+
+
+def idx_header(type_code: int, dims: tuple[int, ...]) -> bytes:
+    return bytes([0, 0, type_code, len(dims)]) + struct.pack(f">{len(dims)}I", *dims)
+
+
+@pytest.mark.parametrize("type_code,itemsize,dims,payload", [
+    (0x08, 1, (65536, 65536, 65536, 65536), b""),  # 2**64 values: wraps to 0 in int64, matching an empty body
+    (0x0E, 8, (2**32 - 1, 2**32 - 1, 2**32 - 1), b"\x00" * 8),  # ~2**99 bytes
+    (0x0C, 4, (60000, 28, 28), b"\x01" * 12),
+])
+def test_idx_dimensions_that_overflow_the_byte_count_are_refused_with_the_real_numbers(
+        tmp_path, type_code, itemsize, dims, payload):
+    from cnncli.data.idx import read_idx
+
+    path = tmp_path / "train-images-idx3-ubyte"
+    path.write_bytes(idx_header(type_code, dims) + payload)
+    promised = itemsize
+    for d in dims:  # the byte count in exact integer arithmetic, independent of the reader
+        promised *= d
+    with pytest.raises(DataError) as err:
+        read_idx(path)
+    msg = str(err.value)
+    assert "\n" not in msg and str(path) in msg
+    assert f"shape {dims} ({promised} bytes)" in msg and f"holds {len(payload)} bytes" in msg
+
+
+def test_idx_truncated_header_names_the_sizes(tmp_path):
+    from cnncli.data.idx import read_idx
+
+    path = tmp_path / "t10k-labels-idx1-ubyte"
+    path.write_bytes(bytes([0, 0, 0x08, 3]) + b"\x00" * 5)
+    with pytest.raises(DataError, match=r"3 dimensions need a 16-byte header, the file holds 9 bytes"):
+        read_idx(path)
 
 
 # ----------------------------------------------------------------------------- CIFAR binary

@@ -9,12 +9,17 @@ unpickler (`cnncli.data.safe_pickle`).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from cnncli.data.dataset import SourceData
+from cnncli.data.locate import missing_dataset, source_location
 from cnncli.data.safe_pickle import load_pickle, plain_keys
 from cnncli.errors import DataError
+
+if TYPE_CHECKING:
+    from cnncli.config import DataConfig
 
 _PIXELS = 3 * 32 * 32
 CIFAR10_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -102,8 +107,6 @@ def _python_names(path: Path, key: str) -> list[str] | None:
 
 def load_cifar(source: str, directory: Path | None, label: str = "fine") -> SourceData:
     """CIFAR-10 or CIFAR-100 (`label`: 'fine' 100 classes or 'coarse' 20 superclasses)."""
-    from cnncli.data.sources import missing_dataset
-
     binary_tar, python_tar = _ARCHIVES[source]
     how = (f"download {binary_tar} or {python_tar} from www.cs.toronto.edu/~kriz/cifar.html, extract it")
     found = _find(source, directory) if directory is not None and directory.is_dir() else None
@@ -142,3 +145,8 @@ def load_cifar(source: str, directory: Path | None, label: str = "fine") -> Sour
         raise DataError(f"{names_path}: lists {len(names)} class names, expected {num_classes}")
     what = f"{source} {fmt}" + (f" ({label} labels)" if source == "cifar100" else "")
     return SourceData(read(train_files), None, read(test_files), names, what + " (32x32 RGB)", path=str(folder))
+
+
+def load_cifar_source(cfg: DataConfig) -> SourceData:
+    """The `cifar10` or `cifar100` source (with data.label's label set), from its configured location."""
+    return load_cifar(cfg.source, source_location(cfg), label=cfg.label)

@@ -11,11 +11,16 @@ from __future__ import annotations
 import collections
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from cnncli.data.dataset import SourceData
+from cnncli.data.locate import missing_dataset, source_location
 from cnncli.errors import DataError
+
+if TYPE_CHECKING:
+    from cnncli.config import DataConfig
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 _LAYOUT = "train/<class>/*.jpg|jpeg|png|bmp|webp and val/<class>/... (test/<class>/... optional)"
@@ -63,8 +68,6 @@ def _scan_split(root: Path, split: str) -> tuple[dict[str, list[Path]], collecti
 
 def load_folder(directory: Path | None, skip_corrupt: bool = False, threads: int = 8) -> SourceData:
     """Scan the tree into per-split arrays of file paths and int32 labels."""
-    from cnncli.data.sources import missing_dataset
-
     if directory is None or not (directory / "train").is_dir():
         raise missing_dataset("folder", directory, f"an ImageFolder tree: {_LAYOUT}",
                               "arrange your images one sub-folder per class")
@@ -116,3 +119,8 @@ def load_folder(directory: Path | None, skip_corrupt: bool = False, threads: int
                      + ") are converted to the configured channels")
     return SourceData(splits["train"], splits.get("val"), splits.get("test"), class_names,
                       f"image folder ({len(every) - len(bad)} files)", path=str(directory), notes=notes)
+
+
+def load_folder_source(cfg: DataConfig) -> SourceData:
+    """The `folder` source: the ImageFolder tree at its configured location."""
+    return load_folder(source_location(cfg), skip_corrupt=cfg.skip_corrupt)

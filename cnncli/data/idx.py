@@ -7,14 +7,20 @@ dimensions), one big-endian uint32 per dimension, then the values in row-major o
 from __future__ import annotations
 
 import gzip
+import math
 import struct
 import zlib
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from cnncli.data.dataset import SourceData
+from cnncli.data.locate import missing_dataset, source_location
 from cnncli.errors import DataError
+
+if TYPE_CHECKING:
+    from cnncli.config import DataConfig
 
 _IDX_TYPES = {0x08: np.dtype("u1"), 0x09: np.dtype("i1"), 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"),
               0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
@@ -52,9 +58,10 @@ def read_idx(path: Path) -> np.ndarray:
     dtype, ndim = _IDX_TYPES[raw[2]], raw[3]
     header = 4 + 4 * ndim
     if len(raw) < header:
-        raise DataError(f"{path}: IDX header truncated")
+        raise DataError(f"{path}: IDX header truncated: {ndim} dimensions need a {header}-byte header, the file "
+                        f"holds {len(raw)} bytes")
     dims = struct.unpack(f">{ndim}I", raw[4:header])
-    expected = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
+    expected = math.prod(dims) * dtype.itemsize  # Python ints: a hostile header cannot wrap around
     if len(raw) - header != expected:
         raise DataError(f"{path}: the IDX header promises shape {tuple(dims)} ({expected} bytes) but the file holds "
                         f"{len(raw) - header} bytes (truncated or corrupt)")
@@ -72,8 +79,6 @@ def find_idx_file(directory: Path, stem: str) -> Path | None:
 
 def load_mnist_family(source: str, directory: Path | None) -> SourceData:
     """MNIST, Fashion-MNIST or KMNIST from the four IDX files in `directory`."""
-    from cnncli.data.sources import missing_dataset
-
     expected = ", ".join(n for pair in _FILES.values() for n in pair) + " (raw or .gz)"
     if directory is None or not directory.is_dir():
         raise missing_dataset(source, directory, expected, _WHERE_TO_GET[source])
@@ -94,3 +99,8 @@ def load_mnist_family(source: str, directory: Path | None) -> SourceData:
     h, w = splits["train"][0].shape[1:3]
     return SourceData(splits["train"], None, splits["test"], list(_CLASS_NAMES[source]),
                       f"{source} IDX files ({h}x{w} grayscale)", path=str(directory))
+
+
+def load_idx_source(cfg: DataConfig) -> SourceData:
+    """The `mnist`, `fashion_mnist` or `kmnist` source, from its configured location."""
+    return load_mnist_family(cfg.source, source_location(cfg))

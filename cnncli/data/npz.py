@@ -8,18 +8,21 @@ from __future__ import annotations
 
 import zipfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from cnncli.data.dataset import SourceData
+from cnncli.data.locate import missing_dataset, source_location
 from cnncli.errors import DataError
+
+if TYPE_CHECKING:
+    from cnncli.config import DataConfig
 
 _REQUIRED = ("x_train", "y_train", "x_test", "y_test")
 
 
 def _locate(where: Path | None) -> Path:
-    from cnncli.data.sources import missing_dataset
-
     expected = "a .npz file with arrays x_train, y_train, x_test, y_test (optional x_val, y_val, class_names)"
     how = "write one with numpy.savez(path, x_train=..., y_train=..., x_test=..., y_test=...)"
     if where is not None and where.is_dir():
@@ -78,3 +81,8 @@ def load_npz(where: Path | None) -> SourceData:
     h, w, c = splits["train"][0].shape[1:]
     return SourceData(splits["train"], splits.get("val"), splits["test"], names,
                       f"npz archive {path.name} ({h}x{w}x{c})", path=str(path))
+
+
+def load_npz_source(cfg: DataConfig) -> SourceData:
+    """The `npz` source: the archive at data.path (or the one .npz file in that folder)."""
+    return load_npz(source_location(cfg))

@@ -16,12 +16,11 @@ from collections.abc import Sequence
 import numpy as np
 
 from cnncli.config import DataConfig
+from cnncli.data.catalog import default_image_size
 from cnncli.data.dataset import Dataset, SourceData, check_labels
+from cnncli.data.files import FileBatchLoader
+from cnncli.data.sources import load_source
 from cnncli.errors import DataError
-
-# The size each source is trained at unless data.image_size says otherwise (other sources: their own).
-# Folder images come in any size, so they need one: 224, the ImageNet models' input.
-DEFAULT_IMAGE_SIZE = {"digits": 32, "folder": 224}
 
 # File-backed mean/std are measured on at most this many decoded training images (a seeded sample).
 STATS_SAMPLE = 2000
@@ -84,8 +83,6 @@ def channel_stats(x: np.ndarray) -> tuple[list[float], list[float]]:
 
 def prepare_dataset(cfg: DataConfig, src: SourceData | None = None) -> Dataset:
     """Load the source, hold out the missing splits (seeded), convert size/channels, compute stats."""
-    from cnncli.data.sources import load_source
-
     if src is None:
         src = load_source(cfg)
     x_train, y_train = src.train
@@ -111,12 +108,13 @@ def prepare_dataset(cfg: DataConfig, src: SourceData | None = None) -> Dataset:
         val = src.val
     split_info["train_indices"] = base.tolist()
 
-    size = cfg.image_size or DEFAULT_IMAGE_SIZE.get(cfg.source)
+    size = cfg.image_size or default_image_size(cfg.source)
     common = dict(class_names=list(src.class_names), source=cfg.source, split_info=split_info,
                   description=src.description, path=src.path, notes=list(src.notes))
     if src.file_backed:
-        return _prepare_file_backed(cfg, ((x_train, y_train), val, test), size or DEFAULT_IMAGE_SIZE["folder"],
-                                    num_classes, common)
+        if size is None:
+            raise DataError(f"{cfg.source}: image files come in any size; set data.image_size")
+        return _prepare_file_backed(cfg, ((x_train, y_train), val, test), size, num_classes, common)
     splits = {}
     for name, (x, y) in (("train", (x_train, y_train)), ("val", val), ("test", test)):
         x = convert_channels(np.asarray(x), cfg.channels)
@@ -168,8 +166,6 @@ def decoded_stats(paths: np.ndarray, indices: np.ndarray, size: int, channels: i
 
     Files that fail to decode are left out of the statistics when `skip_corrupt` is set.
     """
-    from cnncli.data.files import FileBatchLoader
-
     loader = FileBatchLoader(paths, np.zeros(len(paths), np.int32), image_size=size, channels=channels,
                              num_workers=num_workers, skip_corrupt=skip_corrupt)
     batches = [indices[i : i + batch_size] for i in range(0, len(indices), batch_size)]
