@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from cnncli.config import DataConfig
-from cnncli.data.files import FileBatchLoader, decode_image
+from cnncli.data.files import FileBatchLoader, decode_image, read_image
 from cnncli.data.pipeline import TrainIndexStream, prepare_dataset
 from cnncli.data.sources import load_source
 from cnncli.errors import DataError
@@ -51,6 +51,30 @@ def test_decode_exact_pixels_crop_and_channel_conversion(tree):
     # resized: a flat JPEG stays flat (within JPEG error), at the requested size
     jpg = decode_image(str(root / "train/cat/j.jpg"), 6, 3)
     assert jpg.shape == (6, 6, 3) and np.abs(jpg.astype(int) - [200, 40, 90]).max() <= 6
+
+
+def test_read_image_keeps_the_size_and_the_file_channels(tree, tmp_path):
+    root, px = tree
+    rgb, gray = px["train/cat/a.png"], px["train/cat/g.png"]
+    assert np.array_equal(read_image(root / "train/cat/a.png"), rgb)  # 8x12 RGB, as saved
+    assert np.array_equal(read_image(root / "train/cat/g.png"), gray[..., None])  # grayscale: one channel
+    assert np.array_equal(read_image(root / "train/cat/g.png", 3), np.repeat(gray[..., None], 3, axis=-1))
+    deep = RNG.integers(0, 65536, (5, 7), dtype=np.uint16)
+    save(tmp_path / "deep.png", deep)
+    assert Image.open(tmp_path / "deep.png").mode.startswith("I;16")
+    assert np.array_equal(read_image(tmp_path / "deep.png"), (deep >> 8).astype(np.uint8)[..., None])
+    rgba = RNG.integers(0, 256, (4, 4, 4), dtype=np.uint8)
+    save(tmp_path / "rgba.png", rgba, "RGBA")
+    assert np.array_equal(read_image(tmp_path / "rgba.png"), rgba[..., :3])
+    # at its own square size, the loader's decoding is the same pixels
+    assert np.array_equal(decode_image(str(root / "train/dog/c.PNG"), 8, 3), read_image(root / "train/dog/c.PNG"))
+    with pytest.raises(DataError, match=r"^image file not found: .*nothing.png$"):
+        read_image(tmp_path / "nothing.png")
+    with pytest.raises(DataError, match=r"is a directory, expected an image file"):
+        read_image(tmp_path)
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    with pytest.raises(DataError, match=r"broken.png: cannot read the image \(cannot identify image file"):
+        read_image(tmp_path / "broken.png")
 
 
 def test_folder_source_scans_classes_and_notes(tree):
@@ -132,7 +156,8 @@ def test_truncated_image_fails_at_decode_time(tree, tmp_path):
     paths, labels = src.train
     bad = [i for i, p in enumerate(paths) if p.endswith("b.png")][0]
     loader = FileBatchLoader(paths, labels, image_size=8, channels=3)
-    with pytest.raises(DataError, match=r"train/dog/b.png: cannot decode image \(image file is truncated"):
+    with pytest.raises(DataError, match=r"train/dog/b.png: cannot read the image \(image file is truncated"
+                                        r".*data.skip_corrupt: true"):
         list(loader.iterate([np.array([0, bad])]))
     skipping = FileBatchLoader(paths, labels, image_size=8, channels=3, skip_corrupt=True)
     images, got = next(iter(skipping.iterate([np.array([bad, 0])])))

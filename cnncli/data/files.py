@@ -20,8 +20,46 @@ from cnncli.errors import DataError
 WINDOW_IMAGES = 1 << 18
 
 
+# PIL modes read as one channel when the caller does not say how many it wants
+GRAY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
+
+
+def _open_converted(path, channels: int | None, draft_size: int | None = None):
+    """The file as a loaded PIL image in mode "L" (channels 1) or "RGB" (channels 3; None: the file's
+    own, 1 for GRAY_MODES); one-line DataError naming the file when it cannot be read."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            if channels is None:
+                channels = 1 if im.mode in GRAY_MODES else 3
+            mode = "RGB" if channels == 3 else "L"
+            if draft_size is not None:  # JPEG only: let the decoder downscale by 1/2, 1/4 or 1/8, staying >= it
+                im.draft(mode, (draft_size, draft_size))
+            if im.mode.startswith("I;16"):  # 16-bit grayscale: keep the top 8 bits rather than clip
+                im = Image.fromarray((np.asarray(im).astype(np.uint32) >> 8).astype(np.uint8), "L")
+            return im.convert(mode)
+    except FileNotFoundError:
+        raise DataError(f"image file not found: {path}") from None
+    except IsADirectoryError:
+        raise DataError(f"{path} is a directory, expected an image file") from None
+    except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError, ...
+        reason = str(exc).splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DataError(f"{path}: cannot read the image ({reason})") from None
+
+
+def read_image(path, channels: int | None = None) -> np.ndarray:
+    """One image file at its own size -> uint8 [H, W, C].
+
+    C is `channels` (1 or 3), or when None the file's own: 1 for grayscale files, 3 otherwise.
+    Any mode (palette, RGBA, CMYK, 16-bit, grayscale) is converted as `decode_image` does.
+    """
+    arr = np.asarray(_open_converted(path, channels), np.uint8)
+    return arr[..., None] if arr.ndim == 2 else arr
+
+
 def decode_image(path: str, image_size: int, channels: int) -> np.ndarray:
-    """One image file -> uint8 [image_size, image_size, channels].
+    """One image file -> uint8 [image_size, image_size, channels]: what the file-backed loader feeds.
 
     The shorter side is resized to `image_size` (bilinear, antialiased), then the centre is
     cropped. Any mode (palette, RGBA, CMYK, 16-bit, grayscale) is converted to `channels`.
@@ -29,17 +67,7 @@ def decode_image(path: str, image_size: int, channels: int) -> np.ndarray:
     """
     from PIL import Image
 
-    mode = "RGB" if channels == 3 else "L"
-    try:
-        with Image.open(path) as im:
-            # JPEG only: let the decoder downscale by 1/2, 1/4 or 1/8 while staying >= the target size.
-            im.draft(mode, (image_size, image_size))
-            if im.mode.startswith("I;16"):  # 16-bit grayscale: keep the top 8 bits rather than clip
-                im = Image.fromarray((np.asarray(im).astype(np.uint32) >> 8).astype(np.uint8), "L")
-            img = im.convert(mode)
-    except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError, ...
-        raise DataError(f"{path}: cannot decode image ({exc}); fix or remove it, or set data.skip_corrupt: true "
-                        "to skip unreadable images") from None
+    img = _open_converted(path, channels, draft_size=image_size)
     w, h = img.size
     scale = image_size / min(w, h)
     new = (max(image_size, round(w * scale)), max(image_size, round(h * scale)))
@@ -81,9 +109,10 @@ class _BatchDecoder:
         for row, i in enumerate(idx):
             try:
                 out[row] = decode_image(self.paths[int(i)], self.image_size, self.channels)
-            except DataError:
+            except DataError as exc:
                 if not self.skip_corrupt:
-                    raise
+                    raise DataError(f"{exc}; fix or remove it, or set data.skip_corrupt: true to skip unreadable "
+                                    "images") from None
                 bad.append(int(i))  # the row stays black; the loader records the file
         return out, self.labels[idx], np.asarray(bad, np.int64)
 
