@@ -82,3 +82,21 @@ def test_missing_dataset_is_one_line_exit_2(tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and f"mnist: dataset not found in {tmp_path / 'nothing'}" in lines[0]
     assert "t10k-labels-idx1-ubyte" in lines[0]
+
+
+def test_a_fixed_model_input_decides_the_shape_without_touching_the_training_package(tmp_path):
+    cfg, _, _ = npz_config(tmp_path)
+    res = cnn("data", cfg, "--set", "model.input_size=12", "--set", "model.in_channels=1", "--format", "json")
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["image_shape"] == [12, 12, 1]
+    res = cnn("data", cfg, "--set", "model.input_size=12", "--set", "data.image_size=10")
+    assert res.exit_code == 2 and res.stderr.strip().splitlines() == [
+        "error: model.input_size=12 contradicts data.image_size=10"]
+    import ast
+
+    import cnncli.cli.data
+
+    tree = ast.parse(open(cnncli.cli.data.__file__).read())
+    imported = [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+    imported += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+    assert "cnncli.data.pipeline" in imported and not [m for m in imported if m.startswith("cnncli.train")]

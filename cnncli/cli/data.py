@@ -24,20 +24,33 @@ def data(
     from cnncli.config import load_config
     from cnncli.data.describe import describe_dataset
     from cnncli.data.pipeline import prepare_dataset
-    from cnncli.train.loop import resolve_data_shape
 
-    cfg = load_config(config, overrides)
-    resolve_data_shape(cfg)  # a fixed model input size/channels decides the conversion, as in training
-    dataset = prepare_dataset(cfg.data)
+    data_cfg = _data_as_trained(load_config(config, overrides))
+    dataset = prepare_dataset(data_cfg)
     summary = describe_dataset(dataset)
     if grid is not None:
         from cnncli.data.preview import save_augmentation_grid
 
-        summary["grid"] = str(save_augmentation_grid(dataset, cfg.data, grid, samples=samples))
+        summary["grid"] = str(save_augmentation_grid(dataset, data_cfg, grid, samples=samples))
     if format == Format.json:
         print_json(summary)
     else:
         _print_summary(summary)
+
+
+def _data_as_trained(cfg):
+    """The `data:` section as training converts it: a fixed model input size/channels decides the size and
+    channels (a new value; the config is not changed)."""
+    import dataclasses
+
+    from cnncli.errors import ConfigError
+
+    m, d = cfg.model, cfg.data
+    if m.input_size is not None and d.image_size not in (None, m.input_size):
+        raise ConfigError(f"model.input_size={m.input_size} contradicts data.image_size={d.image_size}")
+    if m.in_channels is not None and d.channels not in (None, m.in_channels):
+        raise ConfigError(f"model.in_channels={m.in_channels} contradicts data.channels={d.channels}")
+    return dataclasses.replace(d, image_size=m.input_size or d.image_size, channels=m.in_channels or d.channels)
 
 
 def _print_summary(s: dict) -> None:
