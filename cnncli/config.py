@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from cnncli.data.catalog import SOURCE_NAMES
 from cnncli.errors import ConfigError, did_you_mean
 
 
@@ -57,12 +58,7 @@ class AugmentConfig:
 class DataConfig:
     """`data:` section."""
 
-    source: str = field(
-        default="digits",
-        metadata=_choices(
-            "digits", "mnist", "fashion_mnist", "kmnist", "cifar10", "cifar100", "folder", "npz", "synthetic"
-        ),
-    )
+    source: str = field(default="digits", metadata=_choices(*SOURCE_NAMES))  # cnncli.data.catalog's table
     path: str | None = None
     image_size: int | None = None  # resize to this square size; null = the source's size (digits: 32, folder: 224)
     channels: int | None = None  # 1 or 3; null = the source's channels
