@@ -1,24 +1,52 @@
-"""Orbax checkpoints of a run: save / restore / latest / best.
+"""Orbax checkpoints of a run: save / restore / latest / best, and damage detection.
 
 Each checkpoint step holds three items:
   model  -- params, BatchNorm statistics, EMA params (what evaluation needs)
   train  -- optimizer state, step, lr scale, non-finite counters (what resuming needs too)
   meta   -- JSON: epoch, data position, counters, plateau state, model identity, class names
 
-Keeps the latest `keep_last` plus the best `keep_best` by the chosen metric (a preservation
-policy, so that keeping the best never deletes the latest). Saves are asynchronous and
-atomic: Orbax writes into a temporary directory and renames it when complete, so a crash
-mid-save leaves the previous checkpoint restorable; leftover temporaries are removed on open.
+"Best" is owned here: `metric_mode` says whether a metric is maximised or minimised, Orbax's
+`best_fn`/`best_mode` rank the steps (`best_step` is Orbax's own answer) and `improves` is the one
+comparator the loop asks about early stopping. Orbax sorts stably by the metric, so among equal
+values the later step wins, both in `best_step` and in which steps the BestN policy keeps.
+
+Keeps the latest `keep_last` plus the best `keep_best` (a preservation policy, so that keeping
+the best never deletes the latest). Saves are asynchronous and atomic: Orbax writes into a
+`*.orbax-checkpoint-tmp*` directory and renames it when complete; leftovers of an interrupted
+save are removed when the directory is next opened for writing and ignored when reading.
+
+Integrity: tensorstore decodes flipped bytes in array chunks into wrong numbers without error,
+so once a save is known to be complete (at the next save, `wait()` or `close()`) a manifest
+`cnn_sha256.json` of every file's size and SHA-256 is written into the step directory, and every
+restore checks it first. A damaged step is refused with a one-line error naming it and the intact
+steps; `restore_latest_intact` falls back past damaged steps. A step without a manifest (older
+runs, or a process that died between the save's completion and the manifest) gets structural
+checks only: the items are present and `meta` parses.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
+import os
+import re
+import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
-from cnncli.errors import CheckpointError
+from cnncli.errors import CheckpointError, RunDirError
+from cnncli.rundir import locate
 
 ITEMS = ("model", "train", "meta")
+MANIFEST = "cnn_sha256.json"
+_STRUCTURE = ("_CHECKPOINT_METADATA", "model", "train", "meta/metadata")
+
+
+def _quiet_orbax(record) -> bool:
+    """Orbax logs its own failures (with tracebacks) from background threads; we report them as one line."""
+    return "orbax" not in record.pathname
 
 
 def _ocp():
@@ -26,48 +54,99 @@ def _ocp():
 
     import orbax.checkpoint as ocp
 
-    logging.getLogger("absl").setLevel(logging.ERROR)  # orbax logs routine notices as warnings
-
+    absl = logging.getLogger("absl")
+    absl.setLevel(logging.ERROR)  # orbax logs routine notices as warnings
+    if _quiet_orbax not in absl.filters:
+        absl.addFilter(_quiet_orbax)
     return ocp
 
 
-def _is_checkpoint_step(path: Path) -> bool:
-    return path.is_dir() and path.name.isdigit() and (path / "meta").exists()
+def metric_mode(name: str) -> str:
+    """'max' for accuracy-like metrics (higher is better), 'min' for losses and errors."""
+    n = name.lower()
+    if "loss" in n or "error" in n:
+        return "min"
+    if "acc" in n or "top" in n or "f1" in n or "precision" in n or "recall" in n:
+        return "max"
+    raise ValueError(f"no known direction for metric {name!r}")
+
+
+def improves(new: float, old: float | None, mode: str, *, strict: bool = True) -> bool:
+    """Is `new` better than `old` ('max' or 'min' mode)? Non-strict counts a tie as better (later wins)."""
+    if old is None:
+        return True
+    if strict:
+        return new > old if mode == "max" else new < old
+    return new >= old if mode == "max" else new <= old
+
+
+class Restored(NamedTuple):
+    step: int
+    model: Any
+    train: Any
+    meta: dict
+    skipped: list[str]  # one warning per damaged newer step that was passed over
+
+
+def _io_reason(exc: BaseException) -> str | None:
+    """'No space left on device' etc. if `exc` (or its cause) is a failed write; None for other errors."""
+    seen = 0
+    while exc is not None and seen < 5:
+        if isinstance(exc, OSError) and exc.errno:
+            return os.strerror(exc.errno)
+        m = re.search(r"os_error_code='?(\d+)", str(exc))
+        if m:
+            return os.strerror(int(m.group(1)))
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return None
+
+
+def _digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 class CheckpointManager:
-    """A thin wrapper over `orbax.checkpoint.CheckpointManager` for a run's `checkpoints/` directory."""
+    """A wrapper over `orbax.checkpoint.CheckpointManager` for a run's `checkpoints/` directory."""
 
     def __init__(self, directory: str | Path, *, keep_last: int = 2, keep_best: int = 1,
-                 best_metric: str = "val_accuracy", best_mode: str = "max", read_only: bool = False,
+                 best_metric: str = "val_accuracy", best_mode: str | None = None, read_only: bool = False,
                  asynchronous: bool = True):
         ocp = _ocp()
         from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
         self.directory = Path(directory).absolute()
-        self.best_metric, self.best_mode = best_metric, best_mode
+        self.best_metric = best_metric
+        self.best_mode = best_mode or metric_mode(best_metric)  # best_mode: kept for older callers
+        self.read_only = read_only
+        self._pending: list[int] = []  # saved steps whose manifest is not written yet
+        self._intact: set[int] = set()  # steps verified by this manager
+        self._closed = False
         if not read_only:
             self._clean_temporaries()
+        metric = lambda m: m[best_metric]  # noqa: E731
         policy = pp.AnyPreservationPolicy([
             pp.LatestN(n=keep_last),
-            pp.BestN(get_metric_fn=lambda m: m[best_metric], reverse=(best_mode == "min"), n=keep_best,
+            pp.BestN(get_metric_fn=metric, reverse=(self.best_mode == "min"), n=keep_best,
                      keep_checkpoints_without_metrics=False),
         ])
         options = ocp.CheckpointManagerOptions(
-            preservation_policy=policy,
-            # best_fn only makes orbax persist each step's metrics (deletion follows the policy above).
-            best_fn=lambda m: m[best_metric],
-            best_mode=best_mode,
-            keep_checkpoints_without_metrics=True,
-            enable_async_checkpointing=asynchronous,
-            create=not read_only,
-            read_only=read_only,
-        )
-        self._mgr = ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS)
+            preservation_policy=policy, best_fn=metric, best_mode=self.best_mode,
+            keep_checkpoints_without_metrics=True, enable_async_checkpointing=asynchronous,
+            create=not read_only, read_only=read_only)
+        try:
+            self._mgr = ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS)
+        except OSError as exc:
+            raise CheckpointError(f"cannot open checkpoints {self.directory}: {exc.strerror or exc}") from None
+
+    def improves(self, new: float, old: float | None, *, strict: bool = True) -> bool:
+        """Is `new` a better `best_metric` value than `old`? (strict: a tie is not an improvement)."""
+        return improves(new, old, self.best_mode, strict=strict)
 
     def _clean_temporaries(self) -> None:
-        import shutil
-
         if self.directory.exists():
             for tmp in self.directory.glob("*.orbax-checkpoint-tmp*"):
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -77,21 +156,81 @@ class CheckpointManager:
     def save(self, step: int, model_tree: Any, train_tree: Any, meta: dict, metrics: dict | None = None) -> None:
         """Start an asynchronous save of one step (returns once the arrays are copied off the device)."""
         ocp = _ocp()
+        self._finish_pending()
         args = ocp.args.Composite(
             model=ocp.args.StandardSave(model_tree),
             train=ocp.args.StandardSave(train_tree),
             meta=ocp.args.JsonSave(meta),
         )
-        self._mgr.save(step, args=args, metrics=metrics, force=True)
+        try:
+            self._mgr.save(step, args=args, metrics=metrics, force=True)
+        except Exception as exc:
+            self._write_failed(step, exc)
+        self._pending.append(step)
 
     def wait(self) -> None:
-        self._mgr.wait_until_finished()
+        """Block until the saves in flight are complete and sealed with their manifests."""
+        self._finish_pending()
 
     def close(self) -> None:
-        self._mgr.wait_until_finished()
-        self._mgr.close()
+        if self._closed:
+            return
+        try:
+            self._finish_pending()
+        finally:
+            self._closed = True
+            with contextlib.suppress(Exception):
+                self._mgr.close()
+
+    def _finish_pending(self) -> None:
+        try:
+            self._mgr.wait_until_finished()
+        except Exception as exc:
+            self._write_failed(self._pending[-1] if self._pending else None, exc)
+        import jax
+
+        pending, self._pending = self._pending, []
+        if jax.process_index() != 0:
+            return
+        for step in pending:
+            step_dir = self.directory / str(step)
+            if step_dir.is_dir():  # the preservation policy may already have removed it
+                self._seal(step_dir)
+
+    def _seal(self, step_dir: Path) -> None:
+        files = {p.relative_to(step_dir).as_posix(): {"size": p.stat().st_size, "sha256": _digest(p)}
+                 for p in sorted(step_dir.rglob("*")) if p.is_file() and p.name != MANIFEST}
+        tmp = step_dir / (MANIFEST + ".tmp")
+        try:
+            tmp.write_text(json.dumps({"files": files}, indent=1) + "\n")
+            os.replace(tmp, step_dir / MANIFEST)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            self._write_failed(int(step_dir.name), exc)
+        self._intact.add(int(step_dir.name))
+
+    def _write_failed(self, step: int | None, exc: Exception) -> None:
+        """Re-raise a failed write as one line naming the checkpoint and the last complete one."""
+        reason = _io_reason(exc)
+        if reason is None:
+            raise exc
+        self._pending = []
+        if not self.read_only:
+            self._clean_temporaries()
+        last = next((s for s in reversed(self._step_dirs()) if s != step and self.damage(s) is None), None)
+        what = f"checkpoint {self.directory / str(step)}" if step is not None else f"a checkpoint in {self.directory}"
+        kept = (f"the last complete checkpoint is {self.directory / str(last)} (intact)" if last is not None
+                else "no complete checkpoint was written before it")
+        raise CheckpointError(f"could not write {what}: {reason}; {kept}") from None
 
     # -- reading ------------------------------------------------------------------------
+
+    def _step_dirs(self) -> list[int]:
+        """Step directories on disk (complete or damaged; temporaries excluded)."""
+        if not self.directory.is_dir():
+            return []
+        return sorted(int(p.name) for p in self.directory.iterdir() if p.name.isdigit() and p.is_dir())
 
     def steps(self) -> list[int]:
         return sorted(self._mgr.all_steps())
@@ -101,51 +240,172 @@ class CheckpointManager:
         return steps[-1] if steps else None
 
     def best_step(self) -> int | None:
-        """The step with the best `best_metric` among checkpoints that carry metrics (else the latest)."""
-        scored = []
-        for s in self.steps():
-            m = self._mgr.metrics(s)
-            if m and self.best_metric in m:
-                scored.append((m[self.best_metric], s))
-        if not scored:
-            return self.latest_step()
-        # Ties go to the later step, as orbax's BestN policy keeps it.
-        if self.best_mode == "max":
-            return max(scored)[1]
-        return min(scored, key=lambda t: (t[0], -t[1]))[1]
+        """Orbax's best step by `best_metric` (ties: the later step); the latest if no step has metrics."""
+        try:
+            best = self._mgr.best_step()
+        except (KeyError, TypeError, ValueError):  # a step's metrics lack best_metric or are unreadable
+            best = None
+        return best if best is not None else self.latest_step()
+
+    def best_value(self) -> float | None:
+        """`best_metric` of the best step, if recorded."""
+        step = self.best_step()
+        if step is None:
+            return None
+        with contextlib.suppress(Exception):
+            return float(self._mgr.metrics(step)[self.best_metric])
+        return None
+
+    def damage(self, step: int) -> str | None:
+        """Why checkpoint `step` cannot be trusted, or None if it is intact (checked once per manager)."""
+        if step in self._intact or step in self._pending:
+            return None
+        step_dir = self.directory / str(step)
+        if not step_dir.is_dir():
+            return "it does not exist"
+        reason = _manifest_damage(step_dir) if (step_dir / MANIFEST).exists() else None
+        for rel in _STRUCTURE:
+            if reason is None and not (step_dir / rel).exists():
+                reason = f"{rel} is missing"
+        if reason is None:
+            try:
+                json.loads((step_dir / "meta" / "metadata").read_text())
+            except (OSError, ValueError):
+                reason = "meta/metadata is not readable JSON"
+        if reason is None:
+            self._intact.add(step)
+        return reason
+
+    def intact_steps(self) -> list[int]:
+        return [s for s in self._step_dirs() if self.damage(s) is None]
+
+    def _damaged(self, step: int, reason: str) -> CheckpointError:
+        others = [s for s in self.intact_steps() if s != step]
+        where = (f"intact checkpoints: {', '.join(map(str, others))} (choose one with --checkpoint STEP)" if others
+                 else "no other checkpoint here is intact")
+        return CheckpointError(f"checkpoint {self.directory / str(step)} is damaged ({reason}); {where}")
+
+    def _check(self, step: int) -> None:
+        if step not in self._step_dirs() and step not in self._pending:
+            raise CheckpointError(f"{self.directory} has no checkpoint for step {step}; it has {self.steps()}")
+        reason = self.damage(step)
+        if reason is not None:
+            raise self._damaged(step, reason)
 
     def restore_meta(self, step: int) -> dict:
         ocp = _ocp()
-        return dict(self._mgr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"])
+        self._check(step)
+        try:
+            return dict(self._mgr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"])
+        except Exception as exc:
+            raise self._damaged(step, _first_line(exc)) from None
 
     def restore(self, step: int, model_target: Any, train_target: Any | None = None) -> tuple[Any, Any, dict]:
         """Restore (model_tree, train_tree or None, meta) for `step` into the given abstract targets."""
         ocp = _ocp()
+        self._check(step)
         items = {"model": ocp.args.StandardRestore(model_target), "meta": ocp.args.JsonRestore()}
         if train_target is not None:
             items["train"] = ocp.args.StandardRestore(train_target)
         try:
             out = self._mgr.restore(step, args=ocp.args.Composite(**items))
         except (ValueError, KeyError, TypeError) as exc:
+            if _looks_damaged(exc):
+                raise self._damaged(step, _first_line(exc)) from None
             raise CheckpointError(
                 f"checkpoint {self.directory / str(step)} does not match the model being restored: "
-                f"{str(exc).splitlines()[0][:200]}"
-            ) from None
+                f"{_first_line(exc)}") from None
+        except Exception as exc:
+            raise self._damaged(step, _first_line(exc)) from None
         return out["model"], out.get("train") if train_target is not None else None, dict(out["meta"])
+
+    def restore_latest_intact(self, model_target: Any, train_target: Any | None = None,
+                              check_meta: Callable[[dict], None] | None = None) -> Restored | None:
+        """Restore the newest intact step, passing over damaged newer ones; None if there is no checkpoint.
+
+        `check_meta(meta)` may raise to refuse a readable checkpoint (e.g. a different model):
+        that error propagates, with no fallback. A writable manager moves the damaged steps aside
+        (to `damaged-<step>`), so that training can write those steps again.
+        """
+        steps = self._step_dirs()
+        skipped: list[str] = []
+        for step in reversed(steps):
+            try:
+                if check_meta is not None:
+                    check_meta(self.restore_meta(step))
+                model, train, meta = self.restore(step, model_target, train_target)
+            except CheckpointError as exc:
+                reason = self.damage(step)
+                if reason is None and "is damaged" not in str(exc):
+                    raise
+                skipped.append(f"checkpoint {self.directory / str(step)} is damaged "
+                               f"({reason or _damage_reason(exc)}); skipped")
+                continue
+            self._set_aside([s for s in steps if s > step])
+            return Restored(step, model, train, meta, skipped)
+        if steps:
+            raise CheckpointError(f"no intact checkpoint in {self.directory}: all of steps "
+                                  f"{', '.join(map(str, steps))} are damaged")
+        return None
+
+    def _set_aside(self, steps: list[int]) -> None:
+        if self.read_only or not steps:
+            return
+        for step in steps:
+            src, dst = self.directory / str(step), self.directory / f"damaged-{step}"
+            shutil.rmtree(dst, ignore_errors=True)
+            try:
+                os.replace(src, dst)
+            except OSError as exc:
+                raise CheckpointError(f"cannot move damaged checkpoint {src} aside: {exc.strerror or exc}") from None
+        self._mgr.reload()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:200]
+
+
+def _damage_reason(exc: CheckpointError) -> str:
+    m = re.search(r"is damaged \((.*)\); ", str(exc))
+    return m.group(1) if m else str(exc)
+
+
+def _looks_damaged(exc: BaseException) -> bool:
+    text = str(exc)
+    return (isinstance(exc, json.JSONDecodeError) or "DATA_LOSS" in text or "was not found in the checkpoint" in text
+            or "Error reading" in text or "error while reading" in text or isinstance(exc, UnicodeDecodeError))
+
+
+def _manifest_damage(step_dir: Path) -> str | None:
+    try:
+        files = json.loads((step_dir / MANIFEST).read_text())["files"]
+        expected = {str(rel): (int(v["size"]), str(v["sha256"])) for rel, v in files.items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return f"its {MANIFEST} is unreadable"
+    for rel, (size, sha) in expected.items():
+        p = step_dir / rel
+        if not p.is_file():
+            return f"{rel} is missing"
+        actual = p.stat().st_size
+        if actual != size:
+            return f"{rel} has {actual} bytes, {size} were written"
+        if _digest(p) != sha:
+            return f"{rel} does not match its checksum"
+    return None
 
 
 def find_checkpoint_dir(path: str | Path) -> tuple[Path, int | None]:
     """Resolve a run dir, a checkpoints dir or one step dir to (checkpoints_dir, step or None)."""
-    p = Path(path)
-    if not p.exists():
-        raise CheckpointError(f"no such run or checkpoint: {p}")
-    if _is_checkpoint_step(p):
-        return p.parent, int(p.name)
-    if (p / "checkpoints").is_dir():
-        p = p / "checkpoints"
-    if p.is_dir() and any(_is_checkpoint_step(c) for c in p.iterdir()):
-        return p, None
-    raise CheckpointError(f"{path} holds no complete checkpoint (expected a run directory or checkpoints/<step>)")
+    try:
+        loc = locate(path)
+    except RunDirError as exc:
+        raise CheckpointError(str(exc)) from None
+    if loc.checkpoints is None or (loc.step is None and not any(
+            c.name.isdigit() and c.is_dir() for c in loc.checkpoints.iterdir())):
+        raise CheckpointError(f"{path} holds no complete checkpoint (expected a run directory or "
+                              "checkpoints/<step>)")
+    return loc.checkpoints, loc.step
 
 
 def flatten_tree(tree: Any) -> dict[str, Any]:
@@ -164,15 +424,18 @@ def export_weights(path: Path, model_tree: Any, fmt: str) -> Path:
     """Write the weights as one portable file: safetensors, or flax msgpack of the flat dict."""
     flat = flatten_tree(model_tree)
     tmp = path.with_name(path.name + ".tmp")
-    if fmt == "safetensors":
-        from safetensors.numpy import save_file
+    try:
+        if fmt == "safetensors":
+            from safetensors.numpy import save_file
 
-        save_file(flat, str(tmp))
-    else:
-        from flax import serialization
+            save_file(flat, str(tmp))
+        else:
+            from flax import serialization
 
-        tmp.write_bytes(serialization.msgpack_serialize(flat))
-    import os
-
-    os.replace(tmp, path)
+            tmp.write_bytes(serialization.msgpack_serialize(flat))
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise CheckpointError(f"could not write the exported weights {path}: {exc.strerror or exc}") from None
     return path

@@ -1,9 +1,13 @@
+import json
+import shutil
+import subprocess
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cnncli.checkpoint import CheckpointManager, find_checkpoint_dir
+from cnncli.checkpoint import MANIFEST, CheckpointManager, find_checkpoint_dir, improves, metric_mode
 from cnncli.config import OptimizerConfig
 from cnncli.errors import CheckpointError
 from cnncli.models import create_model
@@ -60,3 +64,192 @@ def test_find_checkpoint_dir(tmp_path):
         find_checkpoint_dir(tmp_path / "missing")
     with pytest.raises(CheckpointError, match="holds no complete checkpoint"):
         find_checkpoint_dir(tmp_path)
+
+
+def tiny_tree(seed):
+    rng = np.random.default_rng(seed)
+    return ({"params": {"w": jnp.asarray(rng.normal(size=(48, 48)).astype(np.float32)),
+                        "b": jnp.asarray(rng.normal(size=(5,)).astype(np.float32))}},
+            {"step": jnp.int32(seed), "mu": jnp.asarray(rng.normal(size=(48,)).astype(np.float32))})
+
+
+def zeros_like(tree):
+    return jax.tree.map(jnp.zeros_like, tree)
+
+
+def save_steps(directory, steps, **kw):
+    mgr = CheckpointManager(directory, keep_last=5, **kw)
+    for s in steps:
+        model, train = tiny_tree(s)
+        mgr.save(s, model, train, {"step": s}, {"val_accuracy": s / 10, "val_loss": 1 - s / 10})
+    mgr.close()
+
+
+def assert_tree_equal(a, b):
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        assert x.dtype == y.dtype and np.array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_metric_mode_and_improves():
+    assert metric_mode("val_accuracy") == "max" and metric_mode("val_top5_accuracy") == "max"
+    assert metric_mode("val_loss") == "min"
+    assert improves(0.5, None, "max") and improves(0.6, 0.5, "max") and not improves(0.5, 0.5, "max")
+    assert improves(0.5, 0.5, "max", strict=False) and not improves(0.4, 0.5, "max", strict=False)
+    assert improves(0.4, 0.5, "min") and not improves(0.5, 0.5, "min") and improves(0.5, 0.5, "min", strict=False)
+
+
+@pytest.mark.parametrize("metric, values, best", [
+    ("val_accuracy", [0.5, 0.9, 0.9, 0.7], 3),  # tie between steps 2 and 3: the later one
+    ("val_loss", [0.5, 0.2, 0.2, 0.3], 3),
+])
+def test_best_is_orbax_answer_and_ties_go_to_the_later_step(tmp_path, metric, values, best):
+    model, train = tiny_tree(0)
+    mgr = CheckpointManager(tmp_path / "ck", keep_last=1, keep_best=1, best_metric=metric)
+    assert mgr.best_mode == metric_mode(metric)
+    for step, v in enumerate(values, start=1):
+        mgr.save(step, model, train, {"step": step}, {metric: v})
+    assert mgr.best_step() == best  # also while the last save may still be in flight
+    mgr.close()
+    mgr = CheckpointManager(tmp_path / "ck", best_metric=metric, read_only=True)
+    assert mgr.steps() == [best, len(values)]  # BestN kept the same tied step
+    assert mgr.best_step() == best and mgr.best_value() == values[best - 1]
+    assert mgr.improves(values[best - 1] + (0.1 if metric_mode(metric) == "max" else -0.1), mgr.best_value())
+    assert not mgr.improves(values[best - 1], mgr.best_value())
+
+
+def largest_array_file(step_dir):
+    return max((step_dir / "model").rglob("ocdbt.process_0/d/*"), key=lambda p: p.stat().st_size)
+
+
+def truncate(step_dir):
+    f = largest_array_file(step_dir)
+    f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+
+
+def flip(step_dir):
+    f = largest_array_file(step_dir)
+    data = bytearray(f.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    f.write_bytes(bytes(data))
+
+
+DAMAGE = {
+    "truncated_array": truncate,
+    "flipped_bytes": flip,
+    "garbage_meta": lambda d: (d / "meta" / "metadata").write_text("{not json"),
+    "missing_meta": lambda d: shutil.rmtree(d / "meta"),
+    "edited_meta": lambda d: (d / "meta" / "metadata").write_text(json.dumps({"step": 99})),
+    "missing_checkpoint_metadata": lambda d: (d / "_CHECKPOINT_METADATA").unlink(),
+}
+
+
+@pytest.mark.parametrize("kind", list(DAMAGE))
+def test_damaged_newest_checkpoint(tmp_path, kind):
+    ck = tmp_path / "ck"
+    save_steps(ck, [1, 2, 3])
+    assert (ck / "3" / MANIFEST).is_file()
+    DAMAGE[kind](ck / "3")
+    model_t, train_t = zeros_like(tiny_tree(0)[0]), zeros_like(tiny_tree(0)[1])
+
+    reader = CheckpointManager(ck, read_only=True)
+    for call in (lambda: reader.restore(3, model_t, train_t), lambda: reader.restore_meta(3)):
+        with pytest.raises(CheckpointError) as err:
+            call()
+        msg = str(err.value)
+        assert "\n" not in msg and f"checkpoint {ck / '3'} is damaged" in msg
+        assert "intact checkpoints: 1, 2 (choose one with --checkpoint STEP)" in msg
+    assert reader.intact_steps() == [1, 2]
+
+    writer = CheckpointManager(ck)  # a resume
+    got = writer.restore_latest_intact(model_t, train_t)
+    assert got.step == 2 and got.meta == {"step": 2}
+    assert_tree_equal(got.model, tiny_tree(2)[0])
+    assert_tree_equal(got.train, tiny_tree(2)[1])
+    assert len(got.skipped) == 1 and str(ck / "3") in got.skipped[0]
+    # The damaged step is kept aside for inspection, out of the way of the resumed run's own step 3.
+    assert (ck / "damaged-3").is_dir() and writer.steps() == [1, 2]
+    model, train = tiny_tree(30)
+    writer.save(3, model, train, {"step": 3})
+    writer.close()
+    m, t, meta = CheckpointManager(ck, read_only=True).restore(3, model_t, train_t)
+    assert meta == {"step": 3}
+    assert_tree_equal(m, model)
+
+
+def test_flipped_array_bytes_decode_silently_without_the_manifest(tmp_path):
+    """Why the manifest exists: tensorstore returns wrong numbers for a flipped byte in a chunk."""
+    ck = tmp_path / "ck"
+    save_steps(ck, [1])
+    (ck / "1" / MANIFEST).unlink()
+    flip(ck / "1")
+    model, _, _ = CheckpointManager(ck, read_only=True).restore(1, zeros_like(tiny_tree(1)[0]))
+    assert not np.array_equal(np.asarray(model["params"]["w"]), np.asarray(tiny_tree(1)[0]["params"]["w"]))
+
+
+def test_checkpoint_without_manifest_still_checked_structurally(tmp_path):
+    ck = tmp_path / "ck"
+    save_steps(ck, [1, 2])
+    for step in (1, 2):
+        (ck / str(step) / MANIFEST).unlink()  # as written by an older version
+    truncate(ck / "2")
+    mgr = CheckpointManager(ck, read_only=True)
+    assert mgr.damage(2) is None  # no manifest: the truncation shows only on reading
+    got = mgr.restore_latest_intact(zeros_like(tiny_tree(0)[0]))
+    assert got.step == 1 and str(ck / "2") in got.skipped[0]
+    assert_tree_equal(got.model, tiny_tree(1)[0])
+
+
+def test_all_damaged_and_refused_meta(tmp_path):
+    ck = tmp_path / "ck"
+    save_steps(ck, [1, 2])
+    target = zeros_like(tiny_tree(0)[0])
+
+    def refuse(meta):
+        raise CheckpointError(f"holds step {meta['step']} of another model")
+
+    with pytest.raises(CheckpointError, match="holds step 2 of another model"):  # no fallback past a refusal
+        CheckpointManager(ck, read_only=True).restore_latest_intact(target, check_meta=refuse)
+    for step in (1, 2):
+        truncate(ck / str(step))
+    with pytest.raises(CheckpointError, match="no intact checkpoint in .*: all of steps 1, 2 are damaged"):
+        CheckpointManager(ck, read_only=True).restore_latest_intact(target)
+    assert CheckpointManager(tmp_path / "empty").restore_latest_intact(target) is None
+
+
+def test_leftover_temporary_from_an_interrupted_save(tmp_path):
+    ck = tmp_path / "ck"
+    save_steps(ck, [1, 2])
+    tmp = ck / "3.orbax-checkpoint-tmp-1234"
+    shutil.copytree(ck / "2", tmp)
+    truncate(tmp)
+    target = zeros_like(tiny_tree(0)[0])
+    reader = CheckpointManager(ck, read_only=True)
+    assert reader.steps() == [1, 2] and reader.restore_latest_intact(target).step == 2
+    assert tmp.exists()  # reading changes nothing
+    writer = CheckpointManager(ck)
+    assert not tmp.exists() and writer.restore_latest_intact(target).step == 2
+
+
+def test_disk_full_during_save_is_one_line(tmp_path):
+    mnt = tmp_path / "tiny"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=160k", "tmpfs", str(mnt)]).returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    try:
+        mgr = CheckpointManager(mnt / "ck")
+        model, train = tiny_tree(1)
+        mgr.save(1, model, train, {"step": 1})
+        big = {"params": {"w": jnp.asarray(np.random.default_rng(0).normal(size=(256, 256)).astype(np.float32))}}
+        with pytest.raises(CheckpointError) as err:
+            mgr.save(2, big, train, {"step": 2})
+            mgr.wait()
+        msg = str(err.value)
+        assert "\n" not in msg
+        assert msg == (f"could not write checkpoint {mnt / 'ck' / '2'}: No space left on device; "
+                       f"the last complete checkpoint is {mnt / 'ck' / '1'} (intact)")
+        mgr.close()
+        assert sorted(p.name for p in (mnt / "ck").iterdir()) == ["1"]  # no temporary left behind
+        m, _, _ = CheckpointManager(mnt / "ck", read_only=True).restore(1, zeros_like(model))
+        assert_tree_equal(m, model)
+    finally:
+        subprocess.run(["umount", str(mnt)])
