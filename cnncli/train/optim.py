@@ -69,12 +69,28 @@ def build_schedule(cfg: ScheduleConfig, base_lr: float, steps_per_epoch: int, to
     return schedule
 
 
+NO_DECAY_NAMES = frozenset({"bias", "scale"})  # biases; scale and bias of BatchNorm / LayerNorm / GroupNorm
+
+
+def parameter_name(path: tuple) -> str | None:
+    """The name a parameter has in its module ("kernel", "bias", "scale", ...).
+
+    An nnx.State path ends in the variable's own attribute (`.value`), so the name is the
+    last dictionary key that is a string, not the last entry of the path.
+    """
+    for entry in reversed(path):
+        key = getattr(entry, "key", None)
+        if isinstance(key, str):
+            return key
+    return None
+
+
 def decay_mask(params):
-    """True for weights (kernels), False for biases and BatchNorm scales/biases."""
-    def is_weight(path, _):
-        last = path[-1]
-        name = getattr(last, "key", getattr(last, "name", str(last)))
-        return str(name) not in ("bias", "scale")
+    """True for weights (convolution and dense kernels), False for every parameter named `bias`
+    or `scale` (biases; BatchNorm and the other Flax norms' scale and bias). Same tree
+    structure as `params` (an nnx.State or a nested dict)."""
+    def is_weight(path, _) -> bool:
+        return parameter_name(path) not in NO_DECAY_NAMES
 
     return jax.tree_util.tree_map_with_path(is_weight, params)
 
