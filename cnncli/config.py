@@ -7,7 +7,9 @@ once, here; everything downstream receives a typed `Config`.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
+import reprlib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -20,8 +22,63 @@ from cnncli.data.catalog import SOURCE_NAMES
 from cnncli.errors import ConfigError, did_you_mean
 
 
-def _choices(*values: str) -> dict:
+def _choices(*values: Any) -> dict:
     return {"choices": values}
+
+
+# Bounds shared by several keys. Step counters are int32 on the device; jax keys take 32 bits of a
+# seed (2**32 would repeat seed 0); an image side of 1e6 would allocate petabytes.
+MAX_STEPS = 10**9
+MAX_EPOCHS = 100_000
+MAX_SEED = 2**32 - 1
+MAX_IMAGE_SIDE = 4096
+MAX_BATCH = 2**20
+MAX_CLASSES = 1_000_000
+MAX_COUNT = 1_000_000  # patience, checkpoints kept, synthetic examples
+
+
+@dataclass(frozen=True)
+class Range:
+    """The values a numeric key (or each item of a numeric list) accepts; always finite."""
+
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+    hi_open: bool = False
+    lengths: tuple[int, ...] | None = None  # list keys: the allowed lengths
+    increasing: bool = False  # list keys: items in non-decreasing order
+    note: str = ""
+
+    def admits(self, v: float) -> bool:
+        if not math.isfinite(v):
+            return False
+        if self.lo is not None and (v <= self.lo if self.lo_open else v < self.lo):
+            return False
+        return self.hi is None or (v < self.hi if self.hi_open else v <= self.hi)
+
+    def __str__(self) -> str:
+        n = _number_text
+        if self.lo is not None and self.hi is not None:
+            return f"in {'(' if self.lo_open else '['}{n(self.lo)}, {n(self.hi)}{')' if self.hi_open else ']'}"
+        if self.lo is not None:
+            return f"{'>' if self.lo_open else '>='} {n(self.lo)}"
+        if self.hi is not None:
+            return f"{'<' if self.hi_open else '<='} {n(self.hi)}"
+        return "any value"
+
+
+def _number_text(x: float) -> str:
+    return str(x) if isinstance(x, int) else f"{x:g}"
+
+
+def _range(*, ge: float | None = None, gt: float | None = None, le: float | None = None, lt: float | None = None,
+           **extra: Any) -> dict:
+    """Field metadata: the key's valid range (e.g. `_range(gt=0, le=1)` is (0, 1])."""
+    lo, hi = (gt if gt is not None else ge), (lt if lt is not None else le)
+    return {"range": Range(lo, hi, gt is not None, lt is not None, **extra)}
+
+
+_UNIT = _range(ge=0, lt=1)  # momenta, decays, dropout: [0, 1)
 
 
 @dataclass
@@ -29,15 +86,18 @@ class ModelConfig:
     """`model:` section. `num_classes`, `input_size` and `in_channels` follow the data when null."""
 
     name: str = "resnet20"
-    num_classes: int | None = None
-    input_size: int | None = None
-    in_channels: int | None = None
-    dropout: float | None = None  # null = the family's default (0.5 for AlexNet/VGG, 0 otherwise)
-    width: float = 1.0  # width multiplier for the number of filters
+    num_classes: int | None = field(default=None, metadata=_range(ge=1, le=MAX_CLASSES))
+    input_size: int | None = field(default=None, metadata=_range(ge=1, le=MAX_IMAGE_SIDE))
+    in_channels: int | None = field(default=None, metadata=_choices(1, 3))
+    # null = the family's default (0.5 for AlexNet/VGG, 0 otherwise)
+    dropout: float | None = field(default=None, metadata=_UNIT)
+    # width multiplier for the number of filters
+    width: float = field(default=1.0, metadata=_range(gt=0, le=64))
     shortcut: str | None = field(default=None, metadata=_choices("A", "B"))  # CIFAR ResNets; default A
     zero_init_residual: bool = False
-    bn_momentum: float = 0.9  # Flax convention: running = m*running + (1-m)*batch; PyTorch 0.1 == 0.9 here
-    bn_epsilon: float = 1e-5
+    # Flax convention: running = m*running + (1-m)*batch; PyTorch 0.1 == 0.9 here
+    bn_momentum: float = field(default=0.9, metadata=_range(ge=0, lt=1, note="Flax convention; PyTorch 0.1 == 0.9"))
+    bn_epsilon: float = field(default=1e-5, metadata=_range(gt=0, le=1))
     dtype: str = field(default="float32", metadata=_choices("float32", "bfloat16", "float16"))
     remat: bool = False
     lrn: bool = False  # AlexNet local response normalisation
@@ -47,11 +107,14 @@ class ModelConfig:
 class AugmentConfig:
     """`data.augment:` training-time augmentation (evaluation uses none of it)."""
 
-    random_crop_padding: int = 0
+    random_crop_padding: int = field(default=0, metadata=_range(ge=0, le=MAX_IMAGE_SIDE))
     flip: bool = False
     random_resized_crop: bool = False
-    scale: list[float] = field(default_factory=lambda: [0.08, 1.0])
-    ratio: list[float] = field(default_factory=lambda: [0.75, 4.0 / 3.0])
+    # (min, max) area fraction and aspect ratio of the crop
+    scale: list[float] = field(default_factory=lambda: [0.08, 1.0],
+                               metadata=_range(gt=0, le=1, lengths=(2,), increasing=True))
+    ratio: list[float] = field(default_factory=lambda: [0.75, 4.0 / 3.0],
+                               metadata=_range(gt=0, le=100, lengths=(2,), increasing=True))
 
 
 @dataclass
@@ -60,22 +123,27 @@ class DataConfig:
 
     source: str = field(default="digits", metadata=_choices(*SOURCE_NAMES))  # cnncli.data.catalog's table
     path: str | None = None
-    image_size: int | None = None  # resize to this square size; null = the source's size (digits: 32, folder: 224)
-    channels: int | None = None  # 1 or 3; null = the source's channels
-    val_fraction: float = 0.1  # held out of train when the source has no validation split
-    test_fraction: float = 0.2  # held out when the source has no test split (digits)
-    split_seed: int = 0
+    # resize to this square size; null = the source's size (digits: 32, folder: 224)
+    image_size: int | None = field(default=None, metadata=_range(ge=1, le=MAX_IMAGE_SIDE))
+    # 1 or 3; null = the source's channels
+    channels: int | None = field(default=None, metadata=_choices(1, 3))
+    # held out of train when the source has no validation split
+    val_fraction: float = field(default=0.1, metadata=_range(gt=0, lt=1))
+    # held out when the source has no test split (digits)
+    test_fraction: float = field(default=0.2, metadata=_range(gt=0, lt=1))
+    split_seed: int = field(default=0, metadata=_range(ge=0, le=MAX_SEED))
     normalize: bool = True
-    mean: list[float] | None = None  # null = computed on the training split
-    std: list[float] | None = None
+    # null = computed on the training split
+    mean: list[float] | None = field(default=None, metadata=_range(lengths=(1, 3)))
+    std: list[float] | None = field(default=None, metadata=_range(gt=0, lengths=(1, 3)))
     augment: AugmentConfig = field(default_factory=AugmentConfig)
-    num_workers: int = 0
+    num_workers: int = field(default=0, metadata=_range(ge=0, le=1024))
     skip_corrupt: bool = False
     label: str = field(default="fine", metadata=_choices("fine", "coarse"))  # CIFAR-100 label set
     # synthetic source only
-    num_train: int = 1024
-    num_test: int = 256
-    num_classes: int = 10
+    num_train: int = field(default=1024, metadata=_range(ge=1, le=MAX_COUNT))
+    num_test: int = field(default=256, metadata=_range(ge=1, le=MAX_COUNT))
+    num_classes: int = field(default=10, metadata=_range(ge=1, le=MAX_CLASSES))
 
 
 @dataclass
@@ -83,16 +151,17 @@ class OptimizerConfig:
     """`optimizer:` section."""
 
     name: str = field(default="sgd", metadata=_choices("sgd", "adam", "adamw", "rmsprop"))
-    lr: float = 0.1
-    momentum: float = 0.9
+    lr: float = field(default=0.1, metadata=_range(gt=0))
+    momentum: float = field(default=0.9, metadata=_UNIT)
     nesterov: bool = False
-    weight_decay: float = 0.0  # L2 added to the gradient (sgd/adam/rmsprop) or decoupled (adamw)
+    # L2 added to the gradient (sgd/adam/rmsprop) or decoupled (adamw)
+    weight_decay: float = field(default=0.0, metadata=_range(ge=0))
     decay_norm_and_bias: bool = True  # false: no weight decay on BatchNorm and bias parameters
-    b1: float = 0.9
-    b2: float = 0.999
-    eps: float = 1e-8
-    decay: float = 0.9  # RMSProp's squared-gradient averaging
-    clip_grad_norm: float | None = None
+    b1: float = field(default=0.9, metadata=_UNIT)
+    b2: float = field(default=0.999, metadata=_UNIT)
+    eps: float = field(default=1e-8, metadata=_range(gt=0, le=1))
+    decay: float = field(default=0.9, metadata=_UNIT)  # RMSProp's squared-gradient averaging
+    clip_grad_norm: float | None = field(default=None, metadata=_range(gt=0))
 
 
 @dataclass
@@ -100,42 +169,48 @@ class ScheduleConfig:
     """`schedule:` section. Epoch-valued fields are converted to steps once the data size is known."""
 
     name: str = field(default="constant", metadata=_choices("constant", "step", "cosine", "polynomial", "plateau"))
-    warmup_epochs: float = 0.0
-    warmup_steps: int | None = None
-    milestones: list[float] = field(default_factory=list)  # epochs (step schedule)
-    milestone_steps: list[int] | None = None  # steps; overrides milestones
-    gamma: float = 0.1  # step schedule factor
-    final_lr: float = 0.0  # cosine / polynomial end value
-    power: float = 1.0  # polynomial
+    warmup_epochs: float = field(default=0.0, metadata=_range(ge=0, le=MAX_EPOCHS))
+    warmup_steps: int | None = field(default=None, metadata=_range(ge=0, le=MAX_STEPS))
+    # epochs (step schedule)
+    milestones: list[float] = field(default_factory=list, metadata=_range(ge=0, le=MAX_EPOCHS))
+    # steps; overrides milestones
+    milestone_steps: list[int] | None = field(default=None, metadata=_range(ge=0, le=MAX_STEPS))
+    gamma: float = field(default=0.1, metadata=_range(gt=0))  # step schedule factor
+    final_lr: float = field(default=0.0, metadata=_range(ge=0))  # cosine / polynomial end value
+    power: float = field(default=1.0, metadata=_range(gt=0))  # polynomial
     metric: str = field(default="val_loss", metadata=_choices("val_loss", "val_accuracy"))  # plateau
-    patience: int = 5  # plateau: evaluations without improvement
-    factor: float = 0.1  # plateau
-    min_lr: float = 0.0  # plateau
-    threshold: float = 1e-4  # plateau: relative improvement that counts
+    # plateau: evaluations without improvement
+    patience: int = field(default=5, metadata=_range(ge=0, le=MAX_COUNT))
+    factor: float = field(default=0.1, metadata=_range(gt=0, lt=1))  # plateau
+    min_lr: float = field(default=0.0, metadata=_range(ge=0))  # plateau
+    # plateau: relative improvement that counts
+    threshold: float = field(default=1e-4, metadata=_range(ge=0, lt=1))
 
 
 @dataclass
 class TrainConfig:
     """`train:` section. Give `epochs` or `steps` (steps wins when both are set)."""
 
-    epochs: float | None = 10
-    steps: int | None = None
-    batch_size: int = 128
-    eval_batch_size: int | None = None
-    seed: int = 0
-    log_every_steps: int = 50
-    eval_every_epochs: float = 1.0
-    eval_every_steps: int | None = None
-    checkpoint_every_epochs: float = 1.0
-    checkpoint_every_steps: int | None = None
-    keep_last: int = 2
-    keep_best: int = 1
+    epochs: float | None = field(default=10, metadata=_range(gt=0, le=MAX_EPOCHS))
+    steps: int | None = field(default=None, metadata=_range(ge=1, le=MAX_STEPS))
+    batch_size: int = field(default=128, metadata=_range(ge=1, le=MAX_BATCH))
+    eval_batch_size: int | None = field(default=None, metadata=_range(ge=1, le=MAX_BATCH))
+    seed: int = field(default=0, metadata=_range(ge=0, le=MAX_SEED))
+    log_every_steps: int = field(default=50, metadata=_range(ge=1, le=MAX_STEPS))
+    eval_every_epochs: float = field(default=1.0, metadata=_range(gt=0, le=MAX_EPOCHS))
+    eval_every_steps: int | None = field(default=None, metadata=_range(ge=1, le=MAX_STEPS))
+    checkpoint_every_epochs: float = field(default=1.0, metadata=_range(gt=0, le=MAX_EPOCHS))
+    checkpoint_every_steps: int | None = field(default=None, metadata=_range(ge=1, le=MAX_STEPS))
+    keep_last: int = field(default=2, metadata=_range(ge=1, le=MAX_COUNT))
+    # >= 1: with 0 the best checkpoint is deleted and the final test evaluation would use another one
+    keep_best: int = field(default=1, metadata=_range(ge=1, le=MAX_COUNT))
     best_metric: str = field(default="val_accuracy", metadata=_choices("val_accuracy", "val_loss"))
-    label_smoothing: float = 0.0
-    grad_accum_steps: int = 1
-    ema_decay: float | None = None
+    label_smoothing: float = field(default=0.0, metadata=_UNIT)
+    grad_accum_steps: int = field(default=1, metadata=_range(ge=1, le=MAX_BATCH))
+    ema_decay: float | None = field(default=None, metadata=_range(gt=0, lt=1))
     on_nonfinite: str = field(default="stop", metadata=_choices("stop", "skip"))
-    early_stopping_patience: int | None = None  # evaluations without improvement of best_metric
+    # evaluations without improvement of best_metric
+    early_stopping_patience: int | None = field(default=None, metadata=_range(ge=0, le=MAX_COUNT))
     eval_test: bool = False  # also evaluate the test split at every evaluation (learning-curve figures)
 
 
@@ -170,6 +245,21 @@ class Config:
 
 
 _FLOAT_LITERAL = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+_SHOWN = reprlib.Repr()
+_SHOWN.maxlevel, _SHOWN.maxlist, _SHOWN.maxdict, _SHOWN.maxstring, _SHOWN.maxother = 2, 4, 3, 60, 60
+
+
+def _show(value: Any, limit: int = 80) -> str:
+    """`repr(value)` cut to `limit` characters: a message never prints an unbounded value."""
+    try:
+        text = _SHOWN.repr(value)
+    except ValueError:  # an int too long to print
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _clip(text: str, limit: int = 80) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _type_name(tp: Any) -> str:
@@ -204,7 +294,7 @@ def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
         return [_coerce(v, item_tp, f"{key}[{i}]", where) for i, v in enumerate(value)]
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
-            raise ConfigError(f"{where}: '{key}' must be a mapping of keys, got {value!r}")
+            raise ConfigError(f"{where}: '{key}' must be a mapping of keys, got {_show(value)}")
         return _build(tp, value, key, where)
     if tp is bool:
         if isinstance(value, bool):
@@ -212,10 +302,12 @@ def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
     elif tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
-        if isinstance(value, float) and value.is_integer():
+        if isinstance(value, float) and value.is_integer() and abs(value) <= 2**53:  # exact, not 1e30
             return int(value)
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if isinstance(value, int) and abs(value) >= 2**1000:  # float() would overflow; the range refuses inf
+                return math.inf if value > 0 else -math.inf
             return float(value)
         if isinstance(value, str) and _FLOAT_LITERAL.fullmatch(value.strip()):
             return float(value)  # PyYAML reads `1e-4` (no dot) as a string
@@ -226,7 +318,7 @@ def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
 
 
 def _type_error(value: Any, tp: Any, key: str, where: str) -> ConfigError:
-    return ConfigError(f"{where}: '{key}' must be {_type_name(tp)}, got {value!r} ({type(value).__name__})")
+    return ConfigError(f"{where}: '{key}' must be {_type_name(tp)}, got {_show(value)} ({type(value).__name__})")
 
 
 def _build(cls: type, raw: dict, prefix: str, where: str) -> Any:
@@ -237,57 +329,55 @@ def _build(cls: type, raw: dict, prefix: str, where: str) -> Any:
         path = f"{prefix}.{key}" if prefix else str(key)
         if key not in fields:
             valid = [f"{prefix}.{k}" if prefix else k for k in fields]
-            raise ConfigError(f"{where}: unknown key '{path}'{did_you_mean(path, valid)}")
-        value = _coerce(value, hints[key], path, where)
-        choices = fields[key].metadata.get("choices")
-        if choices and value is not None and value not in choices:
-            raise ConfigError(
-                f"{where}: '{path}' must be one of {', '.join(choices)}; got {value!r}{did_you_mean(str(value), choices)}"
-            )
-        kwargs[key] = value
+            raise ConfigError(f"{where}: unknown key '{_clip(path)}'{did_you_mean(path[:100], valid)}")
+        kwargs[key] = _coerce(value, hints[key], path, where)
     return cls(**kwargs)
 
 
+def _check_values(section: Any, prefix: str, where: str) -> None:
+    """Check every key of a built section (defaults included) against its declared choices and range."""
+    for f in dataclasses.fields(section):
+        value, path = getattr(section, f.name), prefix + f.name
+        if dataclasses.is_dataclass(value):
+            _check_values(value, path + ".", where)
+        elif value is not None:
+            _check_field(f, value, path, where)
+
+
+def _check_field(f: dataclasses.Field, value: Any, path: str, where: str) -> None:
+    choices, rng = f.metadata.get("choices"), f.metadata.get("range")
+    if choices and value not in choices:
+        names = [str(c) for c in choices]
+        raise ConfigError(f"{where}: '{path}' must be one of {', '.join(names)}; got {_show(value)}"
+                          f"{did_you_mean(str(value)[:100], names)}")
+    if rng is None:
+        return
+    note = f" ({rng.note})" if rng.note else ""
+    items = value if isinstance(value, list) else [value]
+    for i, v in enumerate(items):
+        if not rng.admits(v):
+            key = f"{path}[{i}]" if isinstance(value, list) else path
+            kind = "an integer " if isinstance(v, int) else "a finite number " if not math.isfinite(v) else ""
+            raise ConfigError(f"{where}: '{key}' must be {kind}{rng}{note}, got {_show(v)}")
+    if rng.lengths is not None and len(items) not in rng.lengths:
+        count = " or ".join(str(n) for n in rng.lengths)
+        raise ConfigError(f"{where}: '{path}' must be a list of {count} numbers, got {_show(value)}")
+    if rng.increasing and any(a > b for a, b in zip(items, items[1:])):
+        raise ConfigError(f"{where}: '{path}' must be {len(items)} numbers in increasing order (min, max), "
+                          f"got {_show(value)}")
+
+
 def _check_ranges(cfg: Config, where: str) -> None:
+    """The declared per-key ranges, then the rules that involve several keys."""
+    _check_values(cfg, "", where)
+
     def need(cond: bool, key: str, what: str, value: Any) -> None:
         if not cond:
-            raise ConfigError(f"{where}: '{key}' must be {what}, got {value!r}")
+            raise ConfigError(f"{where}: '{key}' must be {what}, got {_show(value)}")
 
-    t, o, d, s, m = cfg.train, cfg.optimizer, cfg.data, cfg.schedule, cfg.model
-    need(t.batch_size > 0, "train.batch_size", "a positive integer", t.batch_size)
+    t, s = cfg.train, cfg.schedule
     need(t.epochs is not None or t.steps is not None, "train.epochs", "set (or train.steps)", t.epochs)
-    if t.steps is not None:
-        need(t.steps > 0, "train.steps", "a positive integer", t.steps)
-    elif t.epochs is not None:
-        need(t.epochs > 0, "train.epochs", "positive", t.epochs)
-    need(t.grad_accum_steps >= 1, "train.grad_accum_steps", ">= 1", t.grad_accum_steps)
     need(t.batch_size % t.grad_accum_steps == 0, "train.batch_size", "divisible by train.grad_accum_steps", t.batch_size)
-    need(t.log_every_steps > 0, "train.log_every_steps", "a positive integer", t.log_every_steps)
-    need(t.keep_last >= 1, "train.keep_last", ">= 1", t.keep_last)
-    need(0 <= t.label_smoothing < 1, "train.label_smoothing", "in [0, 1)", t.label_smoothing)
-    if t.ema_decay is not None:
-        need(0 < t.ema_decay < 1, "train.ema_decay", "in (0, 1)", t.ema_decay)
-    need(o.lr > 0, "optimizer.lr", "positive", o.lr)
-    need(o.weight_decay >= 0, "optimizer.weight_decay", ">= 0", o.weight_decay)
-    need(0 <= o.momentum < 1, "optimizer.momentum", "in [0, 1)", o.momentum)
-    need(0 < d.val_fraction < 1, "data.val_fraction", "in (0, 1)", d.val_fraction)
-    need(0 < d.test_fraction < 1, "data.test_fraction", "in (0, 1)", d.test_fraction)
-    if d.channels is not None:
-        need(d.channels in (1, 3), "data.channels", "1 or 3", d.channels)
-    if d.image_size is not None:
-        need(d.image_size > 0, "data.image_size", "a positive integer", d.image_size)
-    need(d.num_workers >= 0, "data.num_workers", ">= 0", d.num_workers)
-    for key, stats in (("data.mean", d.mean), ("data.std", d.std)):
-        if stats is not None:
-            need(len(stats) in (1, 3), key, "a list of 1 or 3 numbers", stats)
-    if d.std is not None:
-        need(all(v > 0 for v in d.std), "data.std", "positive", d.std)
-    need(m.width > 0, "model.width", "positive", m.width)
-    need(0 <= m.bn_momentum < 1, "model.bn_momentum", "in [0, 1) (Flax convention; PyTorch 0.1 == 0.9)", m.bn_momentum)
-    if m.dropout is not None:
-        need(0 <= m.dropout < 1, "model.dropout", "in [0, 1)", m.dropout)
-    if m.num_classes is not None:
-        need(m.num_classes >= 1, "model.num_classes", "a positive integer", m.num_classes)
     if s.name == "step":
         need(bool(s.milestones) or bool(s.milestone_steps), "schedule.milestones", "a non-empty list for the step schedule", s.milestones)
 
@@ -295,16 +385,100 @@ def _check_ranges(cfg: Config, where: str) -> None:
 # ----------------------------------------------------------------------------- loading
 
 
+MAX_CONFIG_BYTES = 1 << 20  # a config is a few kB
+MAX_YAML_VALUES = 100_000  # values after expanding aliases: refuses "billion laughs" documents
+
+
+class YamlRefused(Exception):
+    """A YAML document the config loader will not build (duplicate keys, alias bombs, deep nesting)."""
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing duplicate keys and integers too long to convert."""
+
+    def __init__(self, stream: Any):
+        super().__init__(stream)
+        self._checked: set[int] = set()
+
+    def flatten_mapping(self, node: yaml.MappingNode) -> None:
+        # Called once per mapping before `<<` merges are spliced in: the explicit keys are all here.
+        if id(node) not in self._checked:
+            self._checked.add(id(node))
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key, line = self.construct_object(key_node), key_node.start_mark.line + 1
+                if key in seen:
+                    raise YamlRefused(f"duplicate key {_show(key)} at lines {seen[key]} and {line}")
+                seen[key] = line
+        super().flatten_mapping(node)
+
+    def construct_yaml_int(self, node: yaml.ScalarNode) -> int:
+        try:
+            return super().construct_yaml_int(node)
+        except ValueError:
+            raise YamlRefused(f"integer too long at line {node.start_mark.line + 1}") from None
+
+
+_ConfigLoader.add_constructor("tag:yaml.org,2002:int", _ConfigLoader.construct_yaml_int)
+
+
+def _expanded_size(root: yaml.Node) -> int:
+    """The number of values `root` holds once aliases are expanded; refuses cycles and alias bombs."""
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()
+
+    def size(node: yaml.Node) -> int:
+        if isinstance(node, yaml.ScalarNode):
+            return 1
+        if id(node) in sizes:
+            return sizes[id(node)]
+        if id(node) in open_nodes:
+            raise YamlRefused(f"a YAML alias at line {node.start_mark.line + 1} is recursive (contains itself)")
+        open_nodes.add(id(node))
+        children = node.value if isinstance(node, yaml.SequenceNode) else [n for pair in node.value for n in pair]
+        total = 1
+        for child in children:
+            total += size(child)
+            if total > MAX_YAML_VALUES:
+                raise YamlRefused(f"YAML aliases expand to more than {MAX_YAML_VALUES:,} values; "
+                                  "a config needs a few hundred")
+        open_nodes.discard(id(node))
+        sizes[id(node)] = total
+        return total
+
+    return size(root)
+
+
+def parse_yaml(text: str | bytes) -> Any:
+    """One YAML document, loaded safely and bounded. Raises yaml.YAMLError or YamlRefused."""
+    loader = _ConfigLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _expanded_size(node)
+        return loader.construct_document(node)
+    except RecursionError:
+        raise YamlRefused("the YAML is nested too deeply") from None
+    finally:
+        loader.dispose()
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """Split 'a.b=value' into (['a', 'b'], parsed YAML value)."""
+    shown = _show(text)
     if "=" not in text:
-        raise ConfigError(f"--set {text!r}: expected KEY=VALUE, e.g. --set optimizer.lr=0.05")
+        raise ConfigError(f"--set {shown}: expected KEY=VALUE, e.g. --set optimizer.lr=0.05")
     key, _, raw = text.partition("=")
     key = key.strip()
     if not key:
-        raise ConfigError(f"--set {text!r}: the key is empty")
+        raise ConfigError(f"--set {shown}: the key is empty")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = parse_yaml(raw) if raw.strip() else None
+    except YamlRefused as exc:
+        raise ConfigError(f"--set {shown}: {exc}") from None
     except yaml.YAMLError:
         value = raw
     return key.split("."), value
@@ -320,7 +494,7 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
             if child is None:
                 child = node[part] = {}
             if not isinstance(child, dict):
-                raise ConfigError(f"--set {text!r}: '{part}' is not a section")
+                raise ConfigError(f"--set {_show(text)}: '{_clip(part)}' is not a section")
             node = child
         node[parts[-1]] = value
     return raw
@@ -333,12 +507,18 @@ def read_yaml(path: Path) -> dict:
     if path.is_dir():
         raise ConfigError(f"config path is a directory, expected a YAML file: {path}")
     try:
-        raw = yaml.safe_load(path.read_text())
+        with path.open("rb") as fh:
+            data = fh.read(MAX_CONFIG_BYTES + 1)
+        if len(data) > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{path}: larger than {MAX_CONFIG_BYTES >> 20} MiB; a config file is a few kB")
+        raw = parse_yaml(data)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(f"{path}: invalid YAML{line}: {problem}") from None
+        raise ConfigError(f"{path}: invalid YAML{line}: {_clip(problem, 200)}") from None
+    except YamlRefused as exc:
+        raise ConfigError(f"{path}: {exc}") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read: {exc}") from None
     if raw is None:
