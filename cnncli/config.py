@@ -543,3 +543,37 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
     """Load and validate a YAML experiment file, applying `--set` overrides."""
     path = Path(path)
     return config_from_dict(read_yaml(path), str(path), overrides)
+
+
+# ----------------------------------------------------------------------------- resolution against the data
+
+
+def model_options(m: ModelConfig) -> dict[str, Any]:
+    """The `create_model` options of a model section (everything but name, classes and input shape)."""
+    skip = {"name", "num_classes", "input_size", "in_channels"}
+    return {f.name: getattr(m, f.name) for f in dataclasses.fields(m) if f.name not in skip}
+
+
+def resolve_data_shape(cfg: Config) -> Config:
+    """A config whose data conversion follows the model's fixed input size / channels, if any."""
+    m, d = cfg.model, cfg.data
+    if m.input_size is not None and d.image_size is not None and d.image_size != m.input_size:
+        raise ConfigError(f"model.input_size={m.input_size} contradicts data.image_size={d.image_size}")
+    if m.in_channels is not None and d.channels is not None and d.channels != m.in_channels:
+        raise ConfigError(f"model.in_channels={m.in_channels} contradicts data.channels={d.channels}")
+    data = dataclasses.replace(d, image_size=d.image_size if m.input_size is None else m.input_size,
+                               channels=d.channels if m.in_channels is None else m.in_channels)
+    return dataclasses.replace(cfg, data=data)
+
+
+def resolve_model_shape(cfg: Config, image_shape: tuple[int, int, int], num_classes: int) -> Config:
+    """A config whose model section holds the prepared data's input size, channels and class count."""
+    h, w, c = image_shape
+    if h != w:
+        raise ConfigError(f"images are {h}x{w}; set data.image_size to train on square inputs")
+    m = cfg.model
+    if m.num_classes is not None and m.num_classes < num_classes:
+        raise ConfigError(f"model.num_classes={m.num_classes} but the dataset has {num_classes} classes")
+    model = dataclasses.replace(m, num_classes=num_classes if m.num_classes is None else m.num_classes,
+                                input_size=h, in_channels=c)
+    return dataclasses.replace(cfg, model=model)

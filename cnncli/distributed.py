@@ -29,15 +29,23 @@ def check_batch_size(batch_size: int, mesh: Mesh, key: str = "train.batch_size")
         raise ConfigError(f"'{key}' = {batch_size} must be divisible by the number of devices ({n})")
 
 
-def shard_global_batch(mesh: Mesh, array: np.ndarray) -> jax.Array:
-    """Place a host array holding the *global* batch; each process contributes only its own rows."""
+def local_rows(global_size: int) -> slice:
+    """This process's rows of a global batch of `global_size` rows (processes take equal, ordered shares)."""
+    per = global_size // jax.process_count()
+    return slice(jax.process_index() * per, (jax.process_index() + 1) * per)
+
+
+def place_local_rows(mesh: Mesh, local: np.ndarray, global_size: int) -> jax.Array:
+    """Place this process's rows of a global batch of `global_size` rows, sharded over the mesh."""
     sharding = batch_sharding(mesh)
     if jax.process_count() == 1:
-        return jax.device_put(array, sharding)
-    per_process = array.shape[0] // jax.process_count()
-    start = jax.process_index() * per_process
-    local = array[start : start + per_process]
-    return jax.make_array_from_process_local_data(sharding, local, array.shape)
+        return jax.device_put(local, sharding)
+    return jax.make_array_from_process_local_data(sharding, local, (global_size, *local.shape[1:]))
+
+
+def shard_global_batch(mesh: Mesh, array: np.ndarray) -> jax.Array:
+    """Place a host array holding the *global* batch; each process contributes only its own rows."""
+    return place_local_rows(mesh, array[local_rows(array.shape[0])], array.shape[0])
 
 
 def replicate(mesh: Mesh, tree):

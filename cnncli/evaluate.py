@@ -1,9 +1,9 @@
-"""Evaluation: masked, padded batches so that every example counts exactly once.
+"""`cnn eval`: restore trained models and measure them on a split of their data.
 
-`Evaluator` is shared by the training loop (validation, final test) and `cnn eval`.
 `evaluate_models` is `cnn eval`: one model or an ensemble (mean of softmax probabilities),
 optionally with test-time augmentation, reported with per-class metrics and the confusion
-matrix (see cnncli.scores).
+matrix (see cnncli.scores). The batched, masked evaluation itself is
+`cnncli.train.evaluator.Evaluator`, the same one training uses.
 """
 
 from __future__ import annotations
@@ -15,90 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from cnncli.config import Config
+from cnncli.config import Config, model_options, resolve_data_shape
 from cnncli.errors import CheckpointError, ConfigError
-
-
-class Evaluator:
-    """Jit-compiled evaluation of one model graph: over device-resident uint8 splits (`run`) or
-    over batches the host decodes and places (`run_batches`, for file-backed data)."""
-
-    def __init__(self, parts: Any, *, num_classes: int, mean, std, mesh, batch_size: int):
-        import jax
-
-        from cnncli.distributed import batch_sharding, check_batch_size
-        from cnncli.train.step import make_eval_step
-
-        check_batch_size(batch_size, mesh, "train.eval_batch_size")
-        self.mesh, self.batch_size, self.num_classes = mesh, batch_size, num_classes
-        step = make_eval_step(parts, num_classes=num_classes, mean=mean, std=std)
-
-        def indexed(params, batch_stats, data_x, data_y, idx, mask):
-            return step(params, batch_stats, data_x[idx], data_y[idx], mask)
-
-        self._step = jax.jit(indexed, out_shardings=None)
-        self._batch_step = jax.jit(step, out_shardings=None)
-        self._sharding = batch_sharding(mesh)
-
-    def run(self, params, batch_stats, data_x, data_y, num_examples: int, *, with_logits: bool = False
-            ) -> tuple[dict[str, float], np.ndarray | None]:
-        """Metrics over the first `num_examples` of the (device) arrays; logits [N, K] if asked."""
-        import jax
-
-        from cnncli.data.pipeline import eval_index_batches
-        from cnncli.distributed import shard_global_batch
-
-        totals = None
-        logits_out = []
-        for idx, mask in eval_index_batches(num_examples, self.batch_size):
-            sums, logits = self._step(params, batch_stats, data_x, data_y, shard_global_batch(self.mesh, idx),
-                                      shard_global_batch(self.mesh, mask))
-            totals = sums if totals is None else jax.tree.map(lambda a, b: a + b, totals, sums)
-            if with_logits:
-                logits_out.append(np.asarray(jax.device_get(logits))[mask])
-        return self._metrics(totals), (np.concatenate(logits_out) if with_logits else None)
-
-    def run_batches(self, params, batch_stats, batches, *, with_logits: bool = False
-                    ) -> tuple[dict[str, float], np.ndarray | None]:
-        """Metrics over (images_uint8, labels, mask) batches already placed on the mesh, each of
-        `batch_size` rows with padding rows masked out; logits [N, K] of the real rows if asked."""
-        import jax
-
-        totals = None
-        logits_out = []
-        for x, y, mask in batches:
-            sums, logits = self._batch_step(params, batch_stats, x, y, mask)
-            totals = sums if totals is None else jax.tree.map(lambda a, b: a + b, totals, sums)
-            if with_logits:
-                keep = np.asarray(jax.device_get(mask), bool)
-                logits_out.append(np.asarray(jax.device_get(logits))[keep])
-        return self._metrics(totals), (np.concatenate(logits_out) if with_logits else None)
-
-    @staticmethod
-    def _metrics(totals) -> dict[str, float]:
-        import jax
-
-        from cnncli.errors import DataError
-
-        if totals is None:
-            raise DataError("nothing to evaluate: the split has no examples")
-        t = {k: float(v) for k, v in jax.device_get(totals).items()}
-        n = t["count"]
-        return {
-            "loss": t["loss"] / n,
-            "accuracy": t["correct"] / n,
-            "top5_accuracy": t["correct_top5"] / n,
-            "error": 1.0 - t["correct"] / n,
-            "top5_error": 1.0 - t["correct_top5"] / n,
-            "num_examples": int(round(n)),
-        }
-
-    def logits(self, params, batch_stats, data_x, num_examples: int) -> np.ndarray:
-        """Logits [N, K] of the first `num_examples` images of a (device) uint8 array, no labels needed."""
-        import jax
-
-        labels = jax.device_put(np.zeros((data_x.shape[0],), np.int32), data_x.sharding)
-        return self.run(params, batch_stats, data_x, labels, num_examples, with_logits=True)[1]
+from cnncli.train.evaluator import Evaluator, file_eval_batches
 
 
 @dataclasses.dataclass
@@ -149,7 +68,7 @@ def load_checkpoint_model(path: str | Path, which: str = "best", overrides: list
     m = cfg.model
     identity = meta.get("model", {})
     model = create_model(m.name, num_classes=m.num_classes, input_shape=(m.input_size, m.input_size, m.in_channels),
-                         abstract=True, check_input=False, **model_options(cfg))
+                         abstract=True, check_input=False, **model_options(cfg.model))
     expected = {"name": m.name, "num_classes": m.num_classes, "input_shape": list(model.input_shape)}
     found = {k: identity.get(k) for k in expected}
     if identity and found != expected:
@@ -165,14 +84,6 @@ def load_checkpoint_model(path: str | Path, which: str = "best", overrides: list
     class_names = data_info.get("class_names") or meta.get("class_names") or []
     return LoadedModel(cfg, parts, restored["params"], restored["batch_stats"], step, meta,
                        list(class_names), data_info.get("mean"), data_info.get("std"), run.path)
-
-
-def model_options(cfg: Config) -> dict[str, Any]:
-    """The create_model options of a config's model section."""
-    m = cfg.model
-    return {"dropout": m.dropout, "width": m.width, "shortcut": m.shortcut, "zero_init_residual": m.zero_init_residual,
-            "bn_momentum": m.bn_momentum, "bn_epsilon": m.bn_epsilon, "dtype": m.dtype, "remat": m.remat,
-            "lrn": m.lrn}
 
 
 TTA_MODES = ("flip",)
@@ -234,7 +145,6 @@ def evaluate_member(path: str | Path, *, split: str = "test", which: str = "best
     from cnncli.distributed import replicate
     from cnncli.errors import DataError
     from cnncli.scores import class_breakdown, log_softmax, mean_probabilities, score_log_probs
-    from cnncli.train.loop import resolve_data_shape
 
     if tta is not None and tta not in TTA_MODES:
         raise ConfigError(f"--tta must be one of {', '.join(TTA_MODES)}, got {tta!r}")
@@ -244,8 +154,8 @@ def evaluate_member(path: str | Path, *, split: str = "test", which: str = "best
     loaded = load_checkpoint_model(path, which, overrides)
     cfg = loaded.config
     if data_path is not None:
-        cfg.data.path = str(data_path)
-    resolve_data_shape(cfg)
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, path=str(data_path)))
+    cfg = resolve_data_shape(cfg)
     data = ctx.dataset(cfg.data)
     x, y = data.split(split)
     m = cfg.model
@@ -287,19 +197,11 @@ def _decoded_batches(mesh, paths: np.ndarray, labels: np.ndarray, image_shape, d
                      mirror: bool):
     """(images, labels, mask) on the mesh for a file-backed split: padded, masked last batch."""
     from cnncli.data.files import FileBatchLoader
-    from cnncli.data.pipeline import eval_index_batches
-    from cnncli.distributed import shard_global_batch
 
     size, _, channels = image_shape
     loader = FileBatchLoader(paths, labels, image_size=size, channels=channels, num_workers=data_cfg.num_workers,
                              skip_corrupt=data_cfg.skip_corrupt)
-    index_batches = eval_index_batches(len(labels), batch_size)
-    decoded = loader.iterate([idx for idx, _ in index_batches])
-    for (images, batch_labels), (_, mask) in zip(decoded, index_batches):
-        if mirror:
-            images = np.ascontiguousarray(images[:, :, ::-1])
-        yield (shard_global_batch(mesh, images), shard_global_batch(mesh, batch_labels),
-               shard_global_batch(mesh, mask))
+    return file_eval_batches(mesh, loader, len(labels), batch_size, mirror=mirror)
 
 
 def evaluate_run(path: str | Path, *, split: str = "test", which: str = "best", batch_size: int | None = None,

@@ -73,7 +73,8 @@ def predict_images(path: str | Path, images: Sequence[str | Path], *, top_k: int
     import jax.numpy as jnp
 
     from cnncli.distributed import make_mesh, replicate
-    from cnncli.evaluate import TTA_MODES, Evaluator, load_checkpoint_model
+    from cnncli.evaluate import TTA_MODES, load_checkpoint_model
+    from cnncli.train.evaluator import Evaluator
     from cnncli.scores import log_softmax, mean_probabilities
 
     if not images:

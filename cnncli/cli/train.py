@@ -28,24 +28,35 @@ def train(
     from cnncli.rundir import RunDir, default_run_name
 
     if resume is not None:
+        if config is not None:
+            raise ConfigError(f"give either CONFIG or --resume, not both: a resumed run keeps its own config "
+                              f"({resume / 'config.yaml'}); change what may change with --set")
+        if run_dir is not None or name is not None or force:
+            raise ConfigError("--resume continues the run in place: --run-dir, --name and --force do not apply")
         run = RunDir.open(resume)
         cfg = load_config(run.config, overrides)
+        if not print_config:
+            from cnncli.train.resume import check_resume_changes, finished_note
+
+            check_resume_changes(load_config(run.config), cfg, run.path)
+            note = finished_note(run.read_json("status.json"), cfg)
+            if note is not None:
+                stderr_console().print(f"{run.path}: {note}")
+                return
+        path = run.path
     else:
         if config is None:
             raise ConfigError("give a CONFIG file (e.g. configs/digits_resnet20.yaml) or --resume RUN_DIR")
         cfg = load_config(config, overrides)
-        run = None
+        path = run_dir or Path(cfg.output.root) / (name or default_run_name(config))
     if print_config:
         typer.echo(cfg.to_yaml(), nl=False)
         return
-    if run is None:
-        path = run_dir or Path(cfg.output.root) / (name or default_run_name(config))
-        run = RunDir.create(path, force=force)
 
     from cnncli.train.loop import train_and_evaluate
 
     console = stderr_console()
-    summary = train_and_evaluate(cfg, run, resume=resume is not None, console=console)
+    summary = train_and_evaluate(cfg, path, resume=resume is not None, force=force, console=console)
     if format == Format.json:
         print_json(summary)
     else:

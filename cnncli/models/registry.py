@@ -10,6 +10,7 @@ import fnmatch
 from collections.abc import Callable
 from typing import Any
 
+from cnncli.config import ModelConfig, model_options
 from cnncli.errors import ModelError, did_you_mean
 
 
@@ -24,17 +25,8 @@ class ModelSpec:
     description: str
 
 
-COMMON_OPTIONS: dict[str, Any] = {
-    "dropout": None,
-    "width": 1.0,
-    "zero_init_residual": False,
-    "bn_momentum": 0.9,
-    "bn_epsilon": 1e-5,
-    "dtype": "float32",
-    "remat": False,
-    "shortcut": None,
-    "lrn": False,
-}
+# The options every family accepts, with their defaults: one definition, the config's model section.
+COMMON_OPTIONS: dict[str, Any] = model_options(ModelConfig())
 
 _REGISTRY: dict[str, ModelSpec] = {}
 

@@ -52,12 +52,12 @@ def _run_dir_of(path: Path) -> Path | None:
 
 
 def _from_config(cfg: Any, source: str, resolved: bool) -> Target:
-    from cnncli.evaluate import model_options
+    from cnncli.config import model_options
     from cnncli.models import get_spec
 
     m, d = cfg.model, cfg.data
     spec = get_spec(m.name)
-    t = Target(m.name, source=source, options=model_options(cfg), batch_size=cfg.train.batch_size,
+    t = Target(m.name, source=source, options=model_options(cfg.model), batch_size=cfg.train.batch_size,
                optimizer=optimizer_label(cfg.optimizer), optimizer_config=cfg.optimizer, augment=d.augment)
     t.input_size, t.in_channels, t.num_classes = m.input_size, m.in_channels, m.num_classes
     if resolved:

@@ -19,22 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from cnncli.data.dataset import Dataset
-from cnncli.data.pipeline import TrainIndexStream, eval_index_batches
-from cnncli.distributed import replicate, shard_global_batch
-
-
-def _local_rows(global_size: int) -> slice:
-    """This process's rows of a global batch."""
-    per = global_size // jax.process_count()
-    return slice(jax.process_index() * per, (jax.process_index() + 1) * per)
-
-
-def _shard_local(mesh, local: np.ndarray, global_size: int) -> jax.Array:
-    from cnncli.distributed import batch_sharding
-
-    if jax.process_count() == 1:
-        return jax.device_put(local, batch_sharding(mesh))
-    return jax.make_array_from_process_local_data(batch_sharding(mesh), local, (global_size, *local.shape[1:]))
+from cnncli.data.pipeline import TrainIndexStream
+from cnncli.distributed import local_rows, place_local_rows, replicate, shard_global_batch
 
 
 class _LocalIndexBatches(Sequence):
@@ -92,25 +78,18 @@ class FileFeed:
         self._step = jax.jit(step_fn, donate_argnums=(0,))
 
     def batches(self, stream: TrainIndexStream, start: int, stop: int) -> Iterator[tuple]:
-        rows = _local_rows(stream.batch_size)
+        rows = local_rows(stream.batch_size)
         for x, y in self.loaders["train"].iterate(_LocalIndexBatches(stream.batches(start, stop), rows)):
-            yield (_shard_local(self.mesh, x, stream.batch_size), _shard_local(self.mesh, y, stream.batch_size))
+            yield (place_local_rows(self.mesh, x, stream.batch_size), place_local_rows(self.mesh, y, stream.batch_size))
 
     def step(self, state, batch: tuple):
         return self._step(state, *batch)
 
     def evaluate(self, split: str, params, batch_stats) -> dict[str, float]:
-        bs = self.evaluator.batch_size
-        index_batches = eval_index_batches(self.sizes[split], bs)
-        rows = _local_rows(bs)
-        decoded = self.loaders[split].iterate([idx[rows] for idx, _ in index_batches])
+        from cnncli.train.evaluator import file_eval_batches
 
-        def host_batches():
-            for (x, y), (_, mask) in zip(decoded, index_batches):
-                yield (_shard_local(self.mesh, x, bs), _shard_local(self.mesh, y, bs),
-                       _shard_local(self.mesh, mask[rows], bs))
-
-        return self.evaluator.run_batches(params, batch_stats, host_batches())[0]
+        batches = file_eval_batches(self.mesh, self.loaders[split], self.sizes[split], self.evaluator.batch_size)
+        return self.evaluator.run_batches(params, batch_stats, batches)[0]
 
     def corrupt_files(self) -> list[str]:
         return [f for loader in self.loaders.values() for f in loader.corrupt_files]

@@ -1,60 +1,43 @@
-"""The training loop: `train_and_evaluate(config, run_dir)`.
+"""The training loop: `train_and_evaluate(config, run_path)`.
 
-One code path for one device or many: the state is replicated over a `data` mesh axis
-and every batch is sharded along it. In-memory datasets sit on the device as uint8; the
-step gathers its batch from a host-computed index vector and augments inside jit.
+One code path for one device or many: the state is replicated over a `data` mesh axis and
+every batch is sharded along it. The loop body reads as the algorithm -- get a batch, step,
+maybe log, maybe evaluate, maybe checkpoint, maybe stop -- and every exit (success, NaN,
+SIGINT/SIGTERM, any exception) leaves status.json truthful, the metrics files flushed and
+closed, the checkpoint in flight finished, and the run directory's lock released.
 """
 
 from __future__ import annotations
 
-import math
+import contextlib
+import errno
 import os
 import signal
 import socket
 import time
-from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from cnncli.config import Config
-from cnncli.errors import CheckpointError, ConfigError, TrainingError, TrainingInterrupted
+from cnncli.errors import CnnError, TrainingError, TrainingInterrupted, WriteError
 from cnncli.rundir import RunDir
+from cnncli.train.clock import Every, RunClock
+from cnncli.train.logbook import TrainLog, epoch_line
+from cnncli.train.setup import TrainingSetup, build_training, model_tree, restore_training, train_tree
 
 
-def resolve_data_shape(cfg: Config) -> None:
-    """The model's fixed input size/channels (if any) decide the data conversion."""
-    m, d = cfg.model, cfg.data
-    if m.input_size is not None:
-        if d.image_size is not None and d.image_size != m.input_size:
-            raise ConfigError(f"model.input_size={m.input_size} contradicts data.image_size={d.image_size}")
-        d.image_size = m.input_size
-    if m.in_channels is not None:
-        if d.channels is not None and d.channels != m.in_channels:
-            raise ConfigError(f"model.in_channels={m.in_channels} contradicts data.channels={d.channels}")
-        d.channels = m.in_channels
+class SignalCatcher:
+    """Remembers SIGINT/SIGTERM so that the loop can finish its step and checkpoint.
 
-
-def resolve_model_shape(cfg: Config, data) -> None:
-    """Fill model.num_classes / input_size / in_channels from the prepared data."""
-    h, w, c = data.image_shape
-    if h != w:
-        raise ConfigError(f"images are {h}x{w}; set data.image_size to train on square inputs")
-    m = cfg.model
-    if m.num_classes is None:
-        m.num_classes = data.num_classes
-    elif m.num_classes < data.num_classes:
-        raise ConfigError(f"model.num_classes={m.num_classes} but the dataset has {data.num_classes} classes")
-    m.input_size, m.in_channels = h, c
-
-
-class _SignalCatcher:
-    """Remembers SIGINT/SIGTERM so that the loop can finish its step and checkpoint."""
+    While `urgent` (outside the step loop: final evaluation, export), a signal raises at once.
+    A second signal while the first is being handled also raises at once.
+    """
 
     def __init__(self):
         self.signum: int | None = None
+        self.urgent = False
 
-    @contextmanager
+    @contextlib.contextmanager
     def installed(self):
         previous = {}
         try:
@@ -69,297 +52,334 @@ class _SignalCatcher:
                 signal.signal(s, h)
 
     def _handle(self, signum, frame):
-        if self.signum is not None:  # second Ctrl-C: give up at once
-            raise KeyboardInterrupt
+        first = self.signum is None
         self.signum = signum
+        if self.urgent or not first:
+            raise TrainingInterrupted(f"{signal.Signals(signum).name}: stopped", signum)
 
 
-def _peak_memory_bytes() -> int | None:
-    """Peak device memory of the first local device, where the backend reports it (GPU/TPU; not CPU)."""
-    import jax
-
-    stats = jax.local_devices()[0].memory_stats() or {}
-    return stats.get("peak_bytes_in_use")
+def one_line(exc: BaseException) -> str:
+    """An exception as one short line for status.json and the console."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {text}"[:300] if not isinstance(exc, CnnError) else text[:300]
 
 
-def _model_tree(state) -> dict:
-    tree = {"params": state.params, "batch_stats": state.batch_stats}
-    if state.ema_params is not None:
-        tree["ema_params"] = state.ema_params
-    return tree
+def _write_error(exc: OSError, run: RunDir, last_good: int | None) -> WriteError:
+    where = exc.filename or run.path
+    good = f"the last complete checkpoint is {run.checkpoints / str(last_good)}" if last_good is not None \
+        else "no checkpoint was complete yet"
+    return WriteError(f"could not write {where}: {os.strerror(exc.errno) if exc.errno else exc}; {good}")
 
 
-def _train_tree(state) -> dict:
-    return {"opt_state": state.opt_state, "step": state.step, "lr_scale": state.lr_scale,
-            "nonfinite_steps": state.nonfinite_steps, "first_nonfinite_step": state.first_nonfinite_step}
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EACCES, errno.EPERM, errno.EFBIG}
 
 
-def train_and_evaluate(cfg: Config, run: RunDir, *, resume: bool = False, console=None) -> dict[str, Any]:
-    """Train `cfg` into `run`, evaluate the best checkpoint on the test split, return a summary dict."""
-    import jax
-    import jax.numpy as jnp
+def train_and_evaluate(cfg: Config, run_path: str | Path, *, resume: bool = False, force: bool = False,
+                       console=None) -> dict[str, Any]:
+    """Train `cfg` into the run directory `run_path` (new, or resumed), evaluate the best checkpoint on the
+    test split, return a summary dict. Nothing is written before the config, data, model and (on resume)
+    checkpoint have been checked."""
     from rich.console import Console
 
-    from cnncli.checkpoint import CheckpointManager, export_weights
-    from cnncli.data.pipeline import TrainIndexStream, prepare_dataset
-    from cnncli.distributed import check_batch_size, make_mesh, replicate
-    from cnncli.evaluate import Evaluator, model_options
-    from cnncli.metrics import MetricsWriter, TrainProgress, truncate_after, truncate_csv_after
-    from cnncli.models import create_model
-    from cnncli.train.optim import PlateauController, build_optimizer, build_schedule
-    from cnncli.train.feeds import make_feed
-    from cnncli.train.state import init_train_state, split_model
-    from cnncli.train.step import make_train_step
+    from cnncli.checkpoint import CheckpointManager
 
     console = console or Console(stderr=True, soft_wrap=True)
-    wall_start = time.perf_counter()
-    t = cfg.train
+    with contextlib.ExitStack() as stack:
+        if resume:
+            run = RunDir.open(run_path)
+            stack.enter_context(run.lock())
+        else:
+            _check_creatable(run_path, force)
+        setup = build_training(cfg)
+        t = setup.cfg.train
+        restored = None
+        if resume:
+            manager = stack.enter_context(_closing(CheckpointManager(
+                run.checkpoints, keep_last=t.keep_last, keep_best=t.keep_best, best_metric=t.best_metric)))
+            restored = restore_training(setup, manager, run.path)
+        else:
+            run = RunDir.create(run_path, force=force)  # owned by this process from here on
+            stack.callback(run.release)
+            manager = stack.enter_context(_closing(CheckpointManager(
+                run.checkpoints, keep_last=t.keep_last, keep_best=t.keep_best, best_metric=t.best_metric)))
+        training = Training(setup, run, manager, console, restored)
+        stack.enter_context(training.closing())
+        try:
+            return training.run()
+        except TrainingInterrupted:
+            raise
+        except OSError as exc:
+            if exc.errno in _WRITE_ERRNOS:
+                raise _write_error(exc, run, manager.latest_step()) from None
+            raise
 
-    # ---- data and model ---------------------------------------------------------------
-    resolve_data_shape(cfg)
-    data = prepare_dataset(cfg.data)
-    resolve_model_shape(cfg, data)
-    mesh = make_mesh()
-    check_batch_size(t.batch_size, mesh)
-    eval_bs = t.eval_batch_size or t.batch_size
-    model = create_model(cfg.model.name, num_classes=cfg.model.num_classes,
-                         input_shape=data.image_shape, seed=t.seed, **model_options(cfg))
-    parts, params, batch_stats = split_model(model)
 
-    stream = TrainIndexStream(len(data.y_train), t.batch_size, t.seed)
-    spe = stream.steps_per_epoch
-    total_steps = t.steps if t.steps is not None else max(1, math.ceil(t.epochs * spe))
-    total_epochs = total_steps / spe
-    eval_every = t.eval_every_steps or max(1, round(t.eval_every_epochs * spe))
-    ckpt_every = t.checkpoint_every_steps or max(1, round(t.checkpoint_every_epochs * spe))
-    schedule = build_schedule(cfg.schedule, cfg.optimizer.lr, spe, total_steps)
-    tx = build_optimizer(cfg.optimizer, schedule)
-    state = init_train_state(params, batch_stats, tx, ema=t.ema_decay is not None)
-    best_mode = "max" if t.best_metric.endswith("accuracy") else "min"
-    plateau = None
-    if cfg.schedule.name == "plateau":
-        plateau = PlateauController(
-            mode="max" if cfg.schedule.metric.endswith("accuracy") else "min", patience=cfg.schedule.patience,
-            factor=cfg.schedule.factor, min_scale=cfg.schedule.min_lr / cfg.optimizer.lr,
-            threshold=cfg.schedule.threshold)
+def _check_creatable(path: str | Path, force: bool) -> None:
+    """Refuse a run directory that `RunDir.create` would refuse, before any work and with no change."""
+    run = RunDir(path)
+    run._check_location()
+    if run.path.is_dir() and any(run.path.iterdir()) and not (force and run.is_cnn_run()):
+        RunDir.create(path, force=force)  # raises its one-line refusal without touching the folder
 
-    # ---- run directory ----------------------------------------------------------------
-    run.config.write_text(cfg.to_yaml())
-    run.write_json("split.json", data.split_info)
-    run.write_json("data.json", {"source": data.source, "path": data.path, "description": data.description,
-                                 "class_names": data.class_names, "image_shape": list(data.image_shape),
-                                 "mean": data.mean, "std": data.std, "stats_from": data.stats_from,
-                                 "sizes": data.sizes(), "notes": data.notes})
-    for note in data.notes:
-        console.print(f"note: {note}")
-    manager = CheckpointManager(run.checkpoints, keep_last=t.keep_last, keep_best=t.keep_best,
-                                best_metric=t.best_metric, best_mode=best_mode)
-    identity = {"name": cfg.model.name, "num_classes": cfg.model.num_classes, "input_shape": list(data.image_shape)}
 
-    # Time spent by earlier processes of this run (resume): wall times and rates cover the whole run.
-    start_step, images_seen, train_time, compile_time, wall_before = 0, 0, 0.0, 0.0, 0.0
-    steady = {"images": 0, "seconds": 0.0}  # steps after the first of each process, evaluation excluded
-    best: dict[str, Any] = {"value": None, "step": None, "epoch": None}
-    bad_evals = 0
-    if resume and manager.latest_step() is not None:
-        latest = manager.latest_step()
-        saved = manager.restore_meta(latest).get("model", {})
-        if saved and saved != identity:
-            raise CheckpointError(f"cannot resume {run.path}: its checkpoint holds {saved} but the config now asks for "
-                                  f"{identity}")
-        model_tree, train_tree, meta = manager.restore(latest, _model_tree(state), _train_tree(state))
-        state = state.replace(params=model_tree["params"], batch_stats=model_tree["batch_stats"],
-                              ema_params=model_tree.get("ema_params"), **train_tree)
-        start_step = int(meta["step"])
-        images_seen, train_time = int(meta["images_seen"]), float(meta["train_time_s"])
-        compile_time = float(meta.get("compile_time_s", 0.0))
-        wall_before = float(meta.get("wall_time_s", 0.0))
-        steady = dict(meta.get("steady", steady))
-        best, bad_evals = meta["best"], int(meta["bad_evals"])
-        if plateau is not None and meta.get("plateau"):
-            plateau.load_state_dict(meta["plateau"])
-        console.print(f"resuming {run.path} from step {start_step} (epoch {start_step / spe:.2f})")
-    truncate_after(run.metrics_jsonl, start_step)
-    truncate_csv_after(run.metrics_csv, start_step)
-    run.set_status("running", started=time.strftime("%Y-%m-%dT%H:%M:%S"), pid=os.getpid(), host=socket.gethostname(),
-                   total_steps=total_steps,
-                   steps_per_epoch=spe, model=cfg.model.name, dataset=cfg.data.source)
+@contextlib.contextmanager
+def _closing(manager):
+    """Close a checkpoint manager on the way out, finishing the save in flight."""
+    try:
+        yield manager
+    finally:
+        with contextlib.suppress(Exception):
+            manager.close()
 
-    # ---- compiled steps ---------------------------------------------------------------
-    step_fn = make_train_step(
-        parts, tx, schedule, num_classes=cfg.model.num_classes, augment=cfg.data.augment, mean=data.mean,
-        std=data.std, seed=t.seed, label_smoothing=t.label_smoothing, grad_accum_steps=t.grad_accum_steps,
-        ema_decay=t.ema_decay, stop_on_nonfinite=t.on_nonfinite == "stop")
 
-    evaluator = Evaluator(parts, num_classes=cfg.model.num_classes, mean=data.mean, std=data.std, mesh=mesh,
-                          batch_size=eval_bs)
-    feed = make_feed(data, mesh, step_fn, evaluator, cfg)
-    state = replicate(mesh, state)
-    sizes = data.sizes()
+class Training:
+    """One process's part of a run, from its first step to results.json."""
 
-    writer = MetricsWriter(run.metrics_jsonl, run.metrics_csv, run.tensorboard if cfg.output.tensorboard else None)
+    def __init__(self, setup: TrainingSetup, run: RunDir, manager, console, restored: tuple[Any, dict] | None):
+        from cnncli.metrics import MetricsWriter, truncate_after, truncate_csv_after
 
-    def meta_for(step: int, val: dict | None) -> dict:
-        return {"step": step, "epoch": step / spe, "images_seen": images_seen, "train_time_s": train_time,
-                "wall_time_s": wall_before + time.perf_counter() - wall_start,
-                "compile_time_s": compile_time, "steady": steady, "best": best, "bad_evals": bad_evals,
-                "plateau": plateau.state_dict() if plateau else None,
-                "data_position": {"seed": t.seed, "epoch": step // spe, "batch_in_epoch": step % spe},
-                "model": identity, "class_names": data.class_names, "has_ema": state.ema_params is not None,
-                "val": val}
+        self.setup, self.run_dir, self.manager, self.console = setup, run, manager, console
+        self.cfg, self.t, self.spe = setup.cfg, setup.cfg.train, setup.steps_per_epoch
+        self.state, meta = restored if restored is not None else (setup.state, {})
+        self.start_step = int(meta.get("step", 0))
+        self.images_seen = int(meta.get("images_seen", 0))
+        self.bad_evals = int(meta.get("bad_evals", 0))
+        self.stopped_early = False
+        self.clock = RunClock(meta)
+        self.catcher = SignalCatcher()
+        self.log_every = Every(self.t.log_every_steps, setup.total_steps)
+        self.eval_every = Every.of(steps=self.t.eval_every_steps, epochs=self.t.eval_every_epochs,
+                                   steps_per_epoch=self.spe, last=setup.total_steps)
+        self.ckpt_every = Every.of(steps=self.t.checkpoint_every_steps, epochs=self.t.checkpoint_every_epochs,
+                                   steps_per_epoch=self.spe, last=setup.total_steps)
+        self._write_run_files(restored is not None)
+        truncate_after(run.metrics_jsonl, self.start_step)
+        truncate_csv_after(run.metrics_csv, self.start_step)
+        self.writer = MetricsWriter(run.metrics_jsonl, run.metrics_csv,
+                                    run.tensorboard if self.cfg.output.tensorboard else None)
+        self.log = TrainLog(self.writer, self.clock, self.spe, meta.get("log"))
+        self._epoch_start = time.perf_counter()
 
-    def save(step: int, val: dict | None) -> None:
-        metrics = None
-        if val is not None:
-            metrics = {"val_accuracy": val["accuracy"], "val_loss": val["loss"]}
-        manager.save(step, _model_tree(state), _train_tree(state), meta_for(step, val), metrics)
+    # ---- the run directory ------------------------------------------------------------------
 
-    evaluate = feed.evaluate
+    def _write_run_files(self, resumed: bool) -> None:
+        run, data, cfg = self.run_dir, self.setup.data, self.cfg
+        run.config.write_text(cfg.to_yaml())
+        run.write_json("split.json", data.split_info)
+        run.write_json("data.json", {"source": data.source, "path": data.path, "description": data.description,
+                                     "class_names": data.class_names, "image_shape": list(data.image_shape),
+                                     "mean": data.mean, "std": data.std, "stats_from": data.stats_from,
+                                     "sizes": data.sizes(), "notes": data.notes})
+        for note in data.notes:
+            self.console.print(f"note: {note}")
+        if resumed:
+            self.console.print(f"resuming {run.path} from step {self.start_step} "
+                               f"(epoch {self.start_step / self.spe:.2f})")
+        run.set_status("running", started=time.strftime("%Y-%m-%dT%H:%M:%S"), pid=os.getpid(),
+                       host=socket.gethostname(), total_steps=self.setup.total_steps, steps_per_epoch=self.spe,
+                       model=cfg.model.name, dataset=cfg.data.source, reason=None)
 
-    # ---- the loop ---------------------------------------------------------------------
-    catcher = _SignalCatcher()
-    pending: list = []
-    epoch_sums = {"loss": 0.0, "accuracy": 0.0, "n": 0}
-    last_train: dict[str, float] = {}
-    window_start, window_images = None, 0
-    epoch_start = time.perf_counter()
-    stopped_early = False
-    console.print(
-        f"[bold]{cfg.model.name}[/] on {cfg.data.source}: {sizes['train']} train / {sizes['val']} val / "
-        f"{sizes['test']} test images {data.image_shape}, {total_steps} steps ({total_epochs:.3g} epochs of {spe}), "
-        f"{len(mesh.devices.flat)} {jax.devices()[0].platform} device(s)")
+    @contextlib.contextmanager
+    def closing(self):
+        """Every exit: status.json says what happened, writers are closed, workers stopped."""
+        try:
+            with self.catcher.installed():
+                yield self
+        except TrainingInterrupted as exc:
+            self._finish_status("interrupted", reason=str(exc), step=self._step_now())
+            raise
+        except BaseException as exc:
+            self._finish_status("failed", reason=one_line(exc) or type(exc).__name__, step=self._step_now())
+            raise
+        finally:
+            with contextlib.suppress(Exception):
+                self.writer.close()
+            close = getattr(self.setup.feed, "close", None)
+            if close is not None:
+                with contextlib.suppress(Exception):
+                    close()
 
-    def flush_logs(step: int) -> None:
-        nonlocal pending, window_start, window_images, last_train
-        if not pending:
+    def _step_now(self) -> int | None:
+        with contextlib.suppress(Exception):
+            return int(self.state.step)
+        return None
+
+    def _finish_status(self, status: str, **fields) -> None:
+        with contextlib.suppress(Exception):
+            self.manager.wait()
+        with contextlib.suppress(Exception):
+            self.run_dir.set_status(status, wall_time_s=self.clock.wall(), **fields)
+
+    # ---- the loop ------------------------------------------------------------------------------
+
+    def run(self) -> dict[str, Any]:
+        from cnncli.distributed import replicate
+
+        s = self.setup
+        sizes = s.data.sizes()
+        self.console.print(
+            f"[bold]{self.cfg.model.name}[/] on {self.cfg.data.source}: {sizes['train']} train / {sizes['val']} val "
+            f"/ {sizes['test']} test images {s.data.image_shape}, {s.total_steps} steps "
+            f"({s.total_steps / self.spe:.3g} epochs of {self.spe}), {s.mesh.devices.size} "
+            f"{s.mesh.devices.flat[0].platform} device(s)")
+        from cnncli.metrics import TrainProgress
+
+        self.state = replicate(s.mesh, self.state)
+        with TrainProgress(self.console, s.total_steps, self.start_step, self.spe,
+                           s.total_steps / self.spe) as self.progress:
+            batches = s.feed.batches(s.stream, self.start_step, s.total_steps)
+            for step, batch in zip(range(self.start_step, s.total_steps), batches):
+                done = self._step(step, batch)
+                if self.log_every(done) or self.eval_every(done) or self.catcher.signum:
+                    self._record(done)
+                val = self._evaluate(done) if self.eval_every(done) else None
+                if val is not None or self.ckpt_every(done) or self.catcher.signum or self.stopped_early:
+                    self._save(done, val)
+                if self.catcher.signum:
+                    self._interrupted(done)
+                if self.stopped_early:
+                    self.console.print(f"early stopping: no {self.t.best_metric} improvement in "
+                                       f"{self.bad_evals} evaluations")
+                    break
+        self.catcher.urgent = True  # no step left to finish: a signal stops at once
+        return self._final()
+
+    def _step(self, step: int, batch) -> int:
+        import jax
+
+        if step == self.start_step:  # compiles
+            t0 = time.perf_counter()
+            self.state, metrics = self.setup.feed.step(self.state, batch)
+            jax.block_until_ready(metrics)
+            self.clock.compiled(time.perf_counter() - t0)
+        else:
+            self.state, metrics = self.setup.feed.step(self.state, batch)
+            self.clock.stepped(self.t.batch_size)
+        self.log.add(metrics)
+        self.images_seen += self.t.batch_size
+        return step + 1
+
+    def _counters(self):
+        return (self.state.nonfinite_steps, self.state.first_nonfinite_step)
+
+    def _record(self, done: int) -> None:
+        vals = self.log.record(done, self._counters())
+        if vals is None:
             return
-        fetched = jax.device_get(pending)
-        pending = []
-        now = time.perf_counter()
-        vals = {k: float(np.mean([f[k] for f in fetched])) for k in fetched[0]}
-        if window_start is not None and now > window_start:
-            vals["images_per_sec"] = window_images / (now - window_start)
-            steady["images"] += window_images
-            steady["seconds"] += now - window_start
-        window_start, window_images = now, 0
-        counters = jax.device_get((state.nonfinite_steps, state.first_nonfinite_step))
-        vals["nonfinite_steps"] = int(counters[0])
-        peak = _peak_memory_bytes()
-        if peak is not None:
-            vals["peak_memory_bytes"] = peak
-        for f in fetched:
-            epoch_sums["loss"] += float(f["loss"])
-            epoch_sums["accuracy"] += float(f["accuracy"])
-            epoch_sums["n"] += 1
-        writer.write(step, step / spe, "train", vals)
-        last_train = vals
-        progress.update(step, vals)
-        if counters[0] > 0 and t.on_nonfinite == "stop":
-            manager.wait()
-            good = manager.latest_step()
-            where = f"{run.checkpoints / str(good)}" if good is not None else "none (no checkpoint was written yet)"
-            run.set_status("failed", reason=f"non-finite loss at step {int(counters[1]) + 1}")
+        self.progress.update(done, vals)
+        self._check_finite()
+
+    def _check_finite(self) -> None:
+        nonfinite, first_bad = self.log.counters
+        if nonfinite > 0 and self.t.on_nonfinite == "stop":
+            self.manager.wait()
+            good = self.manager.latest_step()
+            where = f"{self.run_dir.checkpoints / str(good)}" if good is not None \
+                else "none (no checkpoint was written yet)"
             raise TrainingError(
-                f"loss or gradient became NaN/Inf at step {int(counters[1]) + 1}; training stopped. "
+                f"loss or gradient became NaN/Inf at step {first_bad + 1}; training stopped. "
                 f"Last good checkpoint: {where}. Lower optimizer.lr or set train.on_nonfinite=skip")
 
-    with catcher.installed(), TrainProgress(console, total_steps, start_step, spe, total_epochs) as progress:
-        for step, batch in zip(range(start_step, total_steps), feed.batches(stream, start_step, total_steps)):
-            if step == start_step:
-                t0 = time.perf_counter()
-                state, m = feed.step(state, batch)
-                jax.block_until_ready(m)
-                compile_time += time.perf_counter() - t0  # summed over the processes of a resumed run
-                window_start = time.perf_counter()
-            else:
-                state, m = feed.step(state, batch)
-                window_images += t.batch_size
-            pending.append(m)
-            done = step + 1
-            images_seen += t.batch_size
-            is_eval = done % eval_every == 0 or done == total_steps
-            if done % t.log_every_steps == 0 or is_eval or catcher.signum:
-                flush_logs(done)
-            val = None
-            if is_eval:
-                train_time += time.perf_counter() - epoch_start
-                val = evaluate("val", state.params, state.batch_stats)
-                extra = {}
-                if state.ema_params is not None:
-                    ema_val = evaluate("val", state.ema_params, state.batch_stats)
-                    extra = {"ema_accuracy": ema_val["accuracy"], "ema_loss": ema_val["loss"]}
-                writer.write(done, done / spe, "val", {**val, **extra})
-                if t.eval_test:
-                    writer.write(done, done / spe, "test", evaluate("test", state.params, state.batch_stats))
-                score = val["accuracy"] if t.best_metric == "val_accuracy" else val["loss"]
-                # Ties go to the later step (as the checkpoint policy keeps it); only strict gains reset patience.
-                prev = best["value"]
-                if prev is None or (score >= prev if best_mode == "max" else score <= prev):
-                    best = {"value": score, "step": done, "epoch": done / spe}
-                strictly = prev is None or (score > prev if best_mode == "max" else score < prev)
-                bad_evals = 0 if strictly else bad_evals + 1
-                if plateau is not None:
-                    scale = plateau.update(val["accuracy"] if cfg.schedule.metric == "val_accuracy" else val["loss"])
-                    state = state.replace(lr_scale=replicate(mesh, jnp.float32(scale)))
-                n = max(1, epoch_sums["n"])
-                writer.write_epoch_row({
-                    "epoch": round(done / spe, 4), "step": done, "train_loss": epoch_sums["loss"] / n,
-                    "train_accuracy": epoch_sums["accuracy"] / n, "val_loss": val["loss"],
-                    "val_accuracy": val["accuracy"], "val_top5_accuracy": val["top5_accuracy"],
-                    "lr": last_train.get("lr"), "images_per_sec": last_train.get("images_per_sec"),
-                    "epoch_time_s": time.perf_counter() - epoch_start,
-                    "wall_time_s": wall_before + time.perf_counter() - wall_start})
-                progress.console.print(
-                    f"epoch {done / spe:6.2f}  step {done:>6}  train loss {epoch_sums['loss'] / n:.4f} "
-                    f"acc {epoch_sums['accuracy'] / n:.4f}  val loss {val['loss']:.4f} acc {val['accuracy']:.4f}  "
-                    f"lr {last_train.get('lr', 0):.3g}  {last_train.get('images_per_sec', 0):.0f} img/s")
-                epoch_sums = {"loss": 0.0, "accuracy": 0.0, "n": 0}
-                epoch_start = time.perf_counter()
-                if t.early_stopping_patience is not None and bad_evals > t.early_stopping_patience:
-                    stopped_early = True
-            if is_eval or done % ckpt_every == 0 or catcher.signum or stopped_early:
-                save(done, val)
-            if is_eval and window_start is not None:
-                window_start = time.perf_counter()  # evaluation time is not training throughput
-            if catcher.signum:
-                manager.close()
-                writer.close()
-                run.set_status("interrupted", step=done)
-                name = signal.Signals(catcher.signum).name
-                raise TrainingInterrupted(
-                    f"{name} at step {done}: checkpoint written; resume with: cnn train --resume {run.path}",
-                    catcher.signum)
-            if stopped_early:
-                console.print(f"early stopping: no {t.best_metric} improvement in {bad_evals} evaluations")
-                break
+    def _evaluate(self, done: int) -> dict[str, float]:
+        import jax.numpy as jnp
 
-    # ---- final evaluation of the best checkpoint ---------------------------------------
-    manager.wait()
-    best_step = manager.best_step()
-    model_tree, _, _ = manager.restore(best_step, _model_tree(state))
-    test = evaluate("test", *replicate(mesh, (model_tree["params"], model_tree["batch_stats"])))
-    results = {**test, "split": "test", "checkpoint_step": best_step}
-    run.write_json("results.json", results)
-    writer.write(int(state.step), float(state.step) / spe, "test", test)
-    writer.close()
-    export_path = None
-    if cfg.output.export:
-        export_path = export_weights(run.path / f"model.{cfg.output.export}", model_tree, cfg.output.export)
-    manager.close()
-    wall = wall_before + time.perf_counter() - wall_start
-    summary = {
-        "run_dir": str(run.path), "steps": int(state.step), "epochs": float(state.step) / spe,
-        "best_step": best["step"], "best_epoch": best["epoch"], f"best_{t.best_metric}": best["value"],
-        "test": results, "wall_time_s": wall, "compile_time_s": compile_time,
-        "images_per_sec": steady["images"] / steady["seconds"] if steady["seconds"] > 0 else None,
-        "checkpoints": str(run.checkpoints), "exported": str(export_path) if export_path else None,
-        "stopped_early": stopped_early,
-    }
-    skipped = feed.corrupt_files() if hasattr(feed, "corrupt_files") else []
-    if skipped:
-        summary["corrupt_files_skipped"] = len(skipped)
-        console.print(f"skipped {len(skipped)} unreadable image(s), e.g. {skipped[0]}")
-    run.set_status("finished", wall_time_s=wall, best_step=best_step, test_accuracy=test["accuracy"],
-                   images_per_sec=summary["images_per_sec"], epochs_done=summary["epochs"],
-                   best_value=best["value"])
-    return summary
+        from cnncli.distributed import replicate
+
+        feed, state, spe = self.setup.feed, self.state, self.spe
+        val = feed.evaluate("val", state.params, state.batch_stats)
+        extra = {}
+        if state.ema_params is not None:
+            ema_val = feed.evaluate("val", state.ema_params, state.batch_stats)
+            extra = {"ema_accuracy": ema_val["accuracy"], "ema_loss": ema_val["loss"]}
+        self.writer.write(done, done / spe, "val", {**val, **extra})
+        if self.t.eval_test:
+            self.writer.write(done, done / spe, "test", feed.evaluate("test", state.params, state.batch_stats))
+        score = _metric_value(val, self.t.best_metric)
+        self.bad_evals = 0 if _improves(self.manager, score, self.t.best_metric) else self.bad_evals + 1
+        plateau = self.setup.plateau
+        if plateau is not None:
+            scale = plateau.update(_metric_value(val, self.cfg.schedule.metric))
+            self.state = state.replace(lr_scale=replicate(self.setup.mesh, jnp.float32(scale)))
+        row = self.log.epoch_row(done, val, epoch_time_s=time.perf_counter() - self._epoch_start,
+                                 wall_time_s=self.clock.wall())
+        self.progress.console.print(epoch_line(row))
+        self._epoch_start = time.perf_counter()
+        patience = self.t.early_stopping_patience
+        if patience is not None and self.bad_evals > patience:
+            self.stopped_early = True
+        return val
+
+    def _meta(self, step: int, val: dict | None) -> dict[str, Any]:
+        s = self.setup
+        return {"step": step, "epoch": step / self.spe, "images_seen": self.images_seen, **self.clock.state_dict(),
+                "bad_evals": self.bad_evals, "plateau": s.plateau.state_dict() if s.plateau else None,
+                "log": self.log.state_dict(),
+                "data_position": {"seed": self.t.seed, "epoch": step // self.spe, "batch_in_epoch": step % self.spe},
+                "model": s.identity, "class_names": s.data.class_names,
+                "has_ema": self.state.ema_params is not None, "val": val}
+
+    def _save(self, done: int, val: dict | None) -> None:
+        self.log.sync(self._counters())  # the epoch sums a resume needs cover every step up to `done`
+        metrics = None if val is None else {"val_accuracy": val["accuracy"], "val_loss": val["loss"]}
+        self.manager.save(done, model_tree(self.state), train_tree(self.state), self._meta(done, val), metrics)
+        self.clock.skip()  # checkpointing and evaluation are not training throughput
+
+    def _interrupted(self, done: int) -> None:
+        self.manager.wait()
+        name = signal.Signals(self.catcher.signum).name
+        raise TrainingInterrupted(
+            f"{name} at step {done}: checkpoint written; resume with: cnn train --resume {self.run_dir.path}",
+            self.catcher.signum)
+
+    # ---- the end -------------------------------------------------------------------------------
+
+    def _final(self) -> dict[str, Any]:
+        from cnncli.checkpoint import export_weights
+        from cnncli.distributed import replicate
+
+        s, run = self.setup, self.run_dir
+        self.manager.wait()
+        best_step = self.manager.best_step()
+        mtree, _, best_meta = self.manager.restore(best_step, model_tree(s.state))
+        test = s.feed.evaluate("test", *replicate(s.mesh, (mtree["params"], mtree["batch_stats"])))
+        results = {**test, "split": "test", "checkpoint_step": best_step}
+        run.write_json("results.json", results)
+        steps = int(self.state.step)
+        self.writer.write(steps, steps / self.spe, "test", test)
+        self.writer.close()
+        export_path = None
+        if self.cfg.output.export:
+            export_path = export_weights(run.path / f"model.{self.cfg.output.export}", mtree, self.cfg.output.export)
+        best_val = best_meta.get("val") or {}
+        best_value = _metric_value(best_val, self.t.best_metric) if best_val else None
+        summary = {
+            "run_dir": str(run.path), "steps": steps, "epochs": steps / self.spe,
+            "best_step": best_step, "best_epoch": best_step / self.spe, f"best_{self.t.best_metric}": best_value,
+            "test": results, "wall_time_s": self.clock.wall(), "compile_time_s": self.clock.compile_s,
+            "images_per_sec": self.clock.images_per_sec(),
+            "checkpoints": str(run.checkpoints), "exported": str(export_path) if export_path else None,
+            "stopped_early": self.stopped_early,
+        }
+        skipped = s.feed.corrupt_files() if hasattr(s.feed, "corrupt_files") else []
+        if skipped:
+            summary["corrupt_files_skipped"] = len(skipped)
+            self.console.print(f"skipped {len(skipped)} unreadable image(s), e.g. {skipped[0]}")
+        run.set_status("finished", wall_time_s=summary["wall_time_s"], best_step=best_step,
+                       test_accuracy=test["accuracy"], images_per_sec=summary["images_per_sec"],
+                       epochs_done=summary["epochs"], best_value=best_value, reason=None)
+        return summary
+
+
+def _metric_value(val: dict[str, float], metric: str) -> float:
+    """val_accuracy / val_loss of an evaluation's numbers."""
+    return val["accuracy"] if metric.endswith("accuracy") else val["loss"]
+
+
+def _improves(manager, score, metric):  # TEMP
+    best = manager.best_step()
+    if best is None:
+        return True
+    prev = _metric_value(manager.restore_meta(best).get("val") or {}, metric) if (manager.restore_meta(best).get("val")) else None
+    if prev is None:
+        return True
+    return score > prev if metric.endswith("accuracy") else score < prev

@@ -1,0 +1,91 @@
+"""Time and periodic actions of a run: one clock object and one rule for "is it time".
+
+`RunClock` keeps the numbers a user reads about speed -- wall time, compile time and the
+steady images/s of training (the first, compiling step of each process and all evaluation
+excluded) -- summed over the processes of a resumed run, and checkpoints its own state.
+`Every` answers whether a periodic action (log, evaluate, checkpoint) is due at a step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any
+
+
+@dataclasses.dataclass(frozen=True)
+class Every:
+    """Due every `period` steps and at the last step of the run."""
+
+    period: int
+    last: int
+
+    @classmethod
+    def of(cls, *, steps: int | None, epochs: float, steps_per_epoch: int, last: int) -> Every:
+        """A period given in steps, or else in epochs (rounded to whole steps, at least one)."""
+        period = steps if steps is not None else max(1, round(epochs * steps_per_epoch))
+        return cls(int(period), int(last))
+
+    def __call__(self, step: int) -> bool:
+        return step % self.period == 0 or step == self.last
+
+
+class RunClock:
+    """Wall, compile and steady training time of a run, across resumes.
+
+    The steady window opens after the first (compiling) step of a process; `window_rate()`
+    closes it, returning the images/s since it opened (None when no image was timed), and
+    opens the next. `skip()` restarts the window without counting the time since it
+    opened, for time spent evaluating or checkpointing.
+    """
+
+    def __init__(self, saved: dict[str, Any] | None = None):
+        saved = saved or {}
+        self._start = time.perf_counter()
+        self.wall_before = float(saved.get("wall_time_s", 0.0))
+        self.compile_s = float(saved.get("compile_time_s", 0.0))
+        steady = saved.get("steady") or {}
+        self.steady_images = int(steady.get("images", 0))
+        self.steady_seconds = float(steady.get("seconds", 0.0))
+        self._window_start: float | None = None
+        self._window_images = 0
+
+    def wall(self) -> float:
+        """Seconds of wall time of the whole run: earlier processes plus this one so far."""
+        return self.wall_before + time.perf_counter() - self._start
+
+    def compiled(self, seconds: float) -> None:
+        """The first step of this process took `seconds` (compilation included); timing starts now."""
+        self.compile_s += seconds
+        self._window_start, self._window_images = time.perf_counter(), 0
+
+    def stepped(self, images: int) -> None:
+        """A timed step of `images` images was dispatched."""
+        if self._window_start is not None:
+            self._window_images += images
+
+    def window_rate(self) -> float | None:
+        """Images/s of the steps since the window opened (None if none were timed); opens the next."""
+        if self._window_start is None:
+            return None
+        now = time.perf_counter()
+        rate = None
+        if self._window_images > 0 and now > self._window_start:
+            rate = self._window_images / (now - self._window_start)
+            self.steady_images += self._window_images
+            self.steady_seconds += now - self._window_start
+        self._window_start, self._window_images = now, 0
+        return rate
+
+    def skip(self) -> None:
+        """Restart the window without counting the time since it opened (evaluation, checkpointing)."""
+        if self._window_start is not None:
+            self._window_start = time.perf_counter()
+
+    def images_per_sec(self) -> float | None:
+        """Steady training throughput of the whole run."""
+        return self.steady_images / self.steady_seconds if self.steady_seconds > 0 else None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"wall_time_s": self.wall(), "compile_time_s": self.compile_s,
+                "steady": {"images": self.steady_images, "seconds": self.steady_seconds}}

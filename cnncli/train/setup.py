@@ -1,0 +1,125 @@
+"""Everything a run needs before its first step, built without writing a file.
+
+`build_training` resolves the config against the data (a new value, never a mutation),
+builds the model, optimizer, schedule, initial state, compiled step, evaluator and feed.
+`restore_training` brings a run's newest intact checkpoint into that state. Both raise a
+CnnError for any user mistake before the run directory is touched.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+from cnncli.config import Config, model_options, resolve_data_shape, resolve_model_shape
+from cnncli.errors import CheckpointError
+
+
+@dataclasses.dataclass
+class TrainingSetup:
+    cfg: Config  # resolved against the data: what config.yaml stores
+    data: Any  # cnncli.data.dataset.Dataset
+    mesh: Any
+    parts: Any  # ModelParts
+    tx: Any
+    schedule: Any
+    state: Any  # TrainState (host, before replication)
+    stream: Any  # TrainIndexStream
+    total_steps: int
+    plateau: Any  # PlateauController or None
+    evaluator: Any
+    feed: Any
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.stream.steps_per_epoch
+
+    @property
+    def identity(self) -> dict[str, Any]:
+        """What a checkpoint of this run must match to be restored into it."""
+        m = self.cfg.model
+        return {"name": m.name, "num_classes": m.num_classes, "input_shape": list(self.data.image_shape)}
+
+
+def model_tree(state) -> dict:
+    """What evaluation needs: parameters, BatchNorm statistics, EMA parameters."""
+    tree = {"params": state.params, "batch_stats": state.batch_stats}
+    if state.ema_params is not None:
+        tree["ema_params"] = state.ema_params
+    return tree
+
+
+def train_tree(state) -> dict:
+    """What resuming needs besides the model tree."""
+    return {"opt_state": state.opt_state, "step": state.step, "lr_scale": state.lr_scale,
+            "nonfinite_steps": state.nonfinite_steps, "first_nonfinite_step": state.first_nonfinite_step}
+
+
+def total_steps_of(cfg: Config, steps_per_epoch: int) -> int:
+    t = cfg.train
+    return t.steps if t.steps is not None else max(1, math.ceil(t.epochs * steps_per_epoch))
+
+
+def build_training(cfg: Config) -> TrainingSetup:
+    from cnncli.data.pipeline import TrainIndexStream, prepare_dataset
+    from cnncli.distributed import check_batch_size, make_mesh
+    from cnncli.models import create_model
+    from cnncli.train.evaluator import Evaluator
+    from cnncli.train.feeds import make_feed
+    from cnncli.train.optim import PlateauController, build_optimizer, build_schedule
+    from cnncli.train.state import init_train_state, split_model
+    from cnncli.train.step import make_train_step
+
+    t = cfg.train
+    cfg = resolve_data_shape(cfg)
+    data = prepare_dataset(cfg.data)
+    cfg = resolve_model_shape(cfg, data.image_shape, data.num_classes)
+    mesh = make_mesh()
+    check_batch_size(t.batch_size, mesh)
+    model = create_model(cfg.model.name, num_classes=cfg.model.num_classes, input_shape=data.image_shape,
+                         seed=t.seed, **model_options(cfg.model))
+    parts, params, batch_stats = split_model(model)
+
+    stream = TrainIndexStream(len(data.y_train), t.batch_size, t.seed)
+    spe = stream.steps_per_epoch
+    total = total_steps_of(cfg, spe)
+    schedule = build_schedule(cfg.schedule, cfg.optimizer.lr, spe, total)
+    tx = build_optimizer(cfg.optimizer, schedule)
+    state = init_train_state(params, batch_stats, tx, ema=t.ema_decay is not None)
+    plateau = None
+    if cfg.schedule.name == "plateau":
+        s = cfg.schedule
+        plateau = PlateauController(mode=_mode(s.metric), patience=s.patience, factor=s.factor,
+                                    min_scale=s.min_lr / cfg.optimizer.lr, threshold=s.threshold)
+    step_fn = make_train_step(
+        parts, tx, schedule, num_classes=cfg.model.num_classes, augment=cfg.data.augment, mean=data.mean,
+        std=data.std, seed=t.seed, label_smoothing=t.label_smoothing, grad_accum_steps=t.grad_accum_steps,
+        ema_decay=t.ema_decay, stop_on_nonfinite=t.on_nonfinite == "stop")
+    evaluator = Evaluator(parts, num_classes=cfg.model.num_classes, mean=data.mean, std=data.std, mesh=mesh,
+                          batch_size=t.eval_batch_size or t.batch_size)
+    feed = make_feed(data, mesh, step_fn, evaluator, cfg)
+    return TrainingSetup(cfg, data, mesh, parts, tx, schedule, state, stream, total, plateau, evaluator, feed)
+
+
+def restore_training(setup: TrainingSetup, manager, run_path) -> tuple[Any, dict] | None:
+    """(state, meta) of the run's newest intact checkpoint, or None when it has none."""
+    # TEMP shim until checkpoint.py offers the intact fallback
+    step = manager.latest_step()
+    if step is None:
+        return None
+    restored = manager.restore(step, model_tree(setup.state), train_tree(setup.state))
+    mtree, ttree, meta = restored
+    saved = meta.get("model")
+    if saved and saved != setup.identity:
+        raise CheckpointError(f"cannot resume {run_path}: its checkpoint holds {saved} but the config now asks for "
+                              f"{setup.identity}")
+    state = setup.state.replace(params=mtree["params"], batch_stats=mtree["batch_stats"],
+                                ema_params=mtree.get("ema_params"), **ttree)
+    if setup.plateau is not None and meta.get("plateau"):
+        setup.plateau.load_state_dict(meta["plateau"])
+    return state, meta
+
+
+def _mode(name):  # TEMP
+    return "max" if name.endswith("accuracy") else "min"

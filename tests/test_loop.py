@@ -1,0 +1,123 @@
+"""The training loop's exits and the numbers it logs, checked against independent computations."""
+
+import csv
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from typer.testing import CliRunner
+
+from cnncli.cli import app
+
+runner = CliRunner()
+
+
+def cnn(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def records(run, split=None):
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if split is None or r["split"] == split]
+
+
+def csv_rows(run):
+    with (run / "metrics.csv").open() as f:
+        return list(csv.DictReader(f))
+
+
+def cosine_with_warmup(k, base, warm, total, final=0.0):
+    """The rate of the (k+1)-th update: linear warmup to `base`, then cosine to `final`."""
+    if k < warm:
+        return base * (k + 1) / warm
+    t = min(max((k - warm) / max(1, total - warm), 0.0), 1.0)
+    return final + (base - final) * 0.5 * (1 + math.cos(math.pi * t))
+
+
+EPOCH_RUN = ["--set", "train.steps=90", "--set", "train.log_every_steps=5", "--set", "train.eval_every_steps=30",
+             "--set", "train.checkpoint_every_steps=1000", "--set", "schedule.warmup_steps=10"]
+
+
+def test_logged_lr_is_the_rate_of_the_logged_step(tiny_config, tmp_path):
+    run = tmp_path / "run"
+    res = cnn("train", tiny_config, "--run-dir", run, *EPOCH_RUN)
+    assert res.exit_code == 0, res.output
+    train = records(run, "train")
+    assert [r["step"] for r in train] == list(range(5, 91, 5))
+    for r in train:  # the record at step s reports the rate of update s, i.e. schedule(s - 1)
+        assert r["lr"] == pytest.approx(cosine_with_warmup(r["step"] - 1, 0.05, 10, 90), rel=1e-5, abs=1e-7), r
+    rows = csv_rows(run)
+    assert [int(r["step"]) for r in rows] == [30, 60, 90]
+    for row in rows:
+        assert float(row["lr"]) == pytest.approx(cosine_with_warmup(int(row["step"]) - 1, 0.05, 10, 90), rel=1e-5, abs=1e-7)
+    # the step's first record has no timed window: images_per_sec is absent, not 0
+    res = cnn("train", tiny_config, "--run-dir", tmp_path / "every", "--set", "train.log_every_steps=1")
+    assert res.exit_code == 0, res.output
+    first, second = records(tmp_path / "every", "train")[:2]
+    assert "images_per_sec" not in first and second["images_per_sec"] > 0
+
+
+def _spawn(args, cwd):
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    return subprocess.Popen([sys.executable, "-m", "cnncli.cli", *map(str, args)], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.mark.slow
+def test_resume_mid_epoch_writes_the_rows_of_an_uninterrupted_run(tiny_config, tmp_path):
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    assert cnn("train", tiny_config, "--run-dir", whole, *EPOCH_RUN).exit_code == 0
+    slow = ["--set", "train.log_every_steps=1"]  # records every step: the signal lands mid-epoch
+    proc = _spawn(["train", tiny_config, "--run-dir", cut, *EPOCH_RUN, *slow], tmp_path)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if (cut / "metrics.jsonl").exists() and len(records(cut, "train")) >= 40:
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 143, err
+    stopped = json.loads((cut / "status.json").read_text())["step"]
+    assert 40 <= stopped < 90 and stopped % 30, stopped  # inside the second or third epoch
+    res = cnn("train", "--resume", cut, "--set", "train.log_every_steps=5")
+    assert res.exit_code == 0, res.output
+    a, b = csv_rows(whole), csv_rows(cut)
+    assert [r["step"] for r in a] == [r["step"] for r in b] == ["30", "60", "90"]
+    for ra, rb in zip(a, b):
+        for key in ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr"):
+            assert float(rb[key]) == pytest.approx(float(ra[key]), rel=1e-6), (ra["step"], key)
+
+
+def test_any_failure_leaves_a_failed_status_and_a_resumable_run(tiny_config, tmp_path, monkeypatch):
+    from cnncli.train import feeds
+
+    run = tmp_path / "run"
+    real_step = feeds.ArrayFeed.step
+    calls = {"n": 0}
+
+    def failing_step(self, state, batch):
+        calls["n"] += 1
+        if calls["n"] == 7:
+            raise RuntimeError("device lost\nsecond line")
+        return real_step(self, state, batch)
+
+    monkeypatch.setattr(feeds.ArrayFeed, "step", failing_step)
+    res = cnn("train", tiny_config, "--run-dir", run, "--set", "train.checkpoint_every_steps=2",
+              "--set", "train.log_every_steps=1", "--set", "train.eval_every_steps=100")
+    assert res.exit_code != 0 and isinstance(res.exception, RuntimeError)
+    status = json.loads((run / "status.json").read_text())
+    assert status["status"] == "failed" and status["reason"] == "RuntimeError: device lost"
+    assert [r["step"] for r in records(run, "train")] == list(range(1, 7))  # every line parses
+    assert sorted(int(p.name) for p in (run / "checkpoints").iterdir() if p.name.isdigit())[-1] == 6
+
+    monkeypatch.setattr(feeds.ArrayFeed, "step", real_step)
+    res = cnn("train", "--resume", run)
+    assert res.exit_code == 0, res.output
+    assert "from step 6" in res.output
+    assert [r["step"] for r in records(run, "train")] == list(range(1, 9))
+    assert json.loads((run / "status.json").read_text())["status"] == "finished"
