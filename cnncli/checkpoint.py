@@ -49,8 +49,18 @@ def _quiet_orbax(record) -> bool:
     return "orbax" not in record.pathname
 
 
+def _after_failed_io(unraisable) -> bool:
+    """The debris of a failed Orbax read or write: its pending futures and coroutines, collected later."""
+    exc, obj = unraisable.exc_value, unraisable.object
+    if isinstance(exc, RuntimeError) and "Event loop is closed" in str(exc):
+        return True
+    code = getattr(obj, "cr_code", None)
+    return code is not None and "orbax" in code.co_filename
+
+
 def _ocp():
     import logging
+    import sys
 
     import orbax.checkpoint as ocp
 
@@ -58,7 +68,32 @@ def _ocp():
     absl.setLevel(logging.ERROR)  # orbax logs routine notices as warnings
     if _quiet_orbax not in absl.filters:
         absl.addFilter(_quiet_orbax)
+    if not getattr(sys.unraisablehook, "_cnn_checkpoint", False):
+        previous = sys.unraisablehook
+
+        def hook(unraisable):
+            if not _after_failed_io(unraisable):
+                previous(unraisable)
+
+        hook._cnn_checkpoint = True
+        sys.unraisablehook = hook
     return ocp
+
+
+def _orbax_manager_class():
+    ocp = _ocp()
+
+    class Manager(ocp.CheckpointManager):
+        """Orbax's manager, except that a step with unreadable metrics ranks as a step without metrics
+        (Orbax reads every step's metrics when it opens, and would fail to open at all)."""
+
+        def metrics(self, step: int) -> Any:
+            try:
+                return super().metrics(step)
+            except ValueError:  # JSONDecodeError, UnicodeDecodeError
+                return None
+
+    return Manager
 
 
 def metric_mode(name: str) -> str:
@@ -138,7 +173,7 @@ class CheckpointManager:
             keep_checkpoints_without_metrics=True, enable_async_checkpointing=asynchronous,
             create=not read_only, read_only=read_only)
         try:
-            self._mgr = ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS)
+            self._mgr = _orbax_manager_class()(self.directory, options=options, item_names=ITEMS)
         except OSError as exc:
             raise CheckpointError(f"cannot open checkpoints {self.directory}: {exc.strerror or exc}") from None
 
@@ -362,8 +397,9 @@ class CheckpointManager:
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0][:200]
+    """The first sentence of an error: Orbax and tensorstore append advice about their own internals."""
+    text = (str(exc).strip() or type(exc).__name__).splitlines()[0]
+    return text.split(". ")[0].rstrip(".")[:200]
 
 
 def _damage_reason(exc: CheckpointError) -> str:

@@ -1,6 +1,8 @@
 import json
 import shutil
 import subprocess
+import sys
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -140,6 +142,8 @@ DAMAGE = {
     "missing_meta": lambda d: shutil.rmtree(d / "meta"),
     "edited_meta": lambda d: (d / "meta" / "metadata").write_text(json.dumps({"step": 99})),
     "missing_checkpoint_metadata": lambda d: (d / "_CHECKPOINT_METADATA").unlink(),
+    "garbage_checkpoint_metadata": lambda d: (d / "_CHECKPOINT_METADATA").write_text("{not json"),
+    "garbage_metrics": lambda d: (d / "metrics" / "metrics").write_text("{not json"),  # orbax reads it on open
 }
 
 
@@ -253,3 +257,56 @@ def test_disk_full_during_save_is_one_line(tmp_path):
         assert_tree_equal(m, model)
     finally:
         subprocess.run(["umount", str(mnt)])
+
+
+QUIET_SCRIPT = """
+import sys
+sys.path.insert(0, sys.argv[2])
+import jax.numpy as jnp
+import numpy as np
+from test_checkpoint import tiny_tree, truncate, zeros_like
+from cnncli.checkpoint import MANIFEST, CheckpointManager
+from cnncli.errors import CheckpointError
+from pathlib import Path
+ck = Path(sys.argv[1]) / "ck"
+mgr = CheckpointManager(ck)
+model, train = tiny_tree(1)
+mgr.save(1, model, train, {"step": 1})
+big = {"params": {"w": jnp.asarray(np.random.default_rng(0).normal(size=(256, 256)).astype(np.float32))}}
+try:
+    mgr.save(2, big, train, {"step": 2})
+    mgr.wait()
+except CheckpointError as e:
+    print(e)
+mgr.close()
+(ck / "1" / MANIFEST).unlink()
+truncate(ck / "1")
+for target in ({"params": {"w": jnp.zeros((4, 4)), "b": jnp.zeros(5)}}, zeros_like(model)):
+    try:
+        CheckpointManager(ck, read_only=True).restore(1, target)
+    except CheckpointError as e:
+        print(e)
+"""
+
+
+def test_failures_print_nothing_but_the_one_line(tmp_path):
+    """Orbax's background failures leave futures behind whose collection printed tracebacks."""
+    mnt = tmp_path / "tiny"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=160k", "tmpfs", str(mnt)]).returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    try:
+        r = subprocess.run([sys.executable, "-c", QUIET_SCRIPT, str(mnt), str(Path(__file__).parent)],
+                           capture_output=True, text=True, timeout=300)
+    finally:
+        subprocess.run(["umount", str(mnt)])
+    assert r.stderr == ""
+    ck = mnt / "ck"
+    assert r.stdout.splitlines() == [
+        f"could not write checkpoint {ck / '2'}: No space left on device; the last complete checkpoint is "
+        f"{ck / '1'} (intact)",
+        f"checkpoint {ck / '1'} does not match the model being restored: Requested shape: (4, 4) is not "
+        "compatible with the stored shape: (48, 48)",
+        f"checkpoint {ck / '1'} is damaged (Encountered error while reading array index: (slice(0, 48, 1), "
+        "slice(0, 48, 1))); no other checkpoint here is intact",
+    ]
