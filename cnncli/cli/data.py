@@ -21,11 +21,12 @@ def data(
     format: Annotated[Format, typer.Option("--format")] = Format.table,
 ) -> None:
     """Summarise the dataset: source, splits, classes and counts, image shape, pixel mean/std."""
-    from cnncli.config import load_config
+    from cnncli.config import load_config, resolve_data_shape
     from cnncli.data.describe import describe_dataset
     from cnncli.data.pipeline import prepare_dataset
 
-    data_cfg = _data_as_trained(load_config(config, overrides))
+    # a fixed model input size/channels decides the conversion, as in training
+    data_cfg = resolve_data_shape(load_config(config, overrides)).data
     dataset = prepare_dataset(data_cfg)
     summary = describe_dataset(dataset)
     if grid is not None:
@@ -36,21 +37,6 @@ def data(
         print_json(summary)
     else:
         _print_summary(summary)
-
-
-def _data_as_trained(cfg):
-    """The `data:` section as training converts it: a fixed model input size/channels decides the size and
-    channels (a new value; the config is not changed)."""
-    import dataclasses
-
-    from cnncli.errors import ConfigError
-
-    m, d = cfg.model, cfg.data
-    if m.input_size is not None and d.image_size not in (None, m.input_size):
-        raise ConfigError(f"model.input_size={m.input_size} contradicts data.image_size={d.image_size}")
-    if m.in_channels is not None and d.channels not in (None, m.in_channels):
-        raise ConfigError(f"model.in_channels={m.in_channels} contradicts data.channels={d.channels}")
-    return dataclasses.replace(d, image_size=m.input_size or d.image_size, channels=m.in_channels or d.channels)
 
 
 def _print_summary(s: dict) -> None:
