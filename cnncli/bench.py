@@ -1,0 +1,338 @@
+"""`cnn bench`: time the training step that `cnn train` runs.
+
+The step is built exactly as the training loop builds it (`make_train_step` with the
+config's augmentation, the optimizer from `cnncli.train.optim`, the state replicated and
+the batch sharded over the mesh of `cnncli.distributed`) and compiled ahead of time, so
+compile time is measured apart from running time. Steady-state time is the median over
+several windows of steps after a warm-up, each window ended by waiting for the device.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from cnncli.config import Config
+from cnncli.errors import ConfigError
+
+DTYPES = ("float32", "bfloat16")
+DATA_CHOICES = ("synthetic", "config")
+
+# Dense bfloat16 peak FLOP/s per chip, matched against the device kind in this order.
+PEAK_BF16_FLOPS = (
+    ("h100 pcie", 756e12),
+    ("h100 nvl", 835e12),
+    ("h100", 989.4e12),
+    ("h200", 989.4e12),
+    ("a100", 312e12),
+    ("l4", 121e12),
+    ("tpu v4", 275e12),
+    ("tpu v5 lite", 197e12),
+    ("tpu v5e", 197e12),
+    ("tpu v5p", 459e12),
+    ("tpu v5", 459e12),
+    ("tpu v6 lite", 918e12),
+    ("tpu v6e", 918e12),
+)
+
+Progress = Callable[[str], None]
+
+
+def peak_flops(device_kind: str) -> float | None:
+    """The chip's dense bf16 peak FLOP/s for a known device kind, else None."""
+    kind = device_kind.lower()
+    for key, peak in PEAK_BF16_FLOPS:
+        if key in kind:
+            return peak
+    return None
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchRequest:
+    """What to time: a model name or config file and the command-line choices."""
+
+    target: str
+    batch_size: int | None = None
+    input_size: int | None = None
+    dtype: str | None = None
+    steps: int = 20
+    data: str = "synthetic"
+    warmup_steps: int = 2
+    windows: int = 5
+
+
+def _is_config_path(target: str) -> bool:
+    return target.endswith((".yaml", ".yml")) or Path(target).is_file()
+
+
+def _default_raw(name: str) -> dict[str, Any]:
+    """The experiment a bare model name stands for: its family's usual augmentation, SGD with momentum."""
+    from cnncli.models import get_spec
+
+    spec = get_spec(name)  # unknown names raise ModelError here
+    small = spec.family in ("cifar_resnet", "cifar_plain")
+    augment = {"random_crop_padding": 4, "flip": True} if small else {"random_resized_crop": True, "flip": True}
+    return {"model": {"name": name}, "data": {"augment": augment},
+            "optimizer": {"name": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 1e-4}}
+
+
+def resolve_config(req: BenchRequest) -> Config:
+    """Validate the request and build the Config it times (the file's, or a bare model's)."""
+    from cnncli.config import config_from_dict, read_yaml
+
+    if req.dtype is not None and req.dtype not in DTYPES:
+        raise ConfigError(f"--dtype must be one of {', '.join(DTYPES)}, got {req.dtype!r}")
+    if req.data not in DATA_CHOICES:
+        raise ConfigError(f"--data must be one of {', '.join(DATA_CHOICES)}, got {req.data!r}")
+    for flag, value in (("--batch-size", req.batch_size), ("--input-size", req.input_size)):
+        if value is not None and value < 1:
+            raise ConfigError(f"{flag} must be a positive integer, got {value}")
+    if req.steps < 1:
+        raise ConfigError(f"--steps must be a positive integer, got {req.steps}")
+    if _is_config_path(req.target):
+        path = Path(req.target)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        raw, where = read_yaml(path), str(path)
+    else:
+        if req.data == "config":
+            raise ConfigError("--data config needs a config file; a bare model name is timed on synthetic data")
+        raw, where = _default_raw(req.target), "bench"
+    overrides = []
+    if req.batch_size is not None:
+        overrides.append(f"train.batch_size={req.batch_size}")
+    if req.input_size is not None:
+        overrides.append(f"model.input_size={req.input_size}")
+    if req.dtype is not None:
+        overrides.append(f"model.dtype={req.dtype}")
+    cfg = config_from_dict(raw, where, overrides)
+    from cnncli.models import get_spec
+
+    get_spec(cfg.model.name)
+    return cfg
+
+
+def _model_options(cfg: Config) -> dict[str, Any]:
+    m = cfg.model
+    return {"dropout": m.dropout, "width": m.width, "shortcut": m.shortcut, "zero_init_residual": m.zero_init_residual,
+            "bn_momentum": m.bn_momentum, "bn_epsilon": m.bn_epsilon, "dtype": m.dtype, "remat": m.remat,
+            "lrn": m.lrn}
+
+
+@dataclasses.dataclass
+class _Workload:
+    """The step's inputs: a batch source, the data's shape and normalisation."""
+
+    image_shape: tuple[int, int, int]
+    num_classes: int
+    mean: list[float]
+    std: list[float]
+    dataset: Any = None  # a prepared Dataset for --data config
+
+
+def _workload(cfg: Config, data: str) -> _Workload:
+    from cnncli.models import get_spec
+
+    spec = get_spec(cfg.model.name)
+    if data == "config":
+        from cnncli.data.pipeline import prepare_dataset
+
+        d = cfg.data
+        if cfg.model.input_size is not None:
+            d = dataclasses.replace(d, image_size=cfg.model.input_size)
+        if cfg.model.in_channels is not None:
+            d = dataclasses.replace(d, channels=cfg.model.in_channels)
+        ds = prepare_dataset(d)
+        return _Workload(ds.image_shape, max(cfg.model.num_classes or 0, ds.num_classes), ds.mean, ds.std, ds)
+    size = cfg.model.input_size or cfg.data.image_size or spec.default_input[0]
+    channels = cfg.model.in_channels or cfg.data.channels or spec.default_input[2]
+    classes = cfg.model.num_classes or (cfg.data.num_classes if cfg.data.source == "synthetic"
+                                        else spec.default_classes)
+    return _Workload((size, size, channels), classes, [0.5] * channels, [0.25] * channels)
+
+
+def _batches(cfg: Config, work: _Workload, mesh, step_fn):
+    """(function to jit, endless iterator of its batch arguments), as the training feeds build them."""
+    import numpy as np
+
+    from cnncli.distributed import shard_global_batch
+
+    batch_size = cfg.train.batch_size
+    if work.dataset is None:
+        rng = np.random.default_rng(cfg.train.seed)
+        x = shard_global_batch(mesh, rng.integers(0, 256, (batch_size, *work.image_shape), dtype=np.uint8))
+        y = shard_global_batch(mesh, rng.integers(0, work.num_classes, batch_size).astype(np.int32))
+
+        def fixed():
+            while True:
+                yield x, y
+
+        return step_fn, fixed()
+    from cnncli.data.pipeline import TrainIndexStream
+    from cnncli.train.feeds import ArrayFeed, make_feed
+
+    ds = work.dataset
+    if len(ds.y_train) < batch_size:
+        raise ConfigError(f"train.batch_size = {batch_size} is larger than the training split ({len(ds.y_train)})")
+    stream = TrainIndexStream(len(ds.y_train), batch_size, cfg.train.seed)
+    feed = make_feed(ds, mesh, step_fn, None, cfg)
+    if isinstance(feed, ArrayFeed):  # the device-resident data: the step gathers its batch by index
+        def fn(state, data_x, data_y, idx):
+            return step_fn(state, data_x[idx], data_y[idx])
+    else:
+        fn = step_fn
+    return fn, iter(feed.batches(stream, 0, 1 << 30))
+
+
+def _cost_flops(compiled: Any) -> float | None:
+    """XLA's FLOP count of a compiled program (per device), or None where the backend gives none."""
+    try:
+        cost = compiled.cost_analysis()
+    except Exception:  # noqa: BLE001 - backends without cost analysis raise various errors
+        return None
+    if isinstance(cost, (list, tuple)):
+        cost = cost[0] if cost else None
+    flops = cost.get("flops") if isinstance(cost, dict) else None
+    return float(flops) if flops is not None and flops > 0 else None
+
+
+def _timed_compile(jitted, *args) -> tuple[Any, float]:
+    start = time.perf_counter()
+    compiled = jitted.lower(*args).compile()
+    return compiled, time.perf_counter() - start
+
+
+def _time_windows(run_one: Callable[[], Any], sync: Callable[[Any], None], warmup: int, steps: int,
+                  windows: int, progress: Progress, label: str) -> list[float]:
+    """Seconds per step in each window, after `warmup` steps; each window ends with a device sync."""
+    out = None
+    for _ in range(warmup):
+        out = run_one()
+    sync(out)
+    windows = max(1, min(windows, steps))
+    per = [steps // windows + (1 if i < steps % windows else 0) for i in range(windows)]
+    times = []
+    for i, n in enumerate(per):
+        start = time.perf_counter()
+        for _ in range(n):
+            out = run_one()
+        sync(out)
+        times.append((time.perf_counter() - start) / n)
+        progress(f"{label}: window {i + 1}/{windows}, {times[-1] * 1e3:.1f} ms/step")
+    return times
+
+
+def _device_info() -> dict[str, Any]:
+    import jax
+
+    devices = jax.devices()
+    return {"platform": devices[0].platform, "kind": devices[0].device_kind, "count": len(devices)}
+
+
+def run_bench(req: BenchRequest, progress: Progress = lambda _msg: None) -> dict[str, Any]:
+    """Compile and time the training and evaluation steps of `req`; returns the report as a dict."""
+    cfg = resolve_config(req)
+    import jax
+    import numpy as np
+
+    from cnncli.distributed import check_batch_size, make_mesh, replicate, shard_global_batch
+    from cnncli.models import create_model
+    from cnncli.train.optim import build_optimizer, build_schedule
+    from cnncli.train.state import init_train_state, split_model
+    from cnncli.train.step import make_eval_step, make_train_step
+
+    t = cfg.train
+    work = _workload(cfg, req.data)
+    mesh = make_mesh()
+    check_batch_size(t.batch_size, mesh)
+    device = _device_info()
+    progress(f"bench {cfg.model.name}: batch {t.batch_size}, {work.image_shape[0]}x{work.image_shape[1]}, "
+             f"{cfg.model.dtype}, {req.data} data, {device['count']} {device['kind']} device(s)")
+    model = create_model(cfg.model.name, num_classes=work.num_classes, input_shape=work.image_shape, seed=t.seed,
+                         **_model_options(cfg))
+    parts, params, batch_stats = split_model(model)
+    total = max(1000, req.warmup_steps + req.steps + 1)
+    schedule = build_schedule(cfg.schedule, cfg.optimizer.lr, total, total)
+    tx = build_optimizer(cfg.optimizer, schedule)
+    step_fn = make_train_step(
+        parts, tx, schedule, num_classes=work.num_classes, augment=cfg.data.augment, mean=work.mean, std=work.std,
+        seed=t.seed, label_smoothing=t.label_smoothing, grad_accum_steps=t.grad_accum_steps,
+        ema_decay=t.ema_decay, stop_on_nonfinite=t.on_nonfinite == "stop")
+    state = replicate(mesh, init_train_state(params, batch_stats, tx, ema=t.ema_decay is not None))
+    fn, batches = _batches(cfg, work, mesh, step_fn)
+
+    progress("compiling the train step ...")
+    train_compiled, compile_s = _timed_compile(jax.jit(fn, donate_argnums=(0,)), state, *next(batches))
+    progress(f"compiled in {compile_s:.1f} s; timing {req.steps} steps after {req.warmup_steps} warm-up")
+    box = {"state": state}
+
+    def train_one():
+        box["state"], box["metrics"] = train_compiled(box["state"], *next(batches))
+        return box["state"], box["metrics"]
+
+    step_times = _time_windows(train_one, jax.block_until_ready, req.warmup_steps, req.steps, req.windows,
+                               progress, "train")
+    state = box["state"]
+    loss = float(jax.device_get(box["metrics"]["loss"]))
+
+    rng = np.random.default_rng(t.seed + 1)
+    bs = t.batch_size
+    eval_args = (state.params, state.batch_stats,
+                 shard_global_batch(mesh, rng.integers(0, 256, (bs, *work.image_shape), dtype=np.uint8)),
+                 shard_global_batch(mesh, rng.integers(0, work.num_classes, bs).astype(np.int32)),
+                 shard_global_batch(mesh, np.ones(bs, np.bool_)))
+    eval_step = make_eval_step(parts, num_classes=work.num_classes, mean=work.mean, std=work.std)
+    progress("compiling the eval step ...")
+    eval_compiled, eval_compile_s = _timed_compile(jax.jit(eval_step), *eval_args)
+    eval_times = _time_windows(lambda: eval_compiled(*eval_args), jax.block_until_ready, req.warmup_steps,
+                               req.steps, req.windows, progress, "eval")
+    return _report(req, cfg, work, device, step_times, eval_times, compile_s, eval_compile_s,
+                   _cost_flops(train_compiled), loss)
+
+
+def _report(req: BenchRequest, cfg: Config, work: _Workload, device: dict, step_times: list[float],
+            eval_times: list[float], compile_s: float, eval_compile_s: float, flops_per_device: float | None,
+            final_loss: float) -> dict[str, Any]:
+    import jax
+
+    bs = cfg.train.batch_size
+    step_s = statistics.median(step_times)
+    eval_s = statistics.median(eval_times)
+    # Under data parallelism every device runs the same partitioned program on its share of the batch.
+    flops = flops_per_device * device["count"] if flops_per_device is not None else None
+    achieved = flops / step_s if flops is not None else None
+    peak = peak_flops(device["kind"]) if device["platform"] != "cpu" else None
+    mfu = achieved / (peak * device["count"]) if achieved is not None and peak else None
+    return {
+        "model": cfg.model.name,
+        "target": req.target,
+        "batch_size": bs,
+        "input_size": work.image_shape[0],
+        "channels": work.image_shape[2],
+        "dtype": cfg.model.dtype,
+        "data": req.data,
+        "device": device,
+        "compile_time_s": compile_s,
+        "step_time_ms": step_s * 1e3,
+        "step_time_ms_spread": (max(step_times) - min(step_times)) * 1e3,
+        "step_time_ms_windows": [s * 1e3 for s in step_times],
+        "images_per_second": bs / step_s,
+        "eval_compile_time_s": eval_compile_s,
+        "eval_step_time_ms": eval_s * 1e3,
+        "eval_images_per_second": bs / eval_s,
+        "flops_per_step": flops,
+        "achieved_flops_per_second": achieved,
+        "peak_flops_per_second": peak * device["count"] if peak else None,
+        "mfu": mfu,
+        "steps": req.steps,
+        "warmup_steps": req.warmup_steps,
+        "windows": len(step_times),
+        "final_loss": final_loss,
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "jax_version": jax.__version__,
+    }

@@ -1,0 +1,113 @@
+"""`cnn bench` reports the real training step; the PyTorch reference does the same work as cnn."""
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from cnncli.cli import app
+
+runner = CliRunner()
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+KEYS = ("model", "batch_size", "input_size", "dtype", "device", "compile_time_s", "step_time_ms",
+        "step_time_ms_spread", "images_per_second", "eval_images_per_second", "flops_per_step",
+        "achieved_flops_per_second", "mfu", "xla_flags")
+
+
+def cnn(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def bench_json(*args) -> dict:
+    res = cnn("bench", *args, "--steps", 2, "--warmup", 1, "--format", "json")
+    assert res.exit_code == 0, res.output
+    return json.loads(res.stdout)
+
+
+def test_bench_tiny_model_gives_a_wellformed_report():
+    from cnncli.summary.report import summarize_model
+
+    r = bench_json("resnet20", "--batch-size", 8, "--input-size", 16)
+    assert all(k in r for k in KEYS)
+    assert (r["model"], r["batch_size"], r["input_size"], r["dtype"]) == ("resnet20", 8, 16, "float32")
+    assert r["device"] == {"platform": "cpu", "kind": "cpu", "count": 1}
+    for key in ("compile_time_s", "step_time_ms", "images_per_second", "eval_images_per_second", "flops_per_step",
+                "achieved_flops_per_second"):
+        assert r[key] > 0, key
+    assert r["step_time_ms_spread"] >= 0
+    assert r["images_per_second"] == pytest.approx(8 / (r["step_time_ms"] / 1e3))
+    assert r["achieved_flops_per_second"] == pytest.approx(r["flops_per_step"] / (r["step_time_ms"] / 1e3))
+    assert r["mfu"] is None  # no known peak for a CPU
+    # A training step costs about three forward passes: 2 FLOPs per multiply-accumulate, counted layer by layer.
+    forward = 2 * summarize_model("resnet20", input_size=16)["total_macs"] * 8
+    assert 0.75 * 3 * forward < r["flops_per_step"] < 1.25 * 3 * forward
+    assert math.isfinite(r["final_loss"])
+
+
+def test_bench_times_a_config_on_its_own_data(tiny_config):
+    r = bench_json(tiny_config, "--data", "config")
+    assert (r["model"], r["batch_size"], r["input_size"], r["channels"], r["data"]) == ("resnet20", 32, 16, 1, "config")
+    assert r["images_per_second"] > 0 and r["flops_per_step"] > 0
+
+
+@pytest.mark.parametrize("args, message", [
+    (["resnet21"], "unknown model 'resnet21'"),
+    (["resnet20", "--batch-size", "0"], "--batch-size must be a positive integer"),
+    (["resnet20", "--dtype", "float64"], "--dtype must be one of float32, bfloat16"),
+    (["resnet20", "--data", "config"], "--data config needs a config file"),
+    (["missing.yaml"], "does not exist"),
+])
+def test_bench_bad_input_is_one_line_and_exit_2(args, message):
+    res = cnn("bench", *args)
+    assert res.exit_code == 2
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], res.stderr
+
+
+def _reference():
+    spec = importlib.util.spec_from_file_location("torch_reference", BENCHMARKS / "torch_reference.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_reference_resnet20_matches_cnn_loss_over_three_sgd_steps():
+    torch = pytest.importorskip("torch", reason="the PyTorch reference needs the bench extra: pip install -e '.[bench]'")
+    import jax
+
+    from cnncli.config import AugmentConfig, OptimizerConfig, ScheduleConfig
+    from cnncli.models import create_model
+    from cnncli.train.optim import build_optimizer, build_schedule
+    from cnncli.train.state import init_train_state, split_model
+    from cnncli.train.step import make_train_step
+
+    ref = _reference()
+    mean, std = [0.4, 0.5, 0.6], [0.2, 0.25, 0.3]
+    parts, params, stats = split_model(create_model("resnet20", num_classes=10, input_shape=(16, 16, 3), seed=1))
+    sched = build_schedule(ScheduleConfig(), 0.1, 1, 1)
+    tx = build_optimizer(OptimizerConfig(lr=0.1, momentum=0.9, weight_decay=5e-3), sched)
+    step = jax.jit(make_train_step(parts, tx, sched, num_classes=10, augment=AugmentConfig(), mean=mean, std=std,
+                                   seed=0))
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (8, 16, 16, 3), dtype=np.uint8)
+    labels = rng.integers(0, 10, 8).astype(np.int32)
+
+    torch.manual_seed(0)
+    model = ref.build_model("resnet20", 10).train()
+    with torch.no_grad():
+        ref.load_cnn_weights(model, params, stats)
+    torch_step = ref.make_step(model, ref.make_optimizer(model, lr=0.1, momentum=0.9, weight_decay=5e-3), None, "cpu")
+    x = (images.astype(np.float32) / 255.0 - np.float32(mean)) / np.float32(std)
+    x = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+    y = torch.from_numpy(labels.astype(np.int64))
+
+    state = init_train_state(params, stats, tx, ema=False)
+    # Losses after the first and second updates: without the same weight decay (or momentum) they differ by > 5e-4.
+    for _ in range(3):
+        state, metrics = step(state, images, labels)
+        assert float(torch_step(x, y)) == pytest.approx(float(metrics["loss"]), rel=1e-4, abs=1e-5)
