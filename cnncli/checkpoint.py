@@ -15,19 +15,16 @@ the best never deletes the latest). Saves are asynchronous and atomic: Orbax wri
 `*.orbax-checkpoint-tmp*` directory and renames it when complete; leftovers of an interrupted
 save are removed when the directory is next opened for writing and ignored when reading.
 
-Integrity: tensorstore decodes flipped bytes in array chunks into wrong numbers without error,
-so once a save is known to be complete (at the next save, `wait()` or `close()`) a manifest
-`cnn_sha256.json` of every file's size and SHA-256 is written into the step directory, and every
-restore checks it first. A damaged step is refused with a one-line error naming it and the intact
-steps; `restore_latest_intact` falls back past damaged steps. A step without a manifest (older
-runs, or a process that died between the save's completion and the manifest) gets structural
-checks only: the items are present and `meta` parses.
+Integrity (cnncli.checkpoint_manifest): once a save is known complete (at the next save, `wait()`
+or `close()`) its files' SHA-256 are written beside it, and every restore checks them first, since
+tensorstore decodes flipped bytes into wrong numbers silently. A damaged step is refused in one
+line naming it and the intact steps; `restore_latest_intact` falls back past damaged steps.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
+import functools
 import json
 import os
 import re
@@ -36,12 +33,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from cnncli.checkpoint_manifest import MANIFEST, damage, seal
 from cnncli.errors import CheckpointError, RunDirError
 from cnncli.rundir import locate
 
 ITEMS = ("model", "train", "meta")
-MANIFEST = "cnn_sha256.json"
-_STRUCTURE = ("_CHECKPOINT_METADATA", "model", "train", "meta/metadata")
 
 
 def _quiet_orbax(record) -> bool:
@@ -80,6 +76,7 @@ def _ocp():
     return ocp
 
 
+@functools.cache
 def _orbax_manager_class():
     ocp = _ocp()
 
@@ -134,14 +131,6 @@ def _io_reason(exc: BaseException) -> str | None:
             return os.strerror(int(m.group(1)))
         exc, seen = exc.__cause__ or exc.__context__, seen + 1
     return None
-
-
-def _digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 class CheckpointManager:
@@ -233,15 +222,9 @@ class CheckpointManager:
                 self._seal(step_dir)
 
     def _seal(self, step_dir: Path) -> None:
-        files = {p.relative_to(step_dir).as_posix(): {"size": p.stat().st_size, "sha256": _digest(p)}
-                 for p in sorted(step_dir.rglob("*")) if p.is_file() and p.name != MANIFEST}
-        tmp = step_dir / (MANIFEST + ".tmp")
         try:
-            tmp.write_text(json.dumps({"files": files}, indent=1) + "\n")
-            os.replace(tmp, step_dir / MANIFEST)
+            seal(step_dir)
         except OSError as exc:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
             self._write_failed(int(step_dir.name), exc)
         self._intact.add(int(step_dir.name))
 
@@ -253,6 +236,8 @@ class CheckpointManager:
         self._pending = []
         if not self.read_only:
             self._clean_temporaries()
+        with contextlib.suppress(Exception):
+            self._mgr.reload()  # forget the step that was never written
         last = next((s for s in reversed(self._step_dirs()) if s != step and self.damage(s) is None), None)
         what = f"checkpoint {self.directory / str(step)}" if step is not None else f"a checkpoint in {self.directory}"
         kept = (f"the last complete checkpoint is {self.directory / str(last)} (intact)" if last is not None
@@ -295,18 +280,7 @@ class CheckpointManager:
         """Why checkpoint `step` cannot be trusted, or None if it is intact (checked once per manager)."""
         if step in self._intact or step in self._pending:
             return None
-        step_dir = self.directory / str(step)
-        if not step_dir.is_dir():
-            return "it does not exist"
-        reason = _manifest_damage(step_dir) if (step_dir / MANIFEST).exists() else None
-        for rel in _STRUCTURE:
-            if reason is None and not (step_dir / rel).exists():
-                reason = f"{rel} is missing"
-        if reason is None:
-            try:
-                json.loads((step_dir / "meta" / "metadata").read_text())
-            except (OSError, ValueError):
-                reason = "meta/metadata is not readable JSON"
+        reason = damage(self.directory / str(step))
         if reason is None:
             self._intact.add(step)
         return reason
@@ -321,6 +295,8 @@ class CheckpointManager:
         return CheckpointError(f"checkpoint {self.directory / str(step)} is damaged ({reason}); {where}")
 
     def _check(self, step: int) -> None:
+        if step in self._pending:
+            self._finish_pending()
         if step not in self._step_dirs() and step not in self._pending:
             raise CheckpointError(f"{self.directory} has no checkpoint for step {step}; it has {self.steps()}")
         reason = self.damage(step)
@@ -411,24 +387,6 @@ def _looks_damaged(exc: BaseException) -> bool:
     text = str(exc)
     return (isinstance(exc, json.JSONDecodeError) or "DATA_LOSS" in text or "was not found in the checkpoint" in text
             or "Error reading" in text or "error while reading" in text or isinstance(exc, UnicodeDecodeError))
-
-
-def _manifest_damage(step_dir: Path) -> str | None:
-    try:
-        files = json.loads((step_dir / MANIFEST).read_text())["files"]
-        expected = {str(rel): (int(v["size"]), str(v["sha256"])) for rel, v in files.items()}
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return f"its {MANIFEST} is unreadable"
-    for rel, (size, sha) in expected.items():
-        p = step_dir / rel
-        if not p.is_file():
-            return f"{rel} is missing"
-        actual = p.stat().st_size
-        if actual != size:
-            return f"{rel} has {actual} bytes, {size} were written"
-        if _digest(p) != sha:
-            return f"{rel} does not match its checksum"
-    return None
 
 
 def find_checkpoint_dir(path: str | Path) -> tuple[Path, int | None]:

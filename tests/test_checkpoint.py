@@ -251,6 +251,7 @@ def test_disk_full_during_save_is_one_line(tmp_path):
         assert "\n" not in msg
         assert msg == (f"could not write checkpoint {mnt / 'ck' / '2'}: No space left on device; "
                        f"the last complete checkpoint is {mnt / 'ck' / '1'} (intact)")
+        assert mgr.steps() == [1] and mgr.latest_step() == 1
         mgr.close()
         assert sorted(p.name for p in (mnt / "ck").iterdir()) == ["1"]  # no temporary left behind
         m, _, _ = CheckpointManager(mnt / "ck", read_only=True).restore(1, zeros_like(model))

@@ -1,0 +1,76 @@
+"""Integrity of one checkpoint step directory: a SHA-256 manifest written once the save is complete.
+
+tensorstore decodes a flipped byte inside a compressed or raw array chunk into wrong numbers
+without any error, so Orbax alone cannot tell a damaged checkpoint from a good one. `seal` lists
+every file of a finished step with its size and SHA-256 in `cnn_sha256.json`; `damage` checks
+them (and, for steps without a manifest, that the items are present and `meta` parses).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+from pathlib import Path
+
+MANIFEST = "cnn_sha256.json"
+STRUCTURE = ("_CHECKPOINT_METADATA", "model", "train", "meta/metadata")
+
+
+def digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def seal(step_dir: Path) -> None:
+    """Write the manifest of a complete step (atomically); OSError if the disk refuses it."""
+    files = {p.relative_to(step_dir).as_posix(): {"size": p.stat().st_size, "sha256": digest(p)}
+             for p in sorted(step_dir.rglob("*")) if p.is_file() and p.name != MANIFEST}
+    tmp = step_dir / (MANIFEST + ".tmp")
+    try:
+        tmp.write_text(json.dumps({"files": files}, indent=1) + "\n")
+        os.replace(tmp, step_dir / MANIFEST)
+    except OSError:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
+def _manifest_damage(step_dir: Path) -> str | None:
+    try:
+        files = json.loads((step_dir / MANIFEST).read_text())["files"]
+        expected = {str(rel): (int(v["size"]), str(v["sha256"])) for rel, v in files.items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return f"its {MANIFEST} is unreadable"
+    for rel, (size, sha) in expected.items():
+        p = step_dir / rel
+        if not p.is_file():
+            return f"{rel} is missing"
+        actual = p.stat().st_size
+        if actual != size:
+            return f"{rel} has {actual} bytes, {size} were written"
+        if digest(p) != sha:
+            return f"{rel} does not match its checksum"
+    return None
+
+
+def damage(step_dir: Path) -> str | None:
+    """Why the step in `step_dir` cannot be trusted (one phrase), or None if it looks intact."""
+    if not step_dir.is_dir():
+        return "it does not exist"
+    if (step_dir / MANIFEST).exists():
+        reason = _manifest_damage(step_dir)
+        if reason is not None:
+            return reason
+    for rel in STRUCTURE:
+        if not (step_dir / rel).exists():
+            return f"{rel} is missing"
+    try:
+        json.loads((step_dir / "meta" / "metadata").read_text())
+    except (OSError, ValueError):
+        return "meta/metadata is not readable JSON"
+    return None
