@@ -311,3 +311,28 @@ def test_failures_print_nothing_but_the_one_line(tmp_path):
         f"checkpoint {ck / '1'} is damaged (Encountered error while reading array index: (slice(0, 48, 1), "
         "slice(0, 48, 1))); no other checkpoint here is intact",
     ]
+
+
+def test_eval_of_a_damaged_trained_checkpoint_names_it_and_the_intact_ones(tiny_config, tmp_path):
+    from typer.testing import CliRunner
+
+    from cnncli.cli import app
+
+    def cnn(*args):
+        return CliRunner().invoke(app, [str(a) for a in args])
+
+    run = tmp_path / "run"
+    assert cnn("train", tiny_config, "--run-dir", run, "--set", "train.keep_last=2").exit_code == 0
+    ck = run / "checkpoints"
+    best = json.loads((run / "results.json").read_text())["checkpoint_step"]
+    other = ({4, 8} - {best}).pop()
+    assert sorted(int(p.name) for p in ck.iterdir() if p.name.isdigit()) == [4, 8]
+    flip(ck / str(best))
+    res = cnn("eval", run)
+    assert res.exit_code == 2
+    lines = res.output.strip().splitlines()
+    assert len(lines) == 1 and f"{ck / str(best)} is damaged" in lines[0] and "does not match its checksum" in lines[0]
+    assert f"intact checkpoints: {other} (choose one with --checkpoint STEP)" in lines[0]
+    res = cnn("eval", run, "--checkpoint", other, "--format", "json")
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["checkpoint_step"] == other
