@@ -131,10 +131,13 @@ class RunDir:
                 shutil.rmtree(run.path)
             except OSError as exc:
                 raise RunDirError(f"--force could not clear {run.path}: {_reason(exc)}") from None
+        made = not run.path.exists()
         try:
             run.path.mkdir(parents=True, exist_ok=True)
             (run.path / MARKER).write_text(json.dumps({"created": time.strftime("%Y-%m-%dT%H:%M:%S")}) + "\n")
         except OSError as exc:
+            if made:
+                shutil.rmtree(run.path, ignore_errors=True)  # a refused command leaves nothing behind
             raise RunDirError(f"cannot create run directory {run.path}: {_reason(exc)}") from None
         run.acquire()
         return run
@@ -241,6 +244,10 @@ class RunDir:
     def write_json(self, name: str, obj: Any) -> None:
         """Atomic JSON write; a WriteError (one line: what, where, why) if the disk refuses it."""
         _write_atomic(self.path / name, json.dumps(obj, indent=2) + "\n")
+
+    def write_text(self, name: str, text: str) -> None:
+        """Atomic text write (e.g. config.yaml); a WriteError if the disk refuses it."""
+        _write_atomic(self.path / name, text)
 
     def set_status(self, status: str, **fields: Any) -> None:
         """Merge `fields` into status.json and set its status; an unreadable old status.json is replaced."""

@@ -87,6 +87,9 @@ def test_full_disk_write_is_one_line(tmp_path):
     try:
         run = RunDir.create(mnt / "run")
         run.set_status("running", pid=1)
+        with pytest.raises(WriteError, match="config.yaml"):
+            run.write_text("config.yaml", "x" * 200_000)
+        assert not run.config.exists()
         with pytest.raises(WriteError) as err:
             run.write_json("big.json", {"x": "y" * 200_000})
         msg = str(err.value)
@@ -94,6 +97,12 @@ def test_full_disk_write_is_one_line(tmp_path):
         assert not (mnt / "run" / "big.json.tmp").exists()  # no half file left behind
         assert run.read_json("status.json")["status"] == "running"  # the old status is intact
         run.release()
+        fill = mnt / "fill"
+        with pytest.raises(OSError):
+            fill.write_bytes(b"x" * 200_000)  # the disk is now full to the last block
+        with pytest.raises(RunDirError, match="No space left") as err:
+            RunDir.create(mnt / "second" / "run")
+        assert "\n" not in str(err.value) and not (mnt / "second" / "run").exists()
     finally:
         subprocess.run(["umount", str(mnt)])
 
