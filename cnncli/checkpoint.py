@@ -197,14 +197,19 @@ class CheckpointManager:
         self._finish_pending()
 
     def close(self) -> None:
+        """Finish and seal the saves in flight, then release Orbax's threads. A KeyboardInterrupt while
+        waiting propagates at once (the unfinished temporary is removed by the next writer)."""
         if self._closed:
             return
+        self._closed = True
         try:
             self._finish_pending()
-        finally:
-            self._closed = True
+        except Exception:
             with contextlib.suppress(Exception):
                 self._mgr.close()
+            raise
+        with contextlib.suppress(Exception):
+            self._mgr.close()
 
     def _finish_pending(self) -> None:
         try:
