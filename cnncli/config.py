@@ -1,7 +1,10 @@
 """The experiment config: typed schema, YAML loading, validation and dotted overrides.
 
 Precedence is defaults < YAML file < `--set key=value` overrides. Validation happens
-once, here; everything downstream receives a typed `Config`.
+once, here; everything downstream receives a typed, frozen `Config`. The fields that
+follow the data (the model's input size, channels and class count) are filled by
+`resolve_data_shape` / `resolve_model_shape`, which return new values: nothing mutates
+a config after it is built.
 """
 
 from __future__ import annotations
@@ -81,7 +84,7 @@ def _range(*, ge: float | None = None, gt: float | None = None, le: float | None
 _UNIT = _range(ge=0, lt=1)  # momenta, decays, dropout: [0, 1)
 
 
-@dataclass
+@dataclass(frozen=True)
 class ModelConfig:
     """`model:` section. `num_classes`, `input_size` and `in_channels` follow the data when null."""
 
@@ -103,7 +106,7 @@ class ModelConfig:
     lrn: bool = False  # AlexNet local response normalisation
 
 
-@dataclass
+@dataclass(frozen=True)
 class AugmentConfig:
     """`data.augment:` training-time augmentation (evaluation uses none of it)."""
 
@@ -117,7 +120,7 @@ class AugmentConfig:
                                metadata=_range(gt=0, le=100, lengths=(2,), increasing=True))
 
 
-@dataclass
+@dataclass(frozen=True)
 class DataConfig:
     """`data:` section."""
 
@@ -146,7 +149,7 @@ class DataConfig:
     num_classes: int = field(default=10, metadata=_range(ge=1, le=MAX_CLASSES))
 
 
-@dataclass
+@dataclass(frozen=True)
 class OptimizerConfig:
     """`optimizer:` section."""
 
@@ -164,7 +167,7 @@ class OptimizerConfig:
     clip_grad_norm: float | None = field(default=None, metadata=_range(gt=0))
 
 
-@dataclass
+@dataclass(frozen=True)
 class ScheduleConfig:
     """`schedule:` section. Epoch-valued fields are converted to steps once the data size is known."""
 
@@ -187,7 +190,7 @@ class ScheduleConfig:
     threshold: float = field(default=1e-4, metadata=_range(ge=0, lt=1))
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
     """`train:` section. Give `epochs` or `steps` (steps wins when both are set)."""
 
@@ -214,7 +217,7 @@ class TrainConfig:
     eval_test: bool = False  # also evaluate the test split at every evaluation (learning-curve figures)
 
 
-@dataclass
+@dataclass(frozen=True)
 class OutputConfig:
     """`output:` section."""
 
@@ -223,7 +226,7 @@ class OutputConfig:
     export: str | None = field(default="safetensors", metadata=_choices("safetensors", "msgpack"))
 
 
-@dataclass
+@dataclass(frozen=True)
 class Config:
     """A whole experiment."""
 

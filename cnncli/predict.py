@@ -19,33 +19,6 @@ import numpy as np
 
 from cnncli.errors import ConfigError, DataError
 
-_GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
-
-
-def decode_image(path: str | Path) -> np.ndarray:
-    """uint8 [H, W, C] pixels of an image file (C = 1 for grayscale files, 3 otherwise)."""
-    from PIL import Image, UnidentifiedImageError
-
-    path = Path(path)
-    try:
-        with Image.open(path) as img:
-            img.load()
-            if img.mode in _GRAY_MODES:
-                if img.mode in ("1", "L", "LA"):
-                    return np.asarray(img.convert("L"))[..., None]
-                if img.mode.startswith("I;16"):  # 16-bit: the top 8 bits, as the folder source does
-                    return (np.asarray(img).astype(np.uint32) >> 8).astype(np.uint8)[..., None]
-                return np.asarray(img.convert("L"))[..., None]
-            return np.asarray(img.convert("RGB"))
-    except FileNotFoundError:
-        raise DataError(f"image file not found: {path}") from None
-    except IsADirectoryError:
-        raise DataError(f"{path} is a directory, expected an image file") from None
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise DataError(f"{path}: cannot read the image ({str(exc).splitlines()[0] if str(exc) else 'corrupt'})"
-                        ) from None
-
-
 def fit_to_input(pixels: np.ndarray, size: int, channels: int) -> np.ndarray:
     """uint8 [H, W, C] -> [size, size, channels]: channel conversion, shorter side resized to `size`,
     centre crop."""
@@ -83,16 +56,16 @@ def predict_images(path: str | Path, images: Sequence[str | Path], *, top_k: int
         raise ConfigError(f"--top-k must be at least 1, got {top_k}")
     if tta is not None and tta not in TTA_MODES:
         raise ConfigError(f"--tta must be one of {', '.join(TTA_MODES)}, got {tta!r}")
-    pixels = [decode_image(p) for p in images]  # fail on a bad file before loading the model
+    from cnncli.data.files import decode_image, read_image
+
+    pixels = [read_image(p) for p in images]  # fail on a bad file before loading the model
     loaded = load_checkpoint_model(path, which, overrides)
     m = loaded.config.model
     if loaded.mean is None or loaded.std is None:
         raise DataError(f"{loaded.run_path / 'data.json'} is missing or has no mean/std; "
                         "cannot normalise images as in training")
     if loaded.config.data.source == "folder":  # trained on image files: decode exactly as its loader did
-        from cnncli.data.files import decode_image as decode_for_folder
-
-        x = np.stack([decode_for_folder(str(f), m.input_size, m.in_channels) for f in images])
+        x = np.stack([decode_image(str(f), m.input_size, m.in_channels) for f in images])
     else:
         x = np.stack([fit_to_input(p, m.input_size, m.in_channels) for p in pixels])
     mesh = make_mesh()

@@ -124,7 +124,9 @@ def test_summarize_json(tmp_path):
     (["train", "missing.yaml"], "config file not found: missing.yaml"),
     (["train", "configs/digits_resnet20.yaml", "--set", "optimizer.lrr=1"], "unknown key 'optimizer.lrr'"),
     (["summarize", "resnet5"], "unknown model 'resnet5'"),
-    (["eval", "no/such/run"], "no such run or checkpoint"),
+    (["eval", "no/such/run"], "no such run directory or checkpoint"),
+    (["predict", "no/such/run"], "Missing argument 'images'"),
+    (["train", "--bogus"], "No such option: --bogus"),
 ])
 def test_bad_input_is_one_line_exit_2(args, needle):
     proc = subprocess.run([sys.executable, "-m", "cnncli.cli", *args], capture_output=True, text=True)

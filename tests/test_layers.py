@@ -88,7 +88,6 @@ def test_no_import_cycle_in_cnncli():
     assert not cycles, f"import cycles: {[sorted(c) for c in cycles]}"
 
 
-@pytest.mark.xfail(strict=False, reason="evaluate <-> train.loop and summary.target -> evaluate are being removed")
 def test_import_linter_contracts_are_kept():
     if importlib.util.find_spec("importlinter") is None:
         pytest.skip("import-linter is not installed (pip install -e '.[test]')")

@@ -9,7 +9,8 @@ from typer.testing import CliRunner
 
 from cnncli.cli import app
 from cnncli.errors import DataError
-from cnncli.predict import decode_image, fit_to_input, predict_images
+from cnncli.data.files import read_image as decode_image
+from cnncli.predict import fit_to_input, predict_images
 from tests.test_evaluate import trained_tiny_run
 
 runner = CliRunner()

@@ -11,7 +11,9 @@ import sys
 
 import typer
 
-from cnncli.cli import analysis, data, evaluate, models, summarize, train  # noqa: F401  (registers the commands)
+# Registration order is the order `cnn --help` lists them: the order a user meets them.
+from cnncli.cli import train, evaluate, predict, summarize, show, models, data, runs, plot  # noqa: F401, I001
+from cnncli.cli import bench  # noqa: F401, E402
 from cnncli.cli.app import _state, app
 from cnncli.errors import CnnError
 
@@ -19,12 +21,23 @@ __all__ = ["app", "main"]
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point: every mistake is one line on stderr and a non-zero exit."""
+    from typer._click import exceptions as click  # typer bundles its own click
+
     try:
-        app()
+        code = app(standalone_mode=False)
+    except click.NoArgsIsHelpError:
+        app(["--help"])  # prints the rich help and exits 0
+    except click.UsageError as exc:  # missing argument, unknown option, bad choice
+        hint = f" (see: {exc.ctx.command_path} --help)" if exc.ctx is not None else ""
+        typer.echo(f"error: {exc.format_message()}{hint}", err=True)
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        typer.echo(f"error: {exc.format_message()}", err=True)
+        sys.exit(exc.exit_code)
     except CnnError as exc:  # raised outside a command (should not happen) or with --debug
         if _state["debug"]:
             raise
         typer.echo(f"error: {exc}", err=True)
         sys.exit(exc.exit_code)
-
+    sys.exit(code if isinstance(code, int) else 0)

@@ -28,6 +28,13 @@ class Format(str, Enum):
     json = "json"
 
 
+class Tta(str, Enum):
+    """Test-time augmentation of `cnn eval` and `cnn predict`."""
+
+    none = "none"
+    flip = "flip"
+
+
 def stderr_console():
     from rich.console import Console
 

@@ -8,7 +8,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from cnncli.cli.app import SetOption, app, cli_errors, print_json
+from cnncli.cli.app import SetOption, Tta, app, cli_errors, print_json
 
 SUMMARY_COLUMNS = ["model", "checkpoint_step", "split", "tta", "accuracy", "top5_accuracy", "error", "top5_error",
                    "loss", "num_examples"]
@@ -18,11 +18,6 @@ class EvalFormat(str, Enum):
     table = "table"
     json = "json"
     csv = "csv"
-
-
-class Tta(str, Enum):
-    none = "none"
-    flip = "flip"
 
 
 @app.command("eval")

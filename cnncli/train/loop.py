@@ -96,7 +96,7 @@ def train_and_evaluate(cfg: Config, run_path: str | Path, *, resume: bool = Fals
         if resume:
             manager = stack.enter_context(_closing(CheckpointManager(
                 run.checkpoints, keep_last=t.keep_last, keep_best=t.keep_best, best_metric=t.best_metric)))
-            restored = restore_training(setup, manager, run.path)
+            restored = restore_training(setup, manager, run.path, console)
         else:
             run = RunDir.create(run_path, force=force)  # owned by this process from here on
             stack.callback(run.release)
@@ -295,7 +295,7 @@ class Training:
         if self.t.eval_test:
             self.writer.write(done, done / spe, "test", feed.evaluate("test", state.params, state.batch_stats))
         score = _metric_value(val, self.t.best_metric)
-        self.bad_evals = 0 if _improves(self.manager, score, self.t.best_metric) else self.bad_evals + 1
+        self.bad_evals = 0 if self.manager.improves(score, self.manager.best_value()) else self.bad_evals + 1
         plateau = self.setup.plateau
         if plateau is not None:
             scale = plateau.update(_metric_value(val, self.cfg.schedule.metric))
@@ -374,12 +374,3 @@ def _metric_value(val: dict[str, float], metric: str) -> float:
     """val_accuracy / val_loss of an evaluation's numbers."""
     return val["accuracy"] if metric.endswith("accuracy") else val["loss"]
 
-
-def _improves(manager, score, metric):  # TEMP
-    best = manager.best_step()
-    if best is None:
-        return True
-    prev = _metric_value(manager.restore_meta(best).get("val") or {}, metric) if (manager.restore_meta(best).get("val")) else None
-    if prev is None:
-        return True
-    return score > prev if metric.endswith("accuracy") else score < prev

@@ -62,6 +62,7 @@ def total_steps_of(cfg: Config, steps_per_epoch: int) -> int:
 
 
 def build_training(cfg: Config) -> TrainingSetup:
+    from cnncli.checkpoint import metric_mode
     from cnncli.data.pipeline import TrainIndexStream, prepare_dataset
     from cnncli.distributed import check_batch_size, make_mesh
     from cnncli.models import create_model
@@ -90,7 +91,7 @@ def build_training(cfg: Config) -> TrainingSetup:
     plateau = None
     if cfg.schedule.name == "plateau":
         s = cfg.schedule
-        plateau = PlateauController(mode=_mode(s.metric), patience=s.patience, factor=s.factor,
+        plateau = PlateauController(mode=metric_mode(s.metric), patience=s.patience, factor=s.factor,
                                     min_scale=s.min_lr / cfg.optimizer.lr, threshold=s.threshold)
     step_fn = make_train_step(
         parts, tx, schedule, num_classes=cfg.model.num_classes, augment=cfg.data.augment, mean=data.mean,
@@ -102,24 +103,26 @@ def build_training(cfg: Config) -> TrainingSetup:
     return TrainingSetup(cfg, data, mesh, parts, tx, schedule, state, stream, total, plateau, evaluator, feed)
 
 
-def restore_training(setup: TrainingSetup, manager, run_path) -> tuple[Any, dict] | None:
-    """(state, meta) of the run's newest intact checkpoint, or None when it has none."""
-    # TEMP shim until checkpoint.py offers the intact fallback
-    step = manager.latest_step()
-    if step is None:
+def restore_training(setup: TrainingSetup, manager, run_path, console) -> tuple[Any, dict] | None:
+    """(state, meta) of the run's newest intact checkpoint, or None when it has none.
+
+    Damaged newer checkpoints are passed over with a warning naming each; a checkpoint of
+    another model is refused.
+    """
+    def same_model(meta: dict) -> None:
+        saved = meta.get("model")
+        if saved and saved != setup.identity:
+            raise CheckpointError(f"cannot resume {run_path}: its checkpoint holds {saved} but the config now asks "
+                                  f"for {setup.identity}")
+
+    restored = manager.restore_latest_intact(model_tree(setup.state), train_tree(setup.state), check_meta=same_model)
+    if restored is None:
         return None
-    restored = manager.restore(step, model_tree(setup.state), train_tree(setup.state))
-    mtree, ttree, meta = restored
-    saved = meta.get("model")
-    if saved and saved != setup.identity:
-        raise CheckpointError(f"cannot resume {run_path}: its checkpoint holds {saved} but the config now asks for "
-                              f"{setup.identity}")
+    for warning in restored.skipped:
+        console.print(f"warning: {warning}")
+    mtree, ttree, meta = restored.model, restored.train, restored.meta
     state = setup.state.replace(params=mtree["params"], batch_stats=mtree["batch_stats"],
                                 ema_params=mtree.get("ema_params"), **ttree)
     if setup.plateau is not None and meta.get("plateau"):
         setup.plateau.load_state_dict(meta["plateau"])
     return state, meta
-
-
-def _mode(name):  # TEMP
-    return "max" if name.endswith("accuracy") else "min"
