@@ -30,41 +30,35 @@ def milestone_steps(cfg: ScheduleConfig, steps_per_epoch: int) -> list[int]:
 
 
 def build_schedule(cfg: ScheduleConfig, base_lr: float, steps_per_epoch: int, total_steps: int) -> Schedule:
-    """lr(step) for 0-based optimizer steps. Linear warmup from base/warmup to base, then the main schedule.
+    """lr(step) for 0-based optimizer steps, from optax's schedule constructors.
 
+    Linear warmup from base/warmup to base over the warmup steps, then the main schedule
+    (which counts its steps from the end of warmup):
     - constant / plateau: base (plateau multiplies by a host-controlled factor, see PlateauController)
-    - step: base * gamma ** (number of milestones <= step)
+    - step: base * gamma ** (number of milestones <= step); milestones are steps of the whole run
     - cosine: from base to final_lr over the steps after warmup
     - polynomial: base -> final_lr with the given power over the steps after warmup
     """
     warm = warmup_steps(cfg, steps_per_epoch)
     decay_steps = max(1, total_steps - warm)
     if cfg.name in ("constant", "plateau"):
-        def main(step):
-            return jnp.full_like(step, base_lr, dtype=jnp.float32)
+        main = optax.constant_schedule(base_lr)
     elif cfg.name == "step":
-        bounds = jnp.asarray(milestone_steps(cfg, steps_per_epoch), jnp.int32)
-
-        def main(step):
-            passed = jnp.sum(step >= bounds)
-            return base_lr * jnp.power(jnp.float32(cfg.gamma), passed.astype(jnp.float32))
+        scales: dict[int, float] = {}
+        for m in milestone_steps(cfg, steps_per_epoch):  # a milestone given twice divides twice
+            scales[m - warm] = scales.get(m - warm, 1.0) * cfg.gamma
+        main = optax.piecewise_constant_schedule(base_lr, scales)
     elif cfg.name == "cosine":
-        def main(step):
-            t = jnp.clip((step - warm) / decay_steps, 0.0, 1.0)
-            return cfg.final_lr + (base_lr - cfg.final_lr) * 0.5 * (1.0 + jnp.cos(jnp.pi * t))
+        main = optax.cosine_decay_schedule(base_lr, decay_steps, alpha=cfg.final_lr / base_lr)
     elif cfg.name == "polynomial":
-        def main(step):
-            t = jnp.clip((step - warm) / decay_steps, 0.0, 1.0)
-            return cfg.final_lr + (base_lr - cfg.final_lr) * jnp.power(1.0 - t, cfg.power)
+        main = optax.polynomial_schedule(base_lr, cfg.final_lr, cfg.power, decay_steps)
     else:  # validated in config
         raise ValueError(cfg.name)
+    if warm > 0:
+        main = optax.join_schedules([optax.linear_schedule(base_lr / warm, base_lr, warm - 1), main], [warm])
 
     def schedule(step):
-        step = jnp.asarray(step, jnp.int32)
-        lr = main(step).astype(jnp.float32)
-        if warm > 0:
-            lr = jnp.where(step < warm, base_lr * (step + 1).astype(jnp.float32) / warm, lr)
-        return lr
+        return jnp.asarray(main(jnp.asarray(step, jnp.int32)), jnp.float32)
 
     return schedule
 
