@@ -148,6 +148,7 @@ class CheckpointManager:
         self.read_only = read_only
         self._pending: list[int] = []  # saved steps whose manifest is not written yet
         self._intact: set[int] = set()  # steps verified by this manager
+        self._metrics: dict[int, dict] = {}  # metrics of the steps saved by this manager
         self._closed = False
         if not read_only:
             self._clean_temporaries()
@@ -191,6 +192,8 @@ class CheckpointManager:
         except Exception as exc:
             self._write_failed(step, exc)
         self._pending.append(step)
+        if metrics is not None:
+            self._metrics[step] = dict(metrics)
 
     def wait(self) -> None:
         """Block until the saves in flight are complete and sealed with their manifests."""
@@ -273,12 +276,13 @@ class CheckpointManager:
         return best if best is not None else self.latest_step()
 
     def best_value(self) -> float | None:
-        """`best_metric` of the best step, if recorded."""
+        """`best_metric` of the best step, if recorded (also while that step's save is in flight)."""
         step = self.best_step()
         if step is None:
             return None
         with contextlib.suppress(Exception):
-            return float(self._mgr.metrics(step)[self.best_metric])
+            metrics = self._metrics.get(step) or self._mgr.metrics(step)
+            return float(metrics[self.best_metric])
         return None
 
     def damage(self, step: int) -> str | None:

@@ -110,13 +110,24 @@ def test_best_is_orbax_answer_and_ties_go_to_the_later_step(tmp_path, metric, va
     assert mgr.best_mode == metric_mode(metric)
     for step, v in enumerate(values, start=1):
         mgr.save(step, model, train, {"step": step}, {metric: v})
-    assert mgr.best_step() == best  # also while the last save may still be in flight
+    # also while the last save may still be in flight
+    assert mgr.best_step() == best and mgr.best_value() == values[best - 1]
     mgr.close()
     mgr = CheckpointManager(tmp_path / "ck", best_metric=metric, read_only=True)
     assert mgr.steps() == [best, len(values)]  # BestN kept the same tied step
     assert mgr.best_step() == best and mgr.best_value() == values[best - 1]
-    assert mgr.improves(values[best - 1] + (0.1 if metric_mode(metric) == "max" else -0.1), mgr.best_value())
-    assert not mgr.improves(values[best - 1], mgr.best_value())
+    better = values[best - 1] + (0.1 if metric_mode(metric) == "max" else -0.1)
+    assert mgr.improves(better, mgr.best_value()) and not mgr.improves(values[best - 1], mgr.best_value())
+
+
+def test_a_new_best_counts_while_its_save_is_in_flight(tmp_path):
+    model, train = tiny_tree(0)
+    mgr = CheckpointManager(tmp_path / "ck", best_metric="val_loss")
+    mgr.save(1, model, train, {}, {"val_loss": 0.5})
+    mgr.wait()
+    mgr.save(2, model, train, {}, {"val_loss": 0.25})
+    assert mgr.best_step() == 2 and mgr.best_value() == 0.25
+    mgr.close()
 
 
 def largest_array_file(step_dir):
