@@ -33,7 +33,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from cnncli.checkpoint_manifest import MANIFEST, damage, seal
+from cnncli.checkpoint_manifest import MANIFEST, damage, seal  # noqa: F401 (MANIFEST re-exported)
 from cnncli.errors import CheckpointError, RunDirError
 from cnncli.rundir import locate
 
@@ -152,7 +152,7 @@ class CheckpointManager:
         self._closed = False
         if not read_only:
             self._clean_temporaries()
-        metric = lambda m: m[best_metric]  # noqa: E731
+        metric = lambda m: m[best_metric]
         policy = pp.AnyPreservationPolicy([
             pp.LatestN(n=keep_last),
             pp.BestN(get_metric_fn=metric, reverse=(self.best_mode == "min"), n=keep_best,
@@ -189,7 +189,7 @@ class CheckpointManager:
         )
         try:
             self._mgr.save(step, args=args, metrics=metrics, force=True)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 (write failures come as any type; others are re-raised)
             self._write_failed(step, exc)
         self._pending.append(step)
         if metrics is not None:
@@ -217,7 +217,7 @@ class CheckpointManager:
     def _finish_pending(self) -> None:
         try:
             self._mgr.wait_until_finished()
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 (write failures come as any type; others are re-raised)
             self._write_failed(self._pending[-1] if self._pending else None, exc)
         import jax
 
@@ -317,7 +317,7 @@ class CheckpointManager:
         self._check(step)
         try:
             return dict(self._mgr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"])
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 (an unreadable meta item, whatever the reader raises)
             raise self._damaged(step, _first_line(exc)) from None
 
     def restore(self, step: int, model_target: Any, train_target: Any | None = None) -> tuple[Any, Any, dict]:
@@ -335,7 +335,7 @@ class CheckpointManager:
             raise CheckpointError(
                 f"checkpoint {self.directory / str(step)} does not match the model being restored: "
                 f"{_first_line(exc)}") from None
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 (tensorstore read errors come as plain Exception)
             raise self._damaged(step, _first_line(exc)) from None
         return out["model"], out.get("train") if train_target is not None else None, dict(out["meta"])
 

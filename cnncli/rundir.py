@@ -107,12 +107,8 @@ class RunDir:
     # -- creating and opening -----------------------------------------------------------
 
     @classmethod
-    def create(cls, path: str | Path, *, force: bool = False) -> RunDir:
-        """A fresh run directory, locked by this process.
-
-        Refuses an existing non-empty folder; with `force`, replaces it only if it is a cnn run
-        directory that no live process owns. Never touches any other folder's files.
-        """
+    def check_create(cls, path: str | Path, *, force: bool = False) -> RunDir:
+        """Refuse now, changing nothing, whatever `create` would refuse; a command checks before its work."""
         run = cls(path)
         run._check_location()
         if run.path.is_dir() and any(run.path.iterdir()):
@@ -125,7 +121,21 @@ class RunDir:
                 shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
                 raise RunDirError(f"--force refuses to clear {run.path}: it is not a cnn run directory (no {MARKER} "
                                   f"marker or run status.json) and holds {len(entries)} entries ({shown})")
-            run.acquire()  # refuses if a live process owns it
+            owner = run.owner()
+            if owner is not None and run.path.resolve() not in _HELD:
+                raise _in_use(run.path, owner)
+        return run
+
+    @classmethod
+    def create(cls, path: str | Path, *, force: bool = False) -> RunDir:
+        """A fresh run directory, locked by this process.
+
+        Refuses an existing non-empty folder; with `force`, replaces it only if it is a cnn run
+        directory that no live process owns. Never touches any other folder's files.
+        """
+        run = cls.check_create(path, force=force)
+        if run.path.is_dir() and any(run.path.iterdir()):
+            run.acquire()  # refuses if a live process took it since the check
             run.release()
             try:
                 shutil.rmtree(run.path)
@@ -153,6 +163,9 @@ class RunDir:
             if parent.exists():
                 if not parent.is_dir():
                     raise RunDirError(f"cannot create run directory {self.path}: {parent} is a file, not a folder")
+                if not self.path.exists() and not os.access(parent, os.W_OK | os.X_OK):
+                    raise RunDirError(f"cannot create run directory {self.path}: {parent} is not writable "
+                                      "(read-only filesystem or no permission)")
                 break
 
     @classmethod
@@ -183,9 +196,7 @@ class RunDir:
         except OSError:
             owner = _read_owner(fd)
             os.close(fd)
-            who = f"process {owner.get('pid')} on host {owner.get('host')}" if owner else "another process"
-            raise RunDirError(f"run directory {self.path} is in use by {who}; wait for it to finish or stop it "
-                              "first") from None
+            raise _in_use(self.path, owner) from None
         try:
             os.ftruncate(fd, 0)
             os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname()}).encode() + b"\n", 0)
@@ -259,6 +270,11 @@ class RunDir:
             current = {}
         current.update(fields, status=status, updated=time.strftime("%Y-%m-%dT%H:%M:%S"))
         self.write_json("status.json", current)
+
+
+def _in_use(path: Path, owner: dict | None) -> RunDirError:
+    who = f"process {owner.get('pid')} on host {owner.get('host')}" if owner and owner.get("pid") else "another process"
+    return RunDirError(f"run directory {path} is in use by {who}; wait for it to finish or stop it first")
 
 
 def _read_owner(fd: int) -> dict | None:

@@ -9,7 +9,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cnncli.checkpoint import MANIFEST, CheckpointManager, find_checkpoint_dir, improves, metric_mode
+from cnncli.checkpoint import (
+    MANIFEST,
+    CheckpointManager,
+    find_checkpoint_dir,
+    improves,
+    metric_mode,
+)
 from cnncli.config import OptimizerConfig
 from cnncli.errors import CheckpointError
 from cnncli.models import create_model
@@ -186,7 +192,7 @@ def test_damaged_newest_checkpoint(tmp_path, kind):
     model, train = tiny_tree(30)
     writer.save(3, model, train, {"step": 3})
     writer.close()
-    m, t, meta = CheckpointManager(ck, read_only=True).restore(3, model_t, train_t)
+    m, _, meta = CheckpointManager(ck, read_only=True).restore(3, model_t, train_t)
     assert meta == {"step": 3}
     assert_tree_equal(m, model)
 
@@ -248,7 +254,7 @@ def test_leftover_temporary_from_an_interrupted_save(tmp_path):
 def test_disk_full_during_save_is_one_line(tmp_path):
     mnt = tmp_path / "tiny"
     mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=160k", "tmpfs", str(mnt)]).returncode != 0:
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=160k", "tmpfs", str(mnt)], check=False).returncode != 0:
         pytest.skip("cannot mount a small tmpfs here (needs root)")
     try:
         mgr = CheckpointManager(mnt / "ck")
@@ -268,7 +274,7 @@ def test_disk_full_during_save_is_one_line(tmp_path):
         m, _, _ = CheckpointManager(mnt / "ck", read_only=True).restore(1, zeros_like(model))
         assert_tree_equal(m, model)
     finally:
-        subprocess.run(["umount", str(mnt)])
+        subprocess.run(["umount", str(mnt)], check=False)
 
 
 QUIET_SCRIPT = """
@@ -305,22 +311,22 @@ def test_failures_print_nothing_but_the_one_line(tmp_path):
     """Orbax's background failures leave futures behind whose collection printed tracebacks."""
     mnt = tmp_path / "tiny"
     mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=160k", "tmpfs", str(mnt)]).returncode != 0:
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=160k", "tmpfs", str(mnt)], check=False).returncode != 0:
         pytest.skip("cannot mount a small tmpfs here (needs root)")
     try:
         r = subprocess.run([sys.executable, "-c", QUIET_SCRIPT, str(mnt), str(Path(__file__).parent)],
                            capture_output=True, text=True, timeout=300)
     finally:
-        subprocess.run(["umount", str(mnt)])
+        subprocess.run(["umount", str(mnt)], check=False)
     assert r.stderr == ""
     ck = mnt / "ck"
     assert r.stdout.splitlines() == [
-        f"could not write checkpoint {ck / '2'}: No space left on device; the last complete checkpoint is "
-        f"{ck / '1'} (intact)",
-        f"checkpoint {ck / '1'} does not match the model being restored: Requested shape: (4, 4) is not "
-        "compatible with the stored shape: (48, 48)",
-        f"checkpoint {ck / '1'} is damaged (Encountered error while reading array index: (slice(0, 48, 1), "
-        "slice(0, 48, 1))); no other checkpoint here is intact",
+        (f"could not write checkpoint {ck / '2'}: No space left on device; the last complete checkpoint is "
+         f"{ck / '1'} (intact)"),
+        (f"checkpoint {ck / '1'} does not match the model being restored: Requested shape: (4, 4) is not "
+         "compatible with the stored shape: (48, 48)"),
+        (f"checkpoint {ck / '1'} is damaged (Encountered error while reading array index: (slice(0, 48, 1), "
+         "slice(0, 48, 1))); no other checkpoint here is intact"),
     ]
 
 
