@@ -40,30 +40,46 @@ def load_checkpoint_model(path: str | Path, which: str = "best", overrides: list
     """Restore the model of a run directory (or one checkpoint step directory) into a fresh model."""
     from cnncli.checkpoint import CheckpointManager, find_checkpoint_dir
     from cnncli.config import load_config
-    from cnncli.models import create_model
     from cnncli.rundir import RunDir
-    from cnncli.train.state import split_model
 
     ckpt_dir, step = find_checkpoint_dir(path)
     run = RunDir.open(ckpt_dir.parent)
     cfg = load_config(run.config, overrides)
-    manager = CheckpointManager(ckpt_dir, best_metric=cfg.train.best_metric,
-                                best_mode="max" if cfg.train.best_metric.endswith("accuracy") else "min",
-                                read_only=True)
-    if step is None:
-        if which == "best":
-            step = manager.best_step()
-        elif which == "latest":
-            step = manager.latest_step()
-        else:
-            try:
-                step = int(which)
-            except ValueError:
-                raise CheckpointError(f"--checkpoint must be best, latest or a step number, got {which!r}") from None
-            if step not in manager.steps():
-                raise CheckpointError(f"{ckpt_dir} has no checkpoint for step {step}; it has {manager.steps()}")
+    manager = CheckpointManager(ckpt_dir, best_metric=cfg.train.best_metric, read_only=True)
+    try:
+        step = step if step is not None else _chosen_step(manager, which, ckpt_dir)
+        parts, restored, meta = _restore_model(manager, cfg, step, ckpt_dir)
+    finally:
+        manager.close()
+    data_info = run.read_json("data.json") or {}
+    class_names = data_info.get("class_names") or meta.get("class_names") or []
+    return LoadedModel(cfg, parts, restored["params"], restored["batch_stats"], step, meta,
+                       list(class_names), data_info.get("mean"), data_info.get("std"), run.path)
+
+
+def _chosen_step(manager, which: str, ckpt_dir: Path) -> int:
+    """The step `--checkpoint best|latest|STEP` names."""
+    if which == "best":
+        step = manager.best_step()
+    elif which == "latest":
+        step = manager.latest_step()
+    else:
+        try:
+            step = int(which)
+        except ValueError:
+            raise CheckpointError(f"--checkpoint must be best, latest or a step number, got {which!r}") from None
+        if step not in manager.steps():
+            raise CheckpointError(f"{ckpt_dir} has no checkpoint for step {step}; it has {manager.steps()}")
     if step is None:
         raise CheckpointError(f"{ckpt_dir} holds no complete checkpoint")
+    return step
+
+
+def _restore_model(manager, cfg: Config, step: int, ckpt_dir: Path) -> tuple[Any, dict, dict]:
+    """(ModelParts, {params, batch_stats, ...}, meta) of one checkpoint step, checked against the config."""
+    from cnncli.models import create_model
+    from cnncli.train.state import split_model
+
     meta = manager.restore_meta(step)
     m = cfg.model
     identity = meta.get("model", {})
@@ -75,15 +91,10 @@ def load_checkpoint_model(path: str | Path, which: str = "best", overrides: list
         raise CheckpointError(f"checkpoint {ckpt_dir / str(step)} holds {found}, but the config asks for {expected}")
     parts, params, batch_stats = split_model(model)
     target = {"params": params, "batch_stats": batch_stats}
-    ema = meta.get("has_ema", False)
-    if ema:
+    if meta.get("has_ema", False):
         target["ema_params"] = params
     restored, _, meta = manager.restore(step, target)
-    manager.close()
-    data_info = run.read_json("data.json") or {}
-    class_names = data_info.get("class_names") or meta.get("class_names") or []
-    return LoadedModel(cfg, parts, restored["params"], restored["batch_stats"], step, meta,
-                       list(class_names), data_info.get("mean"), data_info.get("std"), run.path)
+    return parts, restored, meta
 
 
 TTA_MODES = ("flip",)
@@ -171,7 +182,7 @@ def evaluate_member(path: str | Path, *, split: str = "test", which: str = "best
     bs = batch_size or cfg.train.eval_batch_size or cfg.train.batch_size
     ev = ctx.evaluator(loaded, loaded.mean or data.mean, loaded.std or data.std, bs)
     params, stats = replicate(ctx.mesh, (loaded.params, loaded.batch_stats))
-    if getattr(data, "file_backed", False):  # image files: decoded batch by batch on the host
+    if data.file_backed:  # image files: decoded batch by batch on the host
         def views(mirror: bool):
             return ev.run_batches(params, stats, _decoded_batches(ctx.mesh, x, y, data.image_shape, cfg.data, bs,
                                                                   mirror), with_logits=True)

@@ -18,29 +18,47 @@ def _clean(v: Any) -> Any:
     return v
 
 
-def truncate_after(path: Path, step: int) -> None:
-    """Drop JSONL records with step > `step` (used when resuming from an earlier checkpoint)."""
+def truncate_after(path: Path, step: int) -> int:
+    """Keep the JSONL records with step <= `step` (resuming from an earlier checkpoint); drop lines that
+    are not records (a torn last line of a killed process, damage). Returns how many lines were dropped
+    as unreadable."""
     if not path.exists():
-        return
-    keep = []
-    for line in path.read_text().splitlines():
+        return 0
+    keep, bad = [], 0
+    for line in path.read_bytes().decode("utf-8", errors="replace").splitlines():
         try:
-            if json.loads(line).get("step", 0) <= step:
-                keep.append(line)
-        except json.JSONDecodeError:
-            continue  # a torn last line from a killed process
+            record = json.loads(line)
+            s = record["step"]
+            if not isinstance(s, (int, float)) or isinstance(s, bool):
+                raise TypeError(s)
+        except (ValueError, TypeError, KeyError):
+            bad += line.strip() != ""
+            continue
+        if s <= step:
+            keep.append(line)
     path.write_text("".join(line + "\n" for line in keep))
+    return bad
 
 
-def truncate_csv_after(path: Path, step: int) -> None:
+def truncate_csv_after(path: Path, step: int) -> int:
+    """Keep the epoch rows with step <= `step`; drop unreadable rows. Returns how many were dropped."""
     if not path.exists():
-        return
-    with path.open() as f:
-        rows = [r for r in csv.DictReader(f) if r.get("step") and int(float(r["step"])) <= step]
+        return 0
+    rows, bad = [], 0
+    with path.open(newline="", errors="replace") as f:
+        for r in csv.DictReader(f):
+            try:
+                s = int(float(r.get("step") or ""))
+            except (TypeError, ValueError):
+                bad += 1
+                continue
+            if s <= step:
+                rows.append({k: r.get(k) for k in CSV_COLUMNS})
     with path.open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
         w.writeheader()
         w.writerows(rows)
+    return bad
 
 
 class MetricsWriter:

@@ -40,17 +40,6 @@ def optimizer_label(opt: Any) -> str:
     return opt.name
 
 
-def _run_dir_of(path: Path) -> Path | None:
-    """The run directory a directory stands for: itself, or the run of a checkpoints dir or step dir."""
-    if (path / "config.yaml").is_file():
-        return path
-    if path.name == "checkpoints" and (path.parent / "config.yaml").is_file():
-        return path.parent
-    if path.name.isdigit() and path.parent.name == "checkpoints" and (path.parent.parent / "config.yaml").is_file():
-        return path.parent.parent
-    return None
-
-
 def _from_config(cfg: Any, source: str, resolved: bool) -> Target:
     from cnncli.config import model_options
     from cnncli.models import get_spec
@@ -90,14 +79,16 @@ def resolve_target(arg: str) -> Target:
 
         return _from_config(load_config(path), str(path), resolved=False)
     if path.is_dir():
-        run = _run_dir_of(path)
+        from cnncli.rundir import locate
+
+        run = locate(path).run
         if run is None:
             raise SummaryError(f"{path} is neither a run directory (no config.yaml) nor a checkpoint directory "
                                "(runs/NAME/checkpoints/STEP)")
         from cnncli.config import load_config
 
         # A run's config.yaml has the data's size, channels and classes written into model.*.
-        return _from_config(load_config(run / "config.yaml"), str(run), resolved=True)
+        return _from_config(load_config(run.config), str(run.path), resolved=True)
     if "/" in arg or arg.endswith((".yaml", ".yml")):
         raise SummaryError(f"no such config file, run directory or checkpoint: {arg}")
     return Target(get_spec(arg).name)  # an unknown name raises, suggesting the closest registered ones

@@ -61,6 +61,9 @@ class ArrayFeed:
         x, y = self.dev[split]
         return self.evaluator.run(params, batch_stats, x, y, self.sizes[split])[0]
 
+    def corrupt_files(self) -> list[str]:
+        return []
+
 
 class FileFeed:
     """Host-decoded batches from image files; steps take (state, images, labels)."""
@@ -96,7 +99,7 @@ class FileFeed:
 
 
 def make_feed(data: Dataset, mesh, step_fn: Callable, evaluator: Any, cfg) -> ArrayFeed | FileFeed:
-    if getattr(data, "file_backed", False):
+    if data.file_backed:
         return FileFeed(data, mesh, step_fn, evaluator, num_workers=cfg.data.num_workers,
                         skip_corrupt=cfg.data.skip_corrupt)
     return ArrayFeed(data, mesh, step_fn, evaluator)

@@ -153,12 +153,16 @@ class Training:
         self.ckpt_every = Every.of(steps=self.t.checkpoint_every_steps, epochs=self.t.checkpoint_every_epochs,
                                    steps_per_epoch=self.spe, last=setup.total_steps)
         self._write_run_files(restored is not None)
-        truncate_after(run.metrics_jsonl, self.start_step)
-        truncate_csv_after(run.metrics_csv, self.start_step)
+        dropped = truncate_after(run.metrics_jsonl, self.start_step) + truncate_csv_after(run.metrics_csv,
+                                                                                         self.start_step)
+        if dropped:
+            console.print(f"warning: dropped {dropped} unreadable line(s) of {run.metrics_jsonl.name} / "
+                          f"{run.metrics_csv.name} (a torn write or damage)")
         self.writer = MetricsWriter(run.metrics_jsonl, run.metrics_csv,
                                     run.tensorboard if self.cfg.output.tensorboard else None)
         self.log = TrainLog(self.writer, self.clock, self.spe, meta.get("log"))
         self._epoch_start = time.perf_counter()
+        self._batches = None
 
     # ---- the run directory ------------------------------------------------------------------
 
@@ -194,10 +198,9 @@ class Training:
         finally:
             with contextlib.suppress(Exception):
                 self.writer.close()
-            close = getattr(self.setup.feed, "close", None)
-            if close is not None:
+            if self._batches is not None:  # stops a file feed's decoding workers
                 with contextlib.suppress(Exception):
-                    close()
+                    self._batches.close()
 
     def _step_now(self) -> int | None:
         with contextlib.suppress(Exception):
@@ -227,8 +230,8 @@ class Training:
         self.state = replicate(s.mesh, self.state)
         with TrainProgress(self.console, s.total_steps, self.start_step, self.spe,
                            s.total_steps / self.spe) as self.progress:
-            batches = s.feed.batches(s.stream, self.start_step, s.total_steps)
-            for step, batch in zip(range(self.start_step, s.total_steps), batches):
+            self._batches = s.feed.batches(s.stream, self.start_step, s.total_steps)
+            for step, batch in zip(range(self.start_step, s.total_steps), self._batches):
                 done = self._step(step, batch)
                 if self.log_every(done) or self.eval_every(done) or self.catcher.signum:
                     self._record(done)
@@ -360,7 +363,7 @@ class Training:
             "checkpoints": str(run.checkpoints), "exported": str(export_path) if export_path else None,
             "stopped_early": self.stopped_early,
         }
-        skipped = s.feed.corrupt_files() if hasattr(s.feed, "corrupt_files") else []
+        skipped = s.feed.corrupt_files()
         if skipped:
             summary["corrupt_files_skipped"] = len(skipped)
             self.console.print(f"skipped {len(skipped)} unreadable image(s), e.g. {skipped[0]}")
