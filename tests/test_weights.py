@@ -1,0 +1,365 @@
+"""Pretrained weights: the restricted .pth reader, import / export of torchvision and timm layouts.
+
+PyTorch is optional (the `weights-test` extra): with it, torchvision-layout reference modules
+written here are saved as .pth / .safetensors, imported and compared logit for logit; without
+it those tests skip, and the reader is tested on .pth archives written here byte by byte.
+"""
+
+from __future__ import annotations
+
+import pickle
+import struct
+import zipfile
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from cnncli.cli import app
+from cnncli.errors import CheckpointError, ModelError
+from cnncli.weights import layouts
+from cnncli.weights.convert import (
+    convert_state_dict,
+    export_weights,
+    import_weights,
+    torch_tensors,
+)
+from cnncli.weights.store import abstract_model, imagenet_class_names, load_weights
+from cnncli.weights.torch_file import read_state_dict
+
+runner = CliRunner()
+
+
+# -- a .pth archive written without torch ---------------------------------------------------
+
+class Tensor:
+    """What _rebuild_tensor_v2 is called with: storage key, dtype, offset, size, stride."""
+
+    def __init__(self, key, storage, numel, offset, size, stride):
+        self.key, self.storage, self.numel = key, storage, numel
+        self.offset, self.size, self.stride = offset, size, stride
+
+
+def _op_global(module: str, name: str) -> bytes:
+    return b"c" + module.encode() + b"\n" + name.encode() + b"\n"
+
+
+def _emit(obj) -> bytes:
+    """Protocol-2 opcodes for str, int, bool, tuple and Tensor, as torch.save writes them."""
+    if isinstance(obj, bool):
+        return b"\x88" if obj else b"\x89"
+    if isinstance(obj, int):
+        return b"J" + struct.pack("<i", obj)
+    if isinstance(obj, str):
+        data = obj.encode()
+        return b"X" + struct.pack("<I", len(data)) + data
+    if isinstance(obj, tuple):
+        return b"(" + b"".join(_emit(v) for v in obj) + b"t"
+    assert isinstance(obj, Tensor)
+    pid = (b"(" + _emit("storage") + _op_global("torch", obj.storage) + _emit(obj.key) + _emit("cpu")
+           + _emit(obj.numel) + b"tQ")
+    hooks = _op_global("collections", "OrderedDict") + b")R"
+    return (_op_global("torch._utils", "_rebuild_tensor_v2") + b"(" + pid + _emit(obj.offset) + _emit(obj.size)
+            + _emit(obj.stride) + _emit(False) + hooks + b"tR")
+
+
+def write_pth(path, entries: dict, storages: dict[str, bytes], pickle_bytes: bytes | None = None) -> None:
+    body = (b"\x80\x02" + _op_global("collections", "OrderedDict") + b")R("
+            + b"".join(_emit(k) + _emit(v) for k, v in entries.items()) + b"u.")
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("archive/data.pkl", pickle_bytes if pickle_bytes is not None else body)
+        z.writestr("archive/byteorder", "little")
+        z.writestr("archive/version", "3\n")
+        for key, raw in storages.items():
+            z.writestr(f"archive/data/{key}", raw)
+
+
+def test_hand_written_pth_is_read_with_offsets_strides_and_dtypes(tmp_path):
+    base = np.arange(24, dtype=np.float32)
+    half = np.array([1.5, -2.0, 3.25], np.float16)
+    entries = {
+        "w": Tensor("0", "FloatStorage", 24, 0, (2, 3, 4), (12, 4, 1)),
+        "wt": Tensor("0", "FloatStorage", 24, 4, (3, 4), (1, 3)),  # a transposed view at an offset
+        "h": Tensor("1", "HalfStorage", 3, 0, (3,), (1,)),
+        "n": Tensor("2", "LongStorage", 1, 0, (), ()),
+    }
+    path = tmp_path / "hand.pth"
+    write_pth(path, entries, {"0": base.tobytes(), "1": half.tobytes(), "2": np.int64(7).tobytes()})
+    got = read_state_dict(path)
+    assert set(got) == {"w", "wt", "h", "n"}
+    np.testing.assert_array_equal(got["w"], base.reshape(2, 3, 4))
+    np.testing.assert_array_equal(got["wt"], np.array([[base[4 + r + 3 * c] for c in range(4)] for r in range(3)]))
+    assert got["h"].dtype == np.float16 and got["h"].tolist() == [1.5, -2.0, 3.25]
+    assert got["n"].shape == () and got["n"].dtype == np.int64 and int(got["n"]) == 7
+    try:
+        import torch
+    except ImportError:
+        return
+    ref = torch.load(path, weights_only=True)  # the format written here is the real one
+    for k, v in ref.items():
+        np.testing.assert_array_equal(got[k], v.numpy())
+
+
+def test_view_past_the_end_of_its_storage_is_refused(tmp_path):
+    path = tmp_path / "bad.pth"
+    write_pth(path, {"w": Tensor("0", "FloatStorage", 4, 2, (4,), (1,))}, {"0": np.zeros(4, np.float32).tobytes()})
+    with pytest.raises(CheckpointError, match="past the end of its storage"):
+        read_state_dict(path)
+
+
+class _RunsCode:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_tampered_pth_is_refused_and_its_code_does_not_run(tmp_path):
+    marker = tmp_path / "ran"
+    payload = pickle.dumps({"conv1.weight": _RunsCode(marker)}, protocol=2)
+    assert b"system" in payload
+    path = tmp_path / "evil.pth"
+    write_pth(path, {}, {}, pickle_bytes=payload)
+    with pytest.raises(CheckpointError, match=r"refused to unpickle.*(posix|os)\.system"):
+        read_state_dict(path)
+    assert not marker.exists()
+    r = runner.invoke(app, ["weights", "import", str(path), "--model", "resnet18", "-o", str(tmp_path / "w")])
+    assert r.exit_code == 2 and "refused to unpickle" in r.output and "Traceback" not in r.output
+    assert not marker.exists() and not (tmp_path / "w").exists()
+
+
+def test_not_a_zip_is_one_line(tmp_path):
+    path = tmp_path / "old.pth"
+    path.write_bytes(pickle.dumps({"a": 1}))
+    with pytest.raises(CheckpointError, match="not a torch.save zip archive"):
+        read_state_dict(path)
+
+
+# -- layouts ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind,shape,grid,four_d", [
+    ("conv", (5, 3, 7, 7), None, False), ("linear", (6, 4), None, False), ("conv1x1", (6, 4, 1, 1), None, False),
+    ("flat", (5, 3 * 2 * 2), (3, 2, 2), False), ("flat", (5, 3, 2, 2), (3, 2, 2), True), ("vector", (4,), None, False),
+])
+def test_layout_kinds_invert_each_other(kind, shape, grid, four_d):
+    e = layouts.Entry("k", ("params", "k"), kind, grid, four_d)
+    w = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    k = layouts.to_cnn(e, w)
+    assert layouts.torch_shape(e, k.shape) == shape
+    np.testing.assert_array_equal(layouts.to_torch(e, k), w)
+
+
+def test_conv_kernel_is_hwio_and_flat_layer_sees_nhwc():
+    rng = np.random.default_rng(1)
+    w = rng.standard_normal((5, 3, 2, 4)).astype(np.float32)  # O I H W
+    k = layouts.to_cnn(layouts.Entry("c", (), "conv"), w)
+    assert k[1, 3, 2, 4] == w[4, 2, 1, 3]
+    # the first dense layer after a conv stack: torch flattens N C H W, cnn N H W C
+    fmap = rng.standard_normal((2, 3, 6, 6)).astype(np.float32)
+    dense = rng.standard_normal((7, 3 * 36)).astype(np.float32)
+    kernel = layouts.to_cnn(layouts.Entry("f", (), "flat", (3, 6, 6)), dense)
+    torch_out = fmap.reshape(2, -1) @ dense.T
+    cnn_out = fmap.transpose(0, 2, 3, 1).reshape(2, -1) @ kernel
+    np.testing.assert_allclose(cnn_out, torch_out, rtol=1e-5, atol=1e-5)
+
+
+def test_vgg_layouts_name_torchvision_and_timm_keys():
+    model = abstract_model("vgg11_bn", 1000, (224, 224, 3))[0]
+    tv = {e.torch_key: e for e in layouts.layout("vgg11_bn", model, "torchvision")}
+    assert tv["features.4.weight"].path == ("params", "features", 3, "kernel")  # torch: conv bn relu pool conv
+    assert tv["features.26.running_var"].path == ("batch_stats", "features", 19, "var")
+    assert tv["classifier.0.weight"].grid == (512, 7, 7)
+    assert {"classifier.3.weight", "classifier.6.bias"} <= set(tv)
+    timm = {e.torch_key: e for e in layouts.layout("vgg11_bn", model, "timm")}
+    assert timm["pre_logits.fc1.weight"].four_d and timm["pre_logits.fc2.weight"].kind == "conv1x1"
+    assert len(tv) == len(timm) == 8 * 6 + 6
+    with pytest.raises(ModelError, match="timm has no AlexNet"):
+        layouts.layout("alexnet_tv", None, "timm")
+    with pytest.raises(ModelError, match="supports vgg11-19"):
+        layouts.layout("resnet20", None)
+
+
+def test_imagenet_class_names_ship_with_the_package():
+    names = imagenet_class_names()
+    assert len(names) == 1000 and len(set(names)) == 1000
+
+
+# -- import / export without torch --------------------------------------------------------------
+
+def _random_state_dict(name: str, seed: int = 0) -> dict[str, np.ndarray]:
+    """A torchvision-layout state dict of a freshly initialised cnn model, with varied BatchNorm statistics."""
+    from flax import nnx
+
+    from cnncli.models import create_model
+
+    model = create_model(name, num_classes=10, input_shape=(32, 32, 3), seed=seed, check_input=False)
+    _, params, stats, _ = nnx.split(model, nnx.Param, nnx.BatchStat, ...)
+    sd = torch_tensors(name, params, stats, {"num_classes": 10, "input_shape": [32, 32, 3]})
+    rng = np.random.default_rng(seed)
+    for k in sd:
+        if k.endswith(("running_mean", "running_var")):
+            sd[k] = rng.uniform(0.5, 1.5, sd[k].shape).astype(np.float32)
+        elif k.endswith("num_batches_tracked"):
+            sd[k] = np.array(rng.integers(0, 1000), np.int64)
+    return sd
+
+
+def test_export_after_import_gives_the_file_back_bit_for_bit(tmp_path):
+    from safetensors.numpy import load_file, save_file
+
+    sd = _random_state_dict("resnet18")
+    src = tmp_path / "r18.safetensors"
+    save_file(sd, str(src))
+    r = runner.invoke(app, ["weights", "import", str(src), "--model", "resnet18", "-o", str(tmp_path / "w")])
+    assert r.exit_code == 0, r.output
+    w = load_weights(tmp_path / "w")
+    assert w.info["num_classes"] == 10 and w.info["input_shape"] == [224, 224, 3]
+    assert w.info["class_names"][:2] == ["class_0", "class_1"] and w.info["mean"] == [0.485, 0.456, 0.406]
+    kernel = np.asarray(w.params["layer2"][0]["conv1"]["kernel"].value)
+    np.testing.assert_array_equal(kernel, sd["layer2.0.conv1.weight"].transpose(2, 3, 1, 0))
+    np.testing.assert_array_equal(np.asarray(w.batch_stats["bn1"]["var"].value), sd["bn1.running_var"])
+    r = runner.invoke(app, ["weights", "export", str(tmp_path / "w"), "-o", str(tmp_path / "back.safetensors")])
+    assert r.exit_code == 0, r.output
+    back = load_file(str(tmp_path / "back.safetensors"))
+    assert set(back) == set(sd)
+    for k, v in sd.items():
+        assert back[k].dtype == v.dtype and back[k].shape == v.shape and back[k].tobytes() == v.tobytes(), k
+    cnn = load_file(str(export_weights(tmp_path / "w", tmp_path / "cnn.safetensors", "cnn")[0]))
+    np.testing.assert_array_equal(cnn["params/layer2/0/conv1/kernel"], kernel)
+
+
+def test_missing_unexpected_and_misshaped_keys_in_one_error():
+    sd = _random_state_dict("resnet18")
+    del sd["layer1.0.bn1.weight"], sd["layer3.1.conv2.weight"]
+    sd["extra.weight"] = np.zeros(3, np.float32)
+    sd["layer4.0.conv1.weight"] = np.zeros((512, 256, 1, 1), np.float32)
+    with pytest.raises(CheckpointError) as err:
+        convert_state_dict(sd, "resnet18", where="f.pth")
+    msg = str(err.value)
+    assert "2 missing (layer1.0.bn1.weight, layer3.1.conv2.weight)" in msg
+    assert "1 unexpected (extra.weight)" in msg
+    assert "1 mis-shaped (layer4.0.conv1.weight (512, 256, 1, 1) != (512, 256, 3, 3))" in msg
+    assert "\n" not in msg
+
+
+def test_import_refusals_are_one_line_and_write_nothing(tmp_path):
+    from safetensors.numpy import save_file
+
+    src = tmp_path / "r18.safetensors"
+    save_file(_random_state_dict("resnet18"), str(src))
+    for args, expected in (
+        (["--model", "resnet34"], "missing"),
+        (["--model", "resnet20"], "supports vgg11-19"),
+        (["--model", "resnet19"], "unknown model"),
+    ):
+        r = runner.invoke(app, ["weights", "import", str(src), "-o", str(tmp_path / "w"), *args])
+        assert r.exit_code == 2 and expected in r.output and "Traceback" not in r.output, r.output
+        assert not (tmp_path / "w").exists()
+    (tmp_path / "taken").mkdir()
+    r = runner.invoke(app, ["weights", "import", str(src), "--model", "resnet18", "-o", str(tmp_path / "taken")])
+    assert r.exit_code == 2 and "already exists" in r.output
+
+
+# -- against PyTorch ---------------------------------------------------------------------------------
+
+def _torch_modules():
+    torch = pytest.importorskip("torch", reason="PyTorch is not installed (pip install -e '.[weights-test]')")
+    nn = torch.nn
+
+    class Basic(nn.Module):
+        def __init__(self, cin, cout, stride):
+            super().__init__()
+            self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+            self.bn1 = nn.BatchNorm2d(cout)
+            self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+            self.bn2 = nn.BatchNorm2d(cout)
+            self.downsample = (nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+                               if stride != 1 or cin != cout else None)
+
+        def forward(self, x):
+            y = self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x)))))
+            return torch.relu(y + (x if self.downsample is None else self.downsample(x)))
+
+    class ResNet18(nn.Module):
+        def __init__(self, classes):
+            super().__init__()
+            self.conv1, self.bn1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64)
+            cin = 64
+            for i, cout in enumerate((64, 128, 256, 512)):
+                blocks = [Basic(cin, cout, 1 if i == 0 else 2), Basic(cout, cout, 1)]
+                setattr(self, f"layer{i + 1}", nn.Sequential(*blocks))
+                cin = cout
+            self.fc = nn.Linear(512, classes)
+
+        def forward(self, x):
+            x = nn.functional.max_pool2d(torch.relu(self.bn1(self.conv1(x))), 3, 2, 1)
+            for i in range(4):
+                x = getattr(self, f"layer{i + 1}")(x)
+            return self.fc(x.mean((2, 3)))
+
+    def vgg11_bn(classes):
+        layers, cin = [], 3
+        for v in (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"):
+            if v == "M":
+                layers.append(nn.MaxPool2d(2, 2))
+            else:
+                layers += [nn.Conv2d(cin, v, 3, padding=1), nn.BatchNorm2d(v), nn.ReLU()]
+                cin = v
+        m = nn.Module()
+        m.features, m.avgpool = nn.Sequential(*layers), nn.AdaptiveAvgPool2d(7)
+        m.classifier = nn.Sequential(nn.Linear(512 * 49, 4096), nn.ReLU(), nn.Dropout(), nn.Linear(4096, 4096),
+                                     nn.ReLU(), nn.Dropout(), nn.Linear(4096, classes))
+        m.forward = lambda x: m.classifier(torch.flatten(m.avgpool(m.features(x)), 1))
+        return m
+
+    def alexnet(classes):
+        m = nn.Module()
+        m.features = nn.Sequential(
+            nn.Conv2d(3, 64, 11, 4, 2), nn.ReLU(), nn.MaxPool2d(3, 2), nn.Conv2d(64, 192, 5, padding=2), nn.ReLU(),
+            nn.MaxPool2d(3, 2), nn.Conv2d(192, 384, 3, padding=1), nn.ReLU(), nn.Conv2d(384, 256, 3, padding=1),
+            nn.ReLU(), nn.Conv2d(256, 256, 3, padding=1), nn.ReLU(), nn.MaxPool2d(3, 2))
+        m.avgpool = nn.AdaptiveAvgPool2d(6)
+        m.classifier = nn.Sequential(nn.Dropout(), nn.Linear(256 * 36, 4096), nn.ReLU(), nn.Dropout(),
+                                     nn.Linear(4096, 4096), nn.ReLU(), nn.Linear(4096, classes))
+        m.forward = lambda x: m.classifier(torch.flatten(m.avgpool(m.features(x)), 1))
+        return m
+
+    return torch, {"resnet18": ResNet18, "vgg11_bn": vgg11_bn, "alexnet_tv": alexnet}
+
+
+@pytest.mark.parametrize("name,suffix,size", [
+    ("resnet18", ".pth", 64), ("resnet18", ".safetensors", 64), ("vgg11_bn", ".pth", 64),
+    ("alexnet_tv", ".safetensors", 127),
+])
+def test_imported_torch_model_gives_the_same_logits(tmp_path, name, suffix, size):
+    torch, builders = _torch_modules()
+    torch.manual_seed(0)
+    ref = builders[name](12)
+    with torch.no_grad():
+        for m in ref.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.normal_(0, 0.2)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.normal_(1, 0.2)
+                m.bias.normal_(0, 0.2)
+            if isinstance(m, torch.nn.Linear):  # large enough that a wrong flatten order shows
+                m.weight.normal_(0, 0.05)
+    ref.eval()
+    path = tmp_path / f"{name}{suffix}"
+    if suffix == ".pth":
+        torch.save(ref.state_dict(), path)
+    else:
+        from safetensors.torch import save_file
+
+        save_file(ref.state_dict(), str(path))
+    out, info = import_weights(path, name, out=tmp_path / "w")
+    assert info["num_classes"] == 12
+    x = np.random.default_rng(0).standard_normal((2, 3, size, size)).astype(np.float32)
+    with torch.no_grad():
+        expected = ref(torch.from_numpy(x)).numpy()
+    got = np.asarray(load_weights(out).model()(x.transpose(0, 2, 3, 1)))
+    assert np.abs(expected).max() > 1e-3
+    assert np.abs(got - expected).max() / np.abs(expected).max() < 1e-4
