@@ -6,7 +6,6 @@ the kernel rotated by 180 degrees.
 """
 
 import numpy as np
-import pytest
 from flax import nnx
 
 from cnncli.models.layers import Conv

@@ -139,7 +139,7 @@ def test_cam_of_a_digits_run_matches_the_closed_form(run, digit_png, tmp_path):
 
 
 def test_cam_of_an_untrained_model(rgb_png, tmp_path):
-    data, png = show("cam", "resnet18", rgb_png, "--input-size", "64", tmp_path=tmp_path)
+    data, _ = show("cam", "resnet18", rgb_png, "--input-size", "64", tmp_path=tmp_path)
     assert data["layer"] == "layer4.1" and data["layer_resolution"] == [2, 2] and data["receptive_field"] == 435
     cam = np.array(data["cam"])
     assert cam.shape == (64, 64) and cam.min() >= 0.0

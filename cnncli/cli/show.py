@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -24,13 +24,13 @@ Target = Annotated[str, typer.Argument(metavar="RUN_OR_MODEL",
                                        help="A run directory (or checkpoint step directory) or a model name "
                                             "(untrained, see `cnn models`).")]
 Image = Annotated[Path, typer.Argument(metavar="IMAGE", help="An image file, prepared as `cnn predict` does.")]
-Output = Annotated[Optional[Path], typer.Option("--output", "-o", metavar="FILE",
+Output = Annotated[Path | None, typer.Option("--output", "-o", metavar="FILE",
                                                 help="Image file to write (png, pdf, svg); with --format json "
                                                      "only if given.")]
 FormatOpt = Annotated[ShowFormat, typer.Option("--format", help="png: write the picture; json: print its numbers.")]
 Checkpoint = Annotated[str, typer.Option(help="best, latest or a step number (runs).")]
-InputSize = Annotated[Optional[int], typer.Option(metavar="N", help="Input size of an untrained model.")]
-Channels = Annotated[Optional[int], typer.Option(metavar="N", help="Input channels of an untrained model.")]
+InputSize = Annotated[int | None, typer.Option(metavar="N", help="Input size of an untrained model.")]
+Channels = Annotated[int | None, typer.Option(metavar="N", help="Input channels of an untrained model.")]
 
 
 def _subject(target: str, checkpoint: str, overrides, input_size, channels):
@@ -39,7 +39,7 @@ def _subject(target: str, checkpoint: str, overrides, input_size, channels):
     return load_subject(target, which=checkpoint, overrides=overrides, input_size=input_size, channels=channels)
 
 
-def _emit(fig, data: dict, output: Optional[Path], format: ShowFormat, default: str) -> None:
+def _emit(fig, data: dict, output: Path | None, format: ShowFormat, default: str) -> None:
     from cnncli.plots import save_figure
 
     if format == ShowFormat.json:
@@ -54,7 +54,7 @@ def _emit(fig, data: dict, output: Optional[Path], format: ShowFormat, default: 
 @cli_errors
 def filters(
     target: Target,
-    layer: Annotated[Optional[str], typer.Option(help="Conv layer (default: the first).")] = None,
+    layer: Annotated[str | None, typer.Option(help="Conv layer (default: the first).")] = None,
     limit: Annotated[int, typer.Option(help="Show at most this many filters.")] = 64,
     output: Output = None, format: FormatOpt = ShowFormat.png, checkpoint: Checkpoint = "best",
     overrides: SetOption = None, input_size: InputSize = None, channels: Channels = None,
@@ -70,7 +70,7 @@ def filters(
 @cli_errors
 def features(
     target: Target, image: Image,
-    layers: Annotated[Optional[str], typer.Option(
+    layers: Annotated[str | None, typer.Option(
         help="Comma-separated layers, e.g. conv1,layer2,layer3 (default: the first conv, then the last pool or "
              "block at each resolution).")] = None,
     top_k: Annotated[int, typer.Option("--top-k", help="Strongest channels shown per layer.")] = 8,
@@ -90,9 +90,9 @@ def features(
 @cli_errors
 def cam(
     target: Target, image: Image,
-    class_index: Annotated[Optional[int], typer.Option("--class", metavar="K",
+    class_index: Annotated[int | None, typer.Option("--class", metavar="K",
                                                        help="Class index (default: the predicted one).")] = None,
-    layer: Annotated[Optional[str], typer.Option(help="Feature-map layer (default: the last conv stage).")] = None,
+    layer: Annotated[str | None, typer.Option(help="Feature-map layer (default: the last conv stage).")] = None,
     output: Output = None, format: FormatOpt = ShowFormat.png, checkpoint: Checkpoint = "best",
     overrides: SetOption = None, input_size: InputSize = None, channels: Channels = None,
 ) -> None:
