@@ -185,19 +185,24 @@ def test_vgg_layouts_name_torchvision_and_timm_keys():
 def test_imagenet_class_names_ship_with_the_package():
     names = imagenet_class_names()
     assert len(names) == 1000 and len(set(names)) == 1000
+    # spot checks along the list: one slip would shift every later label
+    for index, name in ((0, "tench"), (151, "Chihuahua"), (207, "golden retriever"), (281, "tabby"),
+                        (340, "zebra"), (386, "African elephant"), (409, "analog clock"), (504, "coffee mug"),
+                        (517, "crane (machine)"), (817, "sports car"), (948, "Granny Smith"), (999, "toilet tissue")):
+        assert names[index] == name
 
 
 # -- import / export without torch --------------------------------------------------------------
 
-def _random_state_dict(name: str, seed: int = 0) -> dict[str, np.ndarray]:
+def _random_state_dict(name: str, seed: int = 0, classes: int = 10) -> dict[str, np.ndarray]:
     """A torchvision-layout state dict of a freshly initialised cnn model, with varied BatchNorm statistics."""
     from flax import nnx
 
     from cnncli.models import create_model
 
-    model = create_model(name, num_classes=10, input_shape=(32, 32, 3), seed=seed, check_input=False)
+    model = create_model(name, num_classes=classes, input_shape=(32, 32, 3), seed=seed, check_input=False)
     _, params, stats, _ = nnx.split(model, nnx.Param, nnx.BatchStat, ...)
-    sd = torch_tensors(name, params, stats, {"num_classes": 10, "input_shape": [32, 32, 3]})
+    sd = torch_tensors(name, params, stats, {"num_classes": classes, "input_shape": [32, 32, 3]})
     rng = np.random.default_rng(seed)
     for k in sd:
         if k.endswith(("running_mean", "running_var")):
@@ -210,14 +215,14 @@ def _random_state_dict(name: str, seed: int = 0) -> dict[str, np.ndarray]:
 def test_export_after_import_gives_the_file_back_bit_for_bit(tmp_path):
     from safetensors.numpy import load_file, save_file
 
-    sd = _random_state_dict("resnet18")
+    sd = _random_state_dict("resnet18", classes=1000)
     src = tmp_path / "r18.safetensors"
     save_file(sd, str(src))
     r = runner.invoke(app, ["weights", "import", str(src), "--model", "resnet18", "-o", str(tmp_path / "w")])
     assert r.exit_code == 0, r.output
     w = load_weights(tmp_path / "w")
-    assert w.info["num_classes"] == 10 and w.info["input_shape"] == [224, 224, 3]
-    assert w.info["class_names"][:2] == ["class_0", "class_1"] and w.info["mean"] == [0.485, 0.456, 0.406]
+    assert w.info["num_classes"] == 1000 and w.info["input_shape"] == [224, 224, 3]
+    assert w.info["class_names"][281] == "tabby" and w.info["mean"] == [0.485, 0.456, 0.406]
     kernel = np.asarray(w.params["layer2"][0]["conv1"]["kernel"].value)
     np.testing.assert_array_equal(kernel, sd["layer2.0.conv1.weight"].transpose(2, 3, 1, 0))
     np.testing.assert_array_equal(np.asarray(w.batch_stats["bn1"]["var"].value), sd["bn1.running_var"])
@@ -363,3 +368,24 @@ def test_imported_torch_model_gives_the_same_logits(tmp_path, name, suffix, size
     got = np.asarray(load_weights(out).model()(x.transpose(0, 2, 3, 1)))
     assert np.abs(expected).max() > 1e-3
     assert np.abs(got - expected).max() / np.abs(expected).max() < 1e-4
+
+
+def test_a_trained_run_exports_in_torchvision_layout(tmp_path, tiny_config):
+    from safetensors.numpy import load_file
+
+    from cnncli.evaluate import load_checkpoint_model
+
+    run = tmp_path / "run"
+    r = runner.invoke(app, ["train", str(tiny_config), "--set", "model.name=resnet18", "--set", "model.width=0.25",
+                            "--set", "data.image_size=32", "--set", "train.steps=2", "--run-dir", str(run)])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["weights", "export", str(run), "-o", str(tmp_path / "run.safetensors")])
+    assert r.exit_code == 0, r.output
+    sd = load_file(str(tmp_path / "run.safetensors"))
+    loaded = load_checkpoint_model(run)
+    kernel = np.asarray(loaded.params["conv1"]["kernel"].value)  # H W I O, digits: one channel, width 0.25: 16
+    assert kernel.shape == (7, 7, 1, 16)
+    np.testing.assert_array_equal(sd["conv1.weight"], kernel.transpose(3, 2, 0, 1))
+    np.testing.assert_array_equal(sd["fc.weight"], np.asarray(loaded.params["fc"]["kernel"].value).T)
+    assert sd["layer2.0.downsample.1.num_batches_tracked"].dtype == np.int64
+    assert len([k for k in sd if k.endswith("running_var")]) == 20

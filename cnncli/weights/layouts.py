@@ -57,7 +57,8 @@ def to_torch(e: Entry, k: np.ndarray) -> np.ndarray:
     if e.kind == "conv1x1":
         return k.T[:, :, None, None]
     if e.kind == "flat":
-        c, h, wd = e.grid
+        _, h, wd = e.grid
+        c = k.shape[0] // (h * wd)  # from the kernel: a narrower model (width option) has fewer channels
         w = k.reshape(h, wd, c, k.shape[1]).transpose(3, 2, 0, 1)
         return w if e.four_d else w.reshape(k.shape[1], c * h * wd)
     return k
