@@ -227,6 +227,20 @@ class OutputConfig:
 
 
 @dataclass(frozen=True)
+class DistributedConfig:
+    """`distributed:` section: how the processes of a multi-host run meet (cnncli.distributed).
+
+    The process id is per process: give it with --process-id or JAX_PROCESS_ID, never here."""
+
+    coordinator: str | None = None  # HOST:PORT of process 0
+    num_processes: int | None = field(default=None, metadata=_range(ge=1, le=MAX_COUNT))
+    auto: bool = False  # let jax.distributed detect SLURM / Open MPI / TPU pods
+    initialization_timeout: int = field(default=300, metadata=_range(ge=1, le=86_400, note="seconds"))
+    heartbeat_timeout: int = field(default=100, metadata=_range(ge=1, le=86_400, note="seconds"))
+    shutdown_timeout: int = field(default=300, metadata=_range(ge=1, le=86_400, note="seconds"))
+
+
+@dataclass(frozen=True)
 class Config:
     """A whole experiment."""
 
@@ -236,6 +250,7 @@ class Config:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -1,18 +1,218 @@
-"""Device mesh and shardings. One code path from one CPU to many hosts: batches are split
-over a `data` mesh axis, the train state is replicated."""
+"""Device mesh, shardings and multi-process start-up. One code path from one CPU to many hosts:
+batches are split over a `data` mesh axis, the train state is replicated.
+
+Several processes (one per host, or one per GPU) join one cluster under `jax.distributed`:
+explicitly (`--coordinator HOST:PORT --num-processes N --process-id I`, the matching
+`JAX_COORDINATOR_ADDRESS` / `JAX_NUM_PROCESSES` / `JAX_PROCESS_ID` variables or the
+`distributed:` config keys, in that order of precedence), or through what
+`jax.distributed.initialize()` detects itself (SLURM, Open MPI, TPU pods) with `--cluster-auto`.
+One process alone never connects anywhere. Process 0 is the primary: it alone writes the run
+directory's files and prints; every process takes part in each step and checkpoint.
+"""
 
 from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import threading
+from typing import Any, Callable
 
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from cnncli.errors import ConfigError
+from cnncli import errors
+from cnncli.errors import CnnError, ConfigError
+
+
+class ClusterError(CnnError):
+    """The cluster could not be joined, or another process of the run failed."""
+
+    exit_code = 3
+
+
+@dataclasses.dataclass(frozen=True)
+class ClusterSpec:
+    """How this process joins a cluster (None fields: left to jax's detection when `auto`)."""
+
+    coordinator: str | None
+    num_processes: int | None
+    process_id: int | None
+    auto: bool
+    initialization_timeout: int
+    heartbeat_timeout: int
+    shutdown_timeout: int
+
+
+def _env_int(environ, name: str) -> int | None:
+    raw = environ.get(name)
+    if raw is None or raw.strip() == "":
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        raise ConfigError(f"environment variable {name}={raw[:40]!r} must be an integer") from None
+
+
+def cluster_spec(section: Any, *, coordinator: str | None = None, num_processes: int | None = None,
+                 process_id: int | None = None, auto: bool = False, environ=None) -> ClusterSpec | None:
+    """The cluster this process should join, or None for a single process.
+
+    `section` is the config's `distributed:` section; flags win over `JAX_*` variables, which win
+    over the config. A cluster of one process is no cluster.
+    """
+    environ = os.environ if environ is None else environ
+    coordinator = coordinator or environ.get("JAX_COORDINATOR_ADDRESS") or section.coordinator
+    if num_processes is None:
+        num_processes = _env_int(environ, "JAX_NUM_PROCESSES")
+    if num_processes is None:
+        num_processes = section.num_processes
+    if process_id is None:
+        process_id = _env_int(environ, "JAX_PROCESS_ID")
+    auto = auto or section.auto
+    spec = ClusterSpec(coordinator, num_processes, process_id, auto, section.initialization_timeout,
+                       section.heartbeat_timeout, section.shutdown_timeout)
+    if coordinator is not None:
+        host, sep, port = coordinator.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(f"coordinator address {coordinator[:80]!r} must be HOST:PORT, e.g. node001:12355")
+    if num_processes is not None and num_processes < 1:
+        raise ConfigError(f"the number of processes must be >= 1, got {num_processes}")
+    if process_id is not None and (process_id < 0 or (num_processes is not None and process_id >= num_processes)):
+        raise ConfigError(f"process id {process_id} must be in [0, {(num_processes or 1) - 1}] "
+                          f"(one id per process, 0 is the coordinator)")
+    if auto:
+        one = num_processes == 1 or any(environ.get(v) == "1" for v in ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE"))
+        return None if one else spec
+    if num_processes in (None, 1) and coordinator is None and process_id in (None, 0):
+        return None
+    if num_processes == 1:
+        return None
+    missing = [what for what, v in (("--coordinator HOST:PORT", coordinator), ("--num-processes N", num_processes),
+                                    ("--process-id I", process_id)) if v is None]
+    if missing:
+        raise ConfigError(f"joining a cluster needs {', '.join(missing)} as well (or the JAX_COORDINATOR_ADDRESS / "
+                          "JAX_NUM_PROCESSES / JAX_PROCESS_ID variables), or --cluster-auto under SLURM, "
+                          "Open MPI or on a TPU pod")
+    return spec
+
+
+def initialize(spec: ClusterSpec | None) -> None:
+    """Join the cluster (before any jax device use); a one-line ClusterError, never a hang, if it cannot.
+
+    jax aborts the process when the coordinator does not answer in time; a watchdog reports it
+    first, as one line, and exits with ClusterError's code.
+    """
+    if spec is None:
+        return
+    where = spec.coordinator or "the coordinator the cluster environment names"
+    if spec.process_id == 0:
+        what = (f"not all {spec.num_processes} processes joined the coordinator this process started at "
+                f"{where} within {spec.initialization_timeout} s; start the others with --coordinator {where} "
+                f"--num-processes {spec.num_processes} --process-id 1..{spec.num_processes - 1}")
+    else:
+        what = (f"could not join the cluster at {where} within {spec.initialization_timeout} s (distributed."
+                "initialization_timeout): is process 0 running there, and is the port reachable from this host?")
+    watchdog = threading.Timer(spec.initialization_timeout, _give_up, args=(what,))
+    watchdog.daemon = True
+    watchdog.start()
+    try:
+        jax.distributed.initialize(
+            coordinator_address=spec.coordinator, num_processes=spec.num_processes, process_id=spec.process_id,
+            cluster_detection_method=None if spec.auto else "deactivate",
+            initialization_timeout=spec.initialization_timeout + 30,  # the watchdog answers first
+            heartbeat_timeout_seconds=spec.heartbeat_timeout, shutdown_timeout_seconds=spec.shutdown_timeout)
+    except (ValueError, RuntimeError) as exc:
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ClusterError(f"cannot join a cluster: {text[:200]}"
+                           + (" (--cluster-auto found no SLURM, Open MPI or TPU pod environment)" if spec.auto
+                              else "")) from None
+    finally:
+        watchdog.cancel()
+
+
+def _give_up(message: str) -> None:
+    sys.stderr.write(f"error: {message}\n")
+    sys.stderr.flush()
+    os._exit(ClusterError.exit_code)
+
+
+def exit_now(exc: CnnError) -> None:
+    """Print a one-line error and leave at once: after a peer failed, jax's own shutdown at exit
+    would wait `shutdown_timeout` seconds for it and then abort with a native stack trace."""
+    sys.stdout.flush()
+    sys.stderr.write(f"error: {exc}\n")
+    sys.stderr.flush()
+    os._exit(exc.exit_code)
+
+
+_PEER_SIGNS = ("gloo", "heartbeat", "coordination service", "connection closed by peer", "barrier",
+               "nccl", "unavailable:", "deadline_exceeded", "connection reset")
+
+
+def peer_failure(exc: BaseException) -> ClusterError | None:
+    """A ClusterError for an exception that says another process of the run failed, else None."""
+    if jax.process_count() == 1 or isinstance(exc, CnnError):
+        return None
+    text = str(exc).strip()
+    if not any(sign in text.lower() for sign in _PEER_SIGNS):
+        return None
+    first = text.splitlines()[0][:200]
+    return ClusterError(f"another process of this {jax.process_count()}-process run failed or stopped answering "
+                        f"(process {jax.process_index()} saw: {first}); restart all processes with --resume "
+                        "to continue from the last complete checkpoint")
+
+
+def is_primary() -> bool:
+    """Process 0: the one that writes the run directory's files and prints."""
+    return jax.process_index() == 0
+
+
+def topology(mesh: Mesh, batch_size: int) -> dict[str, Any]:
+    """What the run is spread over: stored in the run directory and printed at start-up."""
+    devices = int(mesh.devices.size)
+    return {"processes": jax.process_count(), "devices": devices, "local_devices": jax.local_device_count(),
+            "platform": mesh.devices.flat[0].platform, "global_batch": batch_size,
+            "per_device_batch": batch_size // devices}
+
+
+_MESSAGE_BYTES = 1024
+
+
+def primary_decides(fn: Callable[[], Any]) -> Any:
+    """Run `fn` on process 0 only; a CnnError it raises is raised on every process (so that none waits
+    for a process that gave up). Returns fn's result on process 0, None elsewhere."""
+    if jax.process_count() == 1:
+        return fn()
+    from jax.experimental import multihost_utils
+
+    result, failure = None, None
+    if is_primary():
+        try:
+            result = fn()
+        except CnnError as exc:
+            failure = exc
+    text = "" if failure is None else f"{type(failure).__name__}\n{failure}"
+    raw = np.zeros(_MESSAGE_BYTES, np.uint8)
+    encoded = text.encode()[:_MESSAGE_BYTES]
+    raw[:len(encoded)] = np.frombuffer(encoded, np.uint8)
+    shared = np.asarray(multihost_utils.broadcast_one_to_all(raw))
+    if failure is not None:
+        raise failure
+    message = bytes(shared).rstrip(b"\0").decode(errors="replace")
+    if message:
+        name, _, text = message.partition("\n")
+        cls = getattr(errors, name, None)
+        raise (cls if isinstance(cls, type) and issubclass(cls, CnnError) else ClusterError)(text)
+    return result
 
 
 def make_mesh() -> Mesh:
-    """A 1-D mesh over every device of every process, axis name 'data'."""
-    return Mesh(np.asarray(jax.devices()), ("data",))
+    """A 1-D mesh over every device of every process, axis name 'data'; each process's devices are
+    contiguous along it, so that a process's rows of a batch are one slice (`local_rows`)."""
+    devices = sorted(jax.devices(), key=lambda d: (d.process_index, d.id))
+    return Mesh(np.asarray(devices), ("data",))
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
@@ -49,4 +249,9 @@ def shard_global_batch(mesh: Mesh, array: np.ndarray) -> jax.Array:
 
 
 def replicate(mesh: Mesh, tree):
+    """`tree` on every device of the mesh. Under several processes each one passes its own host copy
+    (the same values everywhere): jax moves no array from one host's device to another's."""
+    if jax.process_count() > 1:
+        tree = jax.tree.map(lambda leaf: np.asarray(jax.device_get(leaf)) if isinstance(leaf, jax.Array) else leaf,
+                            tree)
     return jax.device_put(tree, replicated(mesh))

@@ -107,6 +107,19 @@ class MetricsWriter:
             self._tb.close()
 
 
+class NullMetricsWriter:
+    """What a process other than process 0 writes: nothing (process 0 writes the run's metrics)."""
+
+    def write(self, step: int, epoch: float, split: str, values: dict[str, float]) -> None:
+        pass
+
+    def write_epoch_row(self, row: dict[str, Any]) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 class TrainProgress:
     """Live progress: epoch, step, loss, accuracy, learning rate, images/s (compile excluded), ETA.
 

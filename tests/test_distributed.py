@@ -1,7 +1,9 @@
-"""The same step on a 2-device data mesh (forced host devices) as on one device."""
+"""The same step on a 2-device data mesh (forced host devices) as on one device; which processes join a
+cluster, with what."""
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -37,3 +39,62 @@ def test_batch_must_divide_over_devices(tiny_config, tmp_path):
     proc, _ = _train(tmp_path, "odd", 2, tiny_config, "--set", "train.batch_size=33")
     assert proc.returncode == 2
     assert "'train.batch_size' = 33 must be divisible by the number of devices (2)" in proc.stderr
+
+
+# ---- joining a cluster: which processes connect, with what --------------------------------------
+
+def _spec(environ=None, section=None, **flags):
+    from cnncli.config import DistributedConfig
+    from cnncli.distributed import cluster_spec
+
+    return cluster_spec(section or DistributedConfig(), environ=environ or {}, **flags)
+
+
+def test_one_process_never_connects():
+    from cnncli.config import DistributedConfig
+
+    assert _spec() is None
+    assert _spec(num_processes=1) is None
+    assert _spec(coordinator="node0:1234", num_processes=1, process_id=0) is None
+    assert _spec(section=DistributedConfig(auto=True), environ={"SLURM_NTASKS": "1"}) is None
+
+
+def test_flags_win_over_environment_over_config():
+    from cnncli.config import DistributedConfig
+
+    section = DistributedConfig(coordinator="cfg:1", num_processes=8, initialization_timeout=7)
+    env = {"JAX_COORDINATOR_ADDRESS": "env:2", "JAX_NUM_PROCESSES": "4", "JAX_PROCESS_ID": "3"}
+    spec = _spec(env, section)
+    assert (spec.coordinator, spec.num_processes, spec.process_id, spec.initialization_timeout) == ("env:2", 4, 3, 7)
+    spec = _spec(env, section, coordinator="flag:3", num_processes=2, process_id=1)
+    assert (spec.coordinator, spec.num_processes, spec.process_id) == ("flag:3", 2, 1)
+    spec = _spec({"JAX_PROCESS_ID": "5"}, section)
+    assert (spec.coordinator, spec.num_processes, spec.process_id) == ("cfg:1", 8, 5)
+
+
+def test_auto_leaves_the_rest_to_jax():
+    from cnncli.config import DistributedConfig
+
+    spec = _spec({"SLURM_NTASKS": "4"}, DistributedConfig(auto=True))
+    assert spec.auto and spec.coordinator is None and spec.process_id is None
+
+
+@pytest.mark.parametrize("flags, message", [
+    ({"num_processes": 2}, "needs --coordinator HOST:PORT, --process-id I as well"),
+    ({"coordinator": "node0:99", "process_id": 1}, "needs --num-processes N as well"),
+    ({"coordinator": "node0", "num_processes": 2, "process_id": 1}, "'node0' must be HOST:PORT"),
+    ({"coordinator": "node0:70000", "num_processes": 2, "process_id": 1}, "must be HOST:PORT"),
+    ({"coordinator": "node0:99", "num_processes": 2, "process_id": 2}, "process id 2 must be in [0, 1]"),
+])
+def test_incomplete_or_wrong_cluster_refused(flags, message):
+    from cnncli.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        _spec(**flags)
+
+
+def test_environment_must_hold_integers():
+    from cnncli.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="JAX_NUM_PROCESSES='two' must be an integer"):
+        _spec({"JAX_NUM_PROCESSES": "two"})

@@ -21,6 +21,17 @@ def train(
     force: Annotated[bool, typer.Option(help="Replace an existing run directory.")] = False,
     print_config: Annotated[bool, typer.Option("--print-config", help="Print the resolved config and exit.")] = False,
     format: Annotated[Format, typer.Option("--format", help="Final summary format.")] = Format.table,
+    coordinator: Annotated[Optional[str], typer.Option(
+        help="Join a multi-process run: HOST:PORT of process 0 (or JAX_COORDINATOR_ADDRESS).",
+        rich_help_panel="Several processes")] = None,
+    num_processes: Annotated[Optional[int], typer.Option(
+        help="How many processes the run has (or JAX_NUM_PROCESSES).", rich_help_panel="Several processes")] = None,
+    process_id: Annotated[Optional[int], typer.Option(
+        help="This process's id, 0..N-1; 0 is the coordinator (or JAX_PROCESS_ID).",
+        rich_help_panel="Several processes")] = None,
+    cluster_auto: Annotated[bool, typer.Option(
+        "--cluster-auto", help="Take the cluster from SLURM, Open MPI or a TPU pod (jax.distributed's detection).",
+        rich_help_panel="Several processes")] = False,
 ) -> None:
     """Train a model; writes a run directory (config, metrics, checkpoints, results)."""
     from cnncli.config import load_config
@@ -53,10 +64,23 @@ def train(
         typer.echo(cfg.to_yaml(), nl=False)
         return
 
+    from cnncli import distributed
+
+    distributed.initialize(distributed.cluster_spec(cfg.distributed, coordinator=coordinator,
+                                                    num_processes=num_processes, process_id=process_id,
+                                                    auto=cluster_auto))
     from cnncli.train.loop import train_and_evaluate
 
-    console = stderr_console()
-    summary = train_and_evaluate(cfg, path, resume=resume is not None, force=force, console=console)
+    from rich.console import Console
+
+    # process 0 alone prints progress and summaries; the others print only their own errors
+    console = stderr_console() if distributed.is_primary() else Console(stderr=True, quiet=True)
+    try:
+        summary = train_and_evaluate(cfg, path, resume=resume is not None, force=force, console=console)
+    except distributed.ClusterError as exc:
+        distributed.exit_now(exc)  # jax's exit-time shutdown would wait for the failed process, then abort
+    if not distributed.is_primary():
+        return
     if format == Format.json:
         print_json(summary)
     else:

@@ -82,14 +82,17 @@ def train_and_evaluate(cfg: Config, run_path: str | Path, *, resume: bool = Fals
     from rich.console import Console
 
     from cnncli.checkpoint import CheckpointManager
+    from cnncli.distributed import is_primary, peer_failure, primary_decides
 
     console = console or Console(stderr=True, soft_wrap=True)
     with contextlib.ExitStack() as stack:
+        # several processes: process 0 alone owns (locks, creates, writes) the run directory, and a
+        # refusal there is raised on every process
         if resume:
             run = RunDir.open(run_path)
-            stack.enter_context(run.lock())
+            primary_decides(lambda: stack.enter_context(run.lock()))
         else:
-            _check_creatable(run_path, force)
+            primary_decides(lambda: RunDir.check_create(run_path, force=force))  # refuse before any work
         setup = build_training(cfg)
         t = setup.cfg.train
         restored = None
@@ -98,8 +101,9 @@ def train_and_evaluate(cfg: Config, run_path: str | Path, *, resume: bool = Fals
                 run.checkpoints, keep_last=t.keep_last, keep_best=t.keep_best, best_metric=t.best_metric)))
             restored = restore_training(setup, manager, run.path, console)
         else:
-            run = RunDir.create(run_path, force=force)  # owned by this process from here on
-            stack.callback(run.release)
+            run = primary_decides(lambda: RunDir.create(run_path, force=force)) or RunDir(run_path)
+            if is_primary():  # owned by this process from here on
+                stack.callback(run.release)
             manager = stack.enter_context(_closing(CheckpointManager(
                 run.checkpoints, keep_last=t.keep_last, keep_best=t.keep_best, best_metric=t.best_metric)))
         training = Training(setup, run, manager, console, restored)
@@ -112,14 +116,11 @@ def train_and_evaluate(cfg: Config, run_path: str | Path, *, resume: bool = Fals
             if exc.errno in _WRITE_ERRNOS:
                 raise _write_error(exc, run, manager.latest_step()) from None
             raise
-
-
-def _check_creatable(path: str | Path, force: bool) -> None:
-    """Refuse a run directory that `RunDir.create` would refuse, before any work and with no change."""
-    run = RunDir(path)
-    run._check_location()
-    if run.path.is_dir() and any(run.path.iterdir()) and not (force and run.is_cnn_run()):
-        RunDir.create(path, force=force)  # raises its one-line refusal without touching the folder
+        except Exception as exc:
+            failure = peer_failure(exc)
+            if failure is not None:
+                raise failure from None
+            raise
 
 
 @contextlib.contextmanager
@@ -136,9 +137,12 @@ class Training:
     """One process's part of a run, from its first step to results.json."""
 
     def __init__(self, setup: TrainingSetup, run: RunDir, manager, console, restored: tuple[Any, dict] | None):
-        from cnncli.metrics import MetricsWriter, truncate_after, truncate_csv_after
+        from cnncli.distributed import is_primary, topology
+        from cnncli.metrics import MetricsWriter, NullMetricsWriter, truncate_after, truncate_csv_after
 
         self.setup, self.run_dir, self.manager, self.console = setup, run, manager, console
+        self.primary = is_primary()  # the one process that writes the run directory's files
+        self.topology = topology(setup.mesh, setup.cfg.train.batch_size)
         self.cfg, self.t, self.spe = setup.cfg, setup.cfg.train, setup.steps_per_epoch
         self.state, meta = restored if restored is not None else (setup.state, {})
         self.start_step = int(meta.get("step", 0))
@@ -152,14 +156,18 @@ class Training:
                                    steps_per_epoch=self.spe, last=setup.total_steps)
         self.ckpt_every = Every.of(steps=self.t.checkpoint_every_steps, epochs=self.t.checkpoint_every_epochs,
                                    steps_per_epoch=self.spe, last=setup.total_steps)
-        self._write_run_files(restored is not None)
+        self._note_topology_change(meta.get("cluster"))
+        if self.primary:
+            self._write_run_files(restored is not None)
         dropped = truncate_after(run.metrics_jsonl, self.start_step) + truncate_csv_after(run.metrics_csv,
-                                                                                         self.start_step)
+                                                                                         self.start_step) \
+            if self.primary else 0
         if dropped:
             console.print(f"warning: dropped {dropped} unreadable line(s) of {run.metrics_jsonl.name} / "
                           f"{run.metrics_csv.name} (a torn write or damage)")
         self.writer = MetricsWriter(run.metrics_jsonl, run.metrics_csv,
-                                    run.tensorboard if self.cfg.output.tensorboard else None)
+                                    run.tensorboard if self.cfg.output.tensorboard else None) \
+            if self.primary else NullMetricsWriter()
         self.log = TrainLog(self.writer, self.clock, self.spe, meta.get("log"))
         self._epoch_start = time.perf_counter()
         self._batches = None
@@ -181,7 +189,16 @@ class Training:
                                f"(epoch {self.start_step / self.spe:.2f})")
         run.set_status("running", started=time.strftime("%Y-%m-%dT%H:%M:%S"), pid=os.getpid(),
                        host=socket.gethostname(), total_steps=self.setup.total_steps, steps_per_epoch=self.spe,
-                       model=cfg.model.name, dataset=cfg.data.source, reason=None)
+                       model=cfg.model.name, dataset=cfg.data.source, reason=None, cluster=self.topology)
+
+    def _note_topology_change(self, before: dict | None) -> None:
+        """A resume on another number of processes or devices keeps the global batch and its order."""
+        now = self.topology
+        if before and (before.get("processes"), before.get("devices")) != (now["processes"], now["devices"]):
+            self.console.print(
+                f"note: the checkpoint was written by {before.get('processes')} process(es) on {before.get('devices')} "
+                f"device(s), this run has {now['processes']} on {now['devices']}: the global batch "
+                f"({now['global_batch']}) and the order of examples stay the same, {now['per_device_batch']} per device")
 
     @contextlib.contextmanager
     def closing(self):
@@ -210,8 +227,9 @@ class Training:
     def _finish_status(self, status: str, **fields) -> None:
         with contextlib.suppress(Exception):
             self.manager.wait()
-        with contextlib.suppress(Exception):
-            self.run_dir.set_status(status, wall_time_s=self.clock.wall(), **fields)
+        if self.primary:
+            with contextlib.suppress(Exception):
+                self.run_dir.set_status(status, wall_time_s=self.clock.wall(), **fields)
 
     # ---- the loop ------------------------------------------------------------------------------
 
@@ -225,6 +243,9 @@ class Training:
             f"/ {sizes['test']} test images {s.data.image_shape}, {s.total_steps} steps "
             f"({s.total_steps / self.spe:.3g} epochs of {self.spe}), {s.mesh.devices.size} "
             f"{s.mesh.devices.flat[0].platform} device(s)")
+        topo = self.topology
+        self.console.print(f"{topo['processes']} process(es) x {topo['local_devices']} device(s) = {topo['devices']} "
+                           f"device(s); global batch {topo['global_batch']}, {topo['per_device_batch']} per device")
         from cnncli.metrics import TrainProgress
 
         self.state = replicate(s.mesh, self.state)
@@ -318,7 +339,7 @@ class Training:
                 "bad_evals": self.bad_evals, "plateau": s.plateau.state_dict() if s.plateau else None,
                 "log": self.log.state_dict(),
                 "data_position": {"seed": self.t.seed, "epoch": step // self.spe, "batch_in_epoch": step % self.spe},
-                "model": s.identity, "class_names": s.data.class_names,
+                "model": s.identity, "class_names": s.data.class_names, "cluster": self.topology,
                 "has_ema": self.state.ema_params is not None, "val": val}
 
     def _save(self, done: int, val: dict | None) -> None:
@@ -346,12 +367,13 @@ class Training:
         mtree, _, best_meta = self.manager.restore(best_step, model_tree(s.state))
         test = s.feed.evaluate("test", *replicate(s.mesh, (mtree["params"], mtree["batch_stats"])))
         results = {**test, "split": "test", "checkpoint_step": best_step}
-        run.write_json("results.json", results)
+        if self.primary:
+            run.write_json("results.json", results)
         steps = int(self.state.step)
         self.writer.write(steps, steps / self.spe, "test", test)
         self.writer.close()
         export_path = None
-        if self.cfg.output.export:
+        if self.cfg.output.export and self.primary:
             export_path = export_weights(run.path / f"model.{self.cfg.output.export}", mtree, self.cfg.output.export)
         best_val = best_meta.get("val") or {}
         best_value = _metric_value(best_val, self.t.best_metric) if best_val else None
@@ -367,9 +389,10 @@ class Training:
         if skipped:
             summary["corrupt_files_skipped"] = len(skipped)
             self.console.print(f"skipped {len(skipped)} unreadable image(s), e.g. {skipped[0]}")
-        run.set_status("finished", wall_time_s=summary["wall_time_s"], best_step=best_step,
-                       test_accuracy=test["accuracy"], images_per_sec=summary["images_per_sec"],
-                       epochs_done=summary["epochs"], best_value=best_value, reason=None)
+        if self.primary:
+            run.set_status("finished", wall_time_s=summary["wall_time_s"], best_step=best_step,
+                           test_accuracy=test["accuracy"], images_per_sec=summary["images_per_sec"],
+                           epochs_done=summary["epochs"], best_value=best_value, reason=None)
         return summary
 
 
