@@ -389,3 +389,53 @@ def test_a_trained_run_exports_in_torchvision_layout(tmp_path, tiny_config):
     np.testing.assert_array_equal(sd["fc.weight"], np.asarray(loaded.params["fc"]["kernel"].value).T)
     assert sd["layer2.0.downsample.1.num_batches_tracked"].dtype == np.int64
     assert len([k for k in sd if k.endswith("running_var")]) == 20
+
+
+# -- fine-tuning hooks ---------------------------------------------------------------------------
+
+def test_freeze_mask_patterns_last_match_wins():
+    from cnncli.errors import ConfigError
+    from cnncli.weights.finetune import freeze_mask, frozen_groups
+
+    params = {"conv1": {"kernel": np.zeros(2)}, "layer1": {0: {"conv1": {"kernel": np.zeros(2)}}},
+              "layer2": {0: {"bn1": {"scale": np.zeros(2), "bias": np.zeros(2)}}},
+              "fc": {"kernel": np.zeros(2), "bias": np.zeros(2)}}
+    mask = freeze_mask(params, ["*", "!fc*"])
+    assert mask["conv1"]["kernel"] and mask["layer1"][0]["conv1"]["kernel"] and mask["layer2"][0]["bn1"]["bias"]
+    assert not mask["fc"]["kernel"] and not mask["fc"]["bias"]
+    assert frozen_groups(mask) == (["conv1", "layer1.0.conv1", "layer2.0.bn1"], ["fc"])
+    mask = freeze_mask(params, ["layer1*", "fc.bias"])
+    assert frozen_groups(mask) == (["layer1.0.conv1"], ["conv1", "fc", "layer2.0.bn1"])
+    assert mask["fc"]["bias"] and not mask["fc"]["kernel"]
+    with pytest.raises(ConfigError, match="'layr1\\*' match no parameter group"):
+        freeze_mask(params, ["layr1*"])
+
+
+def test_init_weights_keep_all_but_a_new_head(tmp_path):
+    import jax
+    from flax import nnx
+    from safetensors.numpy import save_file
+
+    from cnncli.models import create_model
+    from cnncli.weights.finetune import freeze_mask, load_init_weights
+
+    sd = _random_state_dict("resnet18", seed=1, classes=10)
+    save_file(sd, str(tmp_path / "r18.safetensors"))
+    import_weights(tmp_path / "r18.safetensors", "resnet18", out=tmp_path / "w")
+    model = create_model("resnet18", num_classes=4, input_shape=(32, 32, 3), seed=5)
+    _, params, stats, _ = nnx.split(model, nnx.Param, nnx.BatchStat, ...)
+    head_before = np.array(params["fc"]["kernel"][...])
+    tree, report = load_init_weights({"params": params, "batch_stats": stats}, tmp_path / "w", num_classes=4)
+    assert report["reinitialised"] == ["fc"] and "fc" not in report["loaded"]
+    assert "layer4.1.bn2" in report["loaded"] and len(report["loaded"]) == 1 + 1 + 8 * 4 + 3 * 2
+    np.testing.assert_array_equal(tree["params"]["fc"]["kernel"][...], head_before)
+    np.testing.assert_array_equal(tree["params"]["layer3"][0]["conv2"]["kernel"][...],
+                                  sd["layer3.0.conv2.weight"].transpose(2, 3, 1, 0))
+    np.testing.assert_array_equal(tree["batch_stats"]["bn1"]["mean"][...], sd["bn1.running_mean"])
+    assert not np.array_equal(stats["bn1"]["mean"][...], sd["bn1.running_mean"])  # the template is untouched
+    flags = jax.tree.leaves(freeze_mask(tree["params"], ["*", "!fc*"]))
+    assert sum(map(bool, flags)) == len(flags) - 2  # all but fc.kernel and fc.bias
+    grey = create_model("resnet18", num_classes=4, input_shape=(32, 32, 1), seed=5, abstract=True)
+    _, gp, gs, _ = nnx.split(grey, nnx.Param, nnx.BatchStat, ...)
+    with pytest.raises(CheckpointError, match=r"do not fit the model being trained: 1 variables \(params/conv1"):
+        load_init_weights({"params": gp, "batch_stats": gs}, tmp_path / "w", num_classes=4)
