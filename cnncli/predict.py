@@ -38,6 +38,19 @@ def fit_to_input(pixels: np.ndarray, size: int, channels: int) -> np.ndarray:
     return np.ascontiguousarray(x[top : top + size, left : left + size])
 
 
+def prepare_images(images: Sequence[str | Path], size: int, channels: int, *, folder: bool) -> np.ndarray:
+    """uint8 [N, size, size, channels]: image files as a model of that input sees them.
+
+    A model trained on an image folder gets exactly its loader's decoding; any other gets
+    `fit_to_input` of the decoded file (channel conversion, shorter side resized, centre crop).
+    """
+    from cnncli.data.files import decode_image, read_image
+
+    if folder:
+        return np.stack([decode_image(str(f), size, channels) for f in images])
+    return np.stack([fit_to_input(read_image(f), size, channels) for f in images])
+
+
 def predict_images(path: str | Path, images: Sequence[str | Path], *, top_k: int = 5, which: str = "best",
                    overrides: list[str] | None = None, tta: str | None = None,
                    batch_size: int | None = None) -> list[dict[str, Any]]:
@@ -56,18 +69,16 @@ def predict_images(path: str | Path, images: Sequence[str | Path], *, top_k: int
         raise ConfigError(f"--top-k must be at least 1, got {top_k}")
     if tta is not None and tta not in TTA_MODES:
         raise ConfigError(f"--tta must be one of {', '.join(TTA_MODES)}, got {tta!r}")
-    from cnncli.data.files import decode_image, read_image
+    from cnncli.data.files import read_image
 
-    pixels = [read_image(p) for p in images]  # fail on a bad file before loading the model
+    for p in images:  # fail on a bad file before loading the model
+        read_image(p)
     loaded = load_checkpoint_model(path, which, overrides)
     m = loaded.config.model
     if loaded.mean is None or loaded.std is None:
         raise DataError(f"{loaded.run_path / 'data.json'} is missing or has no mean/std; "
                         "cannot normalise images as in training")
-    if loaded.config.data.source == "folder":  # trained on image files: decode exactly as its loader did
-        x = np.stack([decode_image(str(f), m.input_size, m.in_channels) for f in images])
-    else:
-        x = np.stack([fit_to_input(p, m.input_size, m.in_channels) for p in pixels])
+    x = prepare_images(images, m.input_size, m.in_channels, folder=loaded.config.data.source == "folder")
     mesh = make_mesh()
     n_dev = mesh.devices.size
     limit = batch_size or loaded.config.train.eval_batch_size or loaded.config.train.batch_size

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from cnncli.errors import RunDirError
+from cnncli.rundir import RunDir
 
 RUN_COLUMNS = ("name", "model", "dataset", "status", "epochs_done", "best_val_accuracy", "test_accuracy",
                "wall_time_s", "images_per_sec")
@@ -81,9 +82,9 @@ def metric_series(records: list[dict[str, Any]]) -> dict[str, dict[str, np.ndarr
 
 
 def is_run_dir(path: Path) -> bool:
-    """A run directory has its config.yaml and at least one thing training writes."""
-    return (path / "config.yaml").is_file() and any(
-        (path / n).exists() for n in ("status.json", "metrics.jsonl", "checkpoints"))
+    """A run directory has its config.yaml and cnn's marker (or, for older runs, something training writes)."""
+    run = RunDir(path)
+    return run.is_run() and (run.is_cnn_run() or run.metrics_jsonl.exists() or run.checkpoints.exists())
 
 
 def find_runs(root: str | Path) -> list[Path]:

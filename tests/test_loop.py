@@ -121,3 +121,26 @@ def test_any_failure_leaves_a_failed_status_and_a_resumable_run(tiny_config, tmp
     assert "from step 6" in res.output
     assert [r["step"] for r in records(run, "train")] == list(range(1, 9))
     assert json.loads((run / "status.json").read_text())["status"] == "finished"
+
+
+def _train_losses(run):
+    return {r["step"]: r["loss"] for r in records(run, "train")}
+
+
+def test_resume_falls_back_past_a_damaged_checkpoint_with_the_same_losses(tiny_config, tmp_path):
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    common = ["--set", "train.log_every_steps=1", "--set", "train.checkpoint_every_steps=2",
+              "--set", "train.keep_last=10", "--set", "train.eval_every_steps=100",
+              "--set", "schedule.name=constant"]  # the rate does not depend on the run's length
+    assert cnn("train", tiny_config, "--run-dir", whole, *common).exit_code == 0
+    assert cnn("train", tiny_config, "--run-dir", cut, *common, "--set", "train.steps=6").exit_code == 0
+    # the newest checkpoint (step 6) is damaged: truncate its largest array file
+    arrays = sorted((p for p in (cut / "checkpoints" / "6").rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+    arrays[-1].write_bytes(arrays[-1].read_bytes()[: arrays[-1].stat().st_size // 2])
+    res = cnn("train", "--resume", cut, "--set", "train.steps=8")
+    assert res.exit_code == 0, res.output
+    assert "checkpoint" in res.output and "6" in res.output and "damaged" in res.output
+    assert "from step 4" in res.output
+    a, b = _train_losses(whole), _train_losses(cut)
+    assert sorted(b) == list(range(1, 9))
+    assert all(b[s] == a[s] for s in range(5, 9)), (a, b)  # bit for bit from the restored step on

@@ -98,12 +98,10 @@ def prepare_image(subject: Subject, image: str | Path) -> tuple[np.ndarray, Any]
     import jax.numpy as jnp
 
     from cnncli.data.augment import preprocess_eval
-    from cnncli.data.files import decode_image, read_image
-    from cnncli.predict import fit_to_input
+    from cnncli.predict import prepare_images
 
     h, _, c = subject.input_shape
-    pixels = read_image(image)  # one-line DataError for a missing or unreadable file
-    fitted = decode_image(str(image), h, c) if subject.folder else fit_to_input(pixels, h, c)
+    fitted = prepare_images([image], h, c, folder=subject.folder)[0]  # exactly as `cnn predict` prepares it
     x = preprocess_eval(jnp.asarray(fitted[None]), jnp.asarray(subject.mean, jnp.float32),
                         jnp.asarray(subject.std, jnp.float32))
     return fitted, x
