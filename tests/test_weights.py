@@ -182,6 +182,18 @@ def test_vgg_layouts_name_torchvision_and_timm_keys():
         layouts.layout("resnet20", None)
 
 
+@pytest.mark.parametrize("name,keys", [("resnet18", 122), ("resnet50", 320), ("vgg16", 32), ("vgg16_bn", 97)])
+def test_layouts_have_torchvisions_state_dict_sizes(name, keys):
+    # len(torchvision.models.<name>().state_dict()), num_batches_tracked included (one per BatchNorm)
+    entries = layouts.layout(name, abstract_model(name, 1000, (224, 224, 3))[0])
+    bns = sum(e.torch_key.endswith("running_var") for e in entries)
+    assert len(entries) + bns == keys
+    if name == "resnet50":
+        names = {e.torch_key for e in entries}
+        assert {"layer1.0.downsample.0.weight", "layer4.2.conv3.weight", "layer3.5.bn3.running_mean"} <= names
+        assert "layer1.1.downsample.0.weight" not in names
+
+
 def test_imagenet_class_names_ship_with_the_package():
     names = imagenet_class_names()
     assert len(names) == 1000 and len(set(names)) == 1000
@@ -332,14 +344,35 @@ def _torch_modules():
         m.forward = lambda x: m.classifier(torch.flatten(m.avgpool(m.features(x)), 1))
         return m
 
-    return torch, {"resnet18": ResNet18, "vgg11_bn": vgg11_bn, "alexnet_tv": alexnet}
+    def timm_vgg11(classes):  # timm's names: FC6/FC7 as 7x7 and 1x1 convolutions, then the head
+        layers, cin = [], 3
+        for v in (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"):
+            if v == "M":
+                layers.append(nn.MaxPool2d(2, 2))
+            else:
+                layers += [nn.Conv2d(cin, v, 3, padding=1), nn.ReLU()]
+                cin = v
+        m = nn.Module()
+        m.features, m.pre_logits, m.head = nn.Sequential(*layers), nn.Module(), nn.Module()
+        m.pre_logits.fc1, m.pre_logits.fc2 = nn.Conv2d(512, 4096, 7), nn.Conv2d(4096, 4096, 1)
+        m.head.fc = nn.Linear(4096, classes)
+
+        def forward(x):  # 224x224 input: the features are 7x7, FC6 makes them 1x1
+            x = torch.relu(m.pre_logits.fc2(torch.relu(m.pre_logits.fc1(m.features(x)))))
+            return m.head.fc(x.mean((2, 3)))
+
+        m.forward = forward
+        return m
+
+    return torch, {"resnet18": ResNet18, "vgg11_bn": vgg11_bn, "alexnet_tv": alexnet, "vgg11": timm_vgg11}
 
 
-@pytest.mark.parametrize("name,suffix,size", [
-    ("resnet18", ".pth", 64), ("resnet18", ".safetensors", 64), ("vgg11_bn", ".pth", 64),
-    ("alexnet_tv", ".safetensors", 127),
+@pytest.mark.parametrize("name,suffix,size,source", [
+    ("resnet18", ".pth", 64, "torchvision"), ("resnet18", ".safetensors", 64, "torchvision"),
+    ("vgg11_bn", ".pth", 64, "torchvision"), ("alexnet_tv", ".safetensors", 127, "torchvision"),
+    ("vgg11", ".pth", 224, "timm"),
 ])
-def test_imported_torch_model_gives_the_same_logits(tmp_path, name, suffix, size):
+def test_imported_torch_model_gives_the_same_logits(tmp_path, name, suffix, size, source):
     torch, builders = _torch_modules()
     torch.manual_seed(0)
     ref = builders[name](12)
@@ -350,8 +383,8 @@ def test_imported_torch_model_gives_the_same_logits(tmp_path, name, suffix, size
                 m.running_var.uniform_(0.5, 2.0)
                 m.weight.normal_(1, 0.2)
                 m.bias.normal_(0, 0.2)
-            if isinstance(m, torch.nn.Linear):  # large enough that a wrong flatten order shows
-                m.weight.normal_(0, 0.05)
+            if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d)) and m.weight.shape[1] >= 512:
+                m.weight.normal_(0, 0.05)  # large enough that a wrong flatten order shows
     ref.eval()
     path = tmp_path / f"{name}{suffix}"
     if suffix == ".pth":
@@ -360,9 +393,9 @@ def test_imported_torch_model_gives_the_same_logits(tmp_path, name, suffix, size
         from safetensors.torch import save_file
 
         save_file(ref.state_dict(), str(path))
-    out, info = import_weights(path, name, out=tmp_path / "w")
+    out, info = import_weights(path, name, source=source, out=tmp_path / "w")
     assert info["num_classes"] == 12
-    x = np.random.default_rng(0).standard_normal((2, 3, size, size)).astype(np.float32)
+    x = np.random.default_rng(0).standard_normal((1 if size > 128 else 2, 3, size, size)).astype(np.float32)
     with torch.no_grad():
         expected = ref(torch.from_numpy(x)).numpy()
     got = np.asarray(load_weights(out).model()(x.transpose(0, 2, 3, 1)))
