@@ -100,7 +100,8 @@ class TorchUnpickler(pickle.Unpickler):
 
     def persistent_load(self, pid):
         if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"
-                and isinstance(pid[1], _StorageType) and isinstance(pid[2], str) and isinstance(pid[4], int)):
+                and isinstance(pid[1], _StorageType) and isinstance(pid[2], str) and isinstance(pid[4], int)
+                and pid[4] >= 0):
             raise _Refused(f"a persistent object other than a storage ({str(pid)[:60]})")
         kind, key, numel = pid[1], pid[2], pid[4]
         if key not in self._storages:
