@@ -104,6 +104,9 @@ class ModelConfig:
     dtype: str = field(default="float32", metadata=_choices("float32", "bfloat16", "float16"))
     remat: bool = False
     lrn: bool = False  # AlexNet local response normalisation
+    # fine-tuning: a weights directory (`cnn weights import`) or a run to start from; a head whose class
+    # count differs is re-initialised
+    init_from: str | None = None
 
 
 @dataclass(frozen=True)
@@ -215,6 +218,10 @@ class TrainConfig:
     # evaluations without improvement of best_metric
     early_stopping_patience: int | None = field(default=None, metadata=_range(ge=0, le=MAX_COUNT))
     eval_test: bool = False  # also evaluate the test split at every evaluation (learning-curve figures)
+    # fine-tuning: parameter groups to freeze (shell patterns over dotted module paths; "!p" unfreezes)
+    freeze: list[str] = field(default_factory=list)
+    # null: frozen for the whole run; else unfrozen after this many epochs
+    freeze_epochs: float | None = field(default=None, metadata=_range(ge=0, le=MAX_EPOCHS))
 
 
 @dataclass(frozen=True)
@@ -568,7 +575,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
 
 def model_options(m: ModelConfig) -> dict[str, Any]:
     """The `create_model` options of a model section (everything but name, classes and input shape)."""
-    skip = {"name", "num_classes", "input_size", "in_channels"}
+    skip = {"name", "num_classes", "input_size", "in_channels", "init_from"}
     return {f.name: getattr(m, f.name) for f in dataclasses.fields(m) if f.name not in skip}
 
 

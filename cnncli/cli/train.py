@@ -21,6 +21,9 @@ def train(
     force: Annotated[bool, typer.Option(help="Replace an existing run directory.")] = False,
     print_config: Annotated[bool, typer.Option("--print-config", help="Print the resolved config and exit.")] = False,
     format: Annotated[Format, typer.Option("--format", help="Final summary format.")] = Format.table,
+    init_from: Annotated[Optional[Path], typer.Option(
+        "--init-from", help="Start from stored weights: a `cnn weights import` directory or a run (sets "
+                            "model.init_from).")] = None,
     coordinator: Annotated[Optional[str], typer.Option(
         help="Join a multi-process run: HOST:PORT of process 0 (or JAX_COORDINATOR_ADDRESS).",
         rich_help_panel="Several processes")] = None,
@@ -42,8 +45,9 @@ def train(
         if config is not None:
             raise ConfigError(f"give either CONFIG or --resume, not both: a resumed run keeps its own config "
                               f"({resume / 'config.yaml'}); change what may change with --set")
-        if run_dir is not None or name is not None or force:
-            raise ConfigError("--resume continues the run in place: --run-dir, --name and --force do not apply")
+        if run_dir is not None or name is not None or force or init_from is not None:
+            raise ConfigError("--resume continues the run in place from its checkpoint: --run-dir, --name, --force "
+                              "and --init-from do not apply")
         run = RunDir.open(resume)
         cfg = load_config(run.config, overrides)
         if not print_config:
@@ -58,6 +62,8 @@ def train(
     else:
         if config is None:
             raise ConfigError("give a CONFIG file (e.g. configs/digits_resnet20.yaml) or --resume RUN_DIR")
+        if init_from is not None:
+            overrides = [*(overrides or []), f"model.init_from={init_from}"]
         cfg = load_config(config, overrides)
         path = run_dir or Path(cfg.output.root) / (name or default_run_name(config))
     if print_config:
@@ -76,7 +82,8 @@ def train(
     # process 0 alone prints progress and summaries; the others print only their own errors
     console = stderr_console() if distributed.is_primary() else Console(stderr=True, quiet=True)
     try:
-        summary = train_and_evaluate(cfg, path, resume=resume is not None, force=force, console=console)
+        summary = train_and_evaluate(cfg, path, resume=resume is not None, force=force, console=console,
+                                     init=_initializer(cfg.model.init_from))
     except distributed.ClusterError as exc:
         distributed.exit_now(exc)  # jax's exit-time shutdown would wait for the failed process, then abort
     if not distributed.is_primary():
@@ -85,6 +92,15 @@ def train(
         print_json(summary)
     else:
         _print_train_summary(summary, console)
+
+
+def _initializer(init_from: str | None):
+    """`init(template, num_classes)` loading `model.init_from`'s weights, or None."""
+    if init_from is None:
+        return None
+    from cnncli.weights.finetune import load_init_weights
+
+    return lambda template, num_classes: load_init_weights(template, init_from, num_classes)
 
 
 def _print_train_summary(s: dict, console) -> None:

@@ -75,10 +75,11 @@ _WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EACCE
 
 
 def train_and_evaluate(cfg: Config, run_path: str | Path, *, resume: bool = False, force: bool = False,
-                       console=None) -> dict[str, Any]:
+                       console=None, init=None) -> dict[str, Any]:
     """Train `cfg` into the run directory `run_path` (new, or resumed), evaluate the best checkpoint on the
     test split, return a summary dict. Nothing is written before the config, data, model and (on resume)
-    checkpoint have been checked."""
+    checkpoint have been checked. `init(template, num_classes)` starts a new run from stored weights
+    (see `build_training`); a resumed run takes its weights from its checkpoint."""
     from rich.console import Console
 
     from cnncli.checkpoint import CheckpointManager
@@ -93,7 +94,7 @@ def train_and_evaluate(cfg: Config, run_path: str | Path, *, resume: bool = Fals
             primary_decides(lambda: stack.enter_context(run.lock()))
         else:
             primary_decides(lambda: RunDir.check_create(run_path, force=force))  # refuse before any work
-        setup = build_training(cfg)
+        setup = build_training(cfg, None if resume else init)
         t = setup.cfg.train
         restored = None
         if resume:
@@ -184,6 +185,15 @@ class Training:
                                      "sizes": data.sizes(), "notes": data.notes})
         for note in data.notes:
             self.console.print(f"note: {note}")
+        report = self.setup.init_report
+        if report and not resumed:
+            run.write_json("init.json", report)
+            for key, label in (("loaded", "loaded from " + str(report.get("source"))),
+                               ("reinitialised", "re-initialised"), ("frozen", "frozen")):
+                if report.get(key):
+                    groups = report[key]
+                    shown = ", ".join(groups[:6]) + (f" and {len(groups) - 6} more" if len(groups) > 6 else "")
+                    self.console.print(f"{label}: {len(groups)} group(s): {shown}")
         if resumed:
             self.console.print(f"resuming {run.path} from step {self.start_step} "
                                f"(epoch {self.start_step / self.spe:.2f})")

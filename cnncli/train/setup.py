@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from typing import Any
 
 from cnncli.config import Config, model_options, resolve_data_shape, resolve_model_shape
@@ -30,6 +31,7 @@ class TrainingSetup:
     plateau: Any  # PlateauController or None
     evaluator: Any
     feed: Any
+    init_report: dict[str, Any]  # fine-tuning: parameter groups loaded, re-initialised, frozen ({} otherwise)
 
     @property
     def steps_per_epoch(self) -> int:
@@ -61,7 +63,9 @@ def total_steps_of(cfg: Config, steps_per_epoch: int) -> int:
     return t.steps if t.steps is not None else max(1, math.ceil(t.epochs * steps_per_epoch))
 
 
-def build_training(cfg: Config) -> TrainingSetup:
+def build_training(cfg: Config, init: Callable[[dict, int], tuple[dict, dict]] | None = None) -> TrainingSetup:
+    """Everything before the first step. `init(template, num_classes) -> (tree, report)` replaces the
+    freshly initialised {params, batch_stats} (fine-tuning from stored weights)."""
     from cnncli.checkpoint import metric_mode
     from cnncli.data.pipeline import TrainIndexStream, prepare_dataset
     from cnncli.distributed import check_batch_size, make_mesh
@@ -80,13 +84,34 @@ def build_training(cfg: Config) -> TrainingSetup:
     check_batch_size(t.batch_size, mesh)
     model = create_model(cfg.model.name, num_classes=cfg.model.num_classes, input_shape=data.image_shape,
                          seed=t.seed, **model_options(cfg.model))
-    parts, params, batch_stats = split_model(model)
+    frozen, inference = None, frozenset()
+    if t.freeze:
+        from flax import nnx
+
+        from cnncli.train.freeze import freeze_mask, frozen_groups
+
+        frozen = frozen_groups(freeze_mask(nnx.state(model, nnx.Param), list(t.freeze)))[0]
+        if t.freeze_epochs is None:  # frozen for good: their BatchNorm layers run in inference mode
+            inference = frozenset(frozen)
+    parts, params, batch_stats = split_model(model, inference)
+    report: dict[str, Any] = {}
+    if init is not None:
+        tree, report = init({"params": params, "batch_stats": batch_stats}, cfg.model.num_classes)
+        params, batch_stats = tree["params"], tree["batch_stats"]
+    if frozen is not None:
+        report = {**report, "frozen": frozen, "frozen_epochs": t.freeze_epochs,
+                  "batchnorm_inference": sorted(inference)}
 
     stream = TrainIndexStream(len(data.y_train), t.batch_size, t.seed)
     spe = stream.steps_per_epoch
     total = total_steps_of(cfg, spe)
     schedule = build_schedule(cfg.schedule, cfg.optimizer.lr, spe, total)
     tx = build_optimizer(cfg.optimizer, schedule)
+    if frozen is not None:
+        from cnncli.train.freeze import freeze_mask, frozen_until
+
+        until = None if t.freeze_epochs is None else int(round(t.freeze_epochs * spe))
+        tx = frozen_until(tx, freeze_mask(params, list(t.freeze)), until)
     state = init_train_state(params, batch_stats, tx, ema=t.ema_decay is not None)
     plateau = None
     if cfg.schedule.name == "plateau":
@@ -100,7 +125,8 @@ def build_training(cfg: Config) -> TrainingSetup:
     evaluator = Evaluator(parts, num_classes=cfg.model.num_classes, mean=data.mean, std=data.std, mesh=mesh,
                           batch_size=t.eval_batch_size or t.batch_size)
     feed = make_feed(data, mesh, step_fn, evaluator, cfg)
-    return TrainingSetup(cfg, data, mesh, parts, tx, schedule, state, stream, total, plateau, evaluator, feed)
+    return TrainingSetup(cfg, data, mesh, parts, tx, schedule, state, stream, total, plateau, evaluator, feed,
+                         report)
 
 
 def restore_training(setup: TrainingSetup, manager, run_path, console) -> tuple[Any, dict] | None:

@@ -31,9 +31,16 @@ class ModelParts:
     rng_state: Any  # nnx RNG stream variables (reseeded every step; never checkpointed)
 
 
-def split_model(model: nnx.Module) -> tuple[ModelParts, Any, Any]:
-    """Split into (ModelParts, params, batch_stats)."""
+def split_model(model: nnx.Module, inference_modules: frozenset[str] = frozenset()) -> tuple[ModelParts, Any, Any]:
+    """Split into (ModelParts, params, batch_stats).
+
+    Modules whose dotted path is in `inference_modules` (frozen BatchNorm layers) stay in inference
+    mode in the training graph too: they normalise with, and do not update, their running statistics.
+    """
     model.train()
+    for path, module in model.iter_modules():
+        if ".".join(map(str, path)) in inference_modules:
+            module.eval()
     train_graph, params, batch_stats, rng_state = nnx.split(model, nnx.Param, nnx.BatchStat, ...)
     model.eval()
     eval_graph = nnx.split(model, nnx.Param, nnx.BatchStat, ...)[0]

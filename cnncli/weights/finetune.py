@@ -15,13 +15,13 @@ A parameter group is a module's path: "layer1.0.conv1" for "layer1.0.conv1.kerne
 
 from __future__ import annotations
 
-import fnmatch
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from cnncli.errors import CheckpointError, ConfigError
+from cnncli.errors import CheckpointError
+from cnncli.train.freeze import freeze_mask, frozen_groups  # noqa: F401  (re-exported)
 
 
 def _pure(tree: Any) -> Any:
@@ -99,54 +99,3 @@ def load_init_weights(template: dict, path: str | Path, num_classes: int) -> tup
     report = {"source": str(path), "model": name, "loaded": [g for g in groups if g not in reinit],
               "reinitialised": sorted(reinit)}
     return tree, report
-
-
-def freeze_mask(params: Any, patterns: list[str]) -> Any:
-    """A tree like `params` of bools: True where the parameter is frozen.
-
-    Patterns match dotted group names ("layer1.0.conv1") and full names ("fc.kernel"); "!p"
-    unfreezes what "p" matches; the last matching pattern decides. A pattern that matches
-    nothing is refused (a typo would otherwise freeze nothing silently).
-    """
-    import jax
-
-    def dotted(path) -> tuple[str, str]:
-        keys = [str(getattr(p, "key", getattr(p, "name", getattr(p, "idx", p)))) for p in path]
-        if keys and keys[-1] == "value":  # nnx.State leaves: Variable.value
-            keys = keys[:-1]
-        return ".".join(keys[:-1]), ".".join(keys)
-
-    used = [False] * len(patterns)
-
-    def frozen(path, _leaf) -> bool:
-        group, full = dotted(path)
-        state = False
-        for i, pattern in enumerate(patterns):
-            negate = pattern.startswith("!")
-            pat = pattern[1:] if negate else pattern
-            if fnmatch.fnmatchcase(group, pat) or fnmatch.fnmatchcase(full, pat):
-                used[i] = True
-                state = not negate
-        return state
-
-    mask = jax.tree_util.tree_map_with_path(frozen, params)
-    unused = [p for p, u in zip(patterns, used) if not u]
-    if unused:
-        raise ConfigError(f"freeze pattern(s) {', '.join(map(repr, unused))} match no parameter group "
-                          "(groups are dotted module paths, e.g. 'layer1.0.conv1', 'fc')")
-    return mask
-
-
-def frozen_groups(mask: Any) -> tuple[list[str], list[str]]:
-    """(frozen, trainable) group names of a freeze mask (a group with any trainable part is trainable)."""
-    import jax
-
-    groups: dict[str, set[bool]] = {}
-    for path, m in jax.tree_util.tree_leaves_with_path(mask):
-        keys = [str(getattr(p, "key", getattr(p, "name", getattr(p, "idx", p)))) for p in path]
-        if keys and keys[-1] == "value":
-            keys = keys[:-1]
-        groups.setdefault(".".join(keys[:-1]), set()).add(bool(m))
-    frozen = sorted(g for g, s in groups.items() if s == {True})
-    trainable = sorted(g for g, s in groups.items() if False in s)
-    return frozen, trainable
