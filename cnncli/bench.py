@@ -5,6 +5,11 @@ config's augmentation, the optimizer from `cnncli.train.optim`, the state replic
 the batch sharded over the mesh of `cnncli.distributed`) and compiled ahead of time, so
 compile time is measured apart from running time. Steady-state time is the median over
 several windows of steps after a warm-up, each window ended by waiting for the device.
+
+FLOPs come two ways: `flops_per_step` is XLA's cost analysis of the compiled step (on GPU it
+leaves out the convolutions that run as cuDNN calls), `model_flops_per_step` is counted from
+the traced forward pass (convolutions and matrix products, x 3 for the backward pass).
+Achieved FLOP/s and MFU use the model FLOPs, MFU against the chip's dense bf16 peak.
 """
 
 from __future__ import annotations
@@ -201,6 +206,45 @@ def _cost_flops(compiled: Any) -> float | None:
     return float(flops) if flops is not None and flops > 0 else None
 
 
+def _jaxpr_macs(jaxpr) -> int:
+    """Multiply-accumulates of the convolutions and matrix products in a jaxpr, sub-jaxprs included."""
+    import math
+
+    total = 0
+    for eqn in jaxpr.eqns:
+        name = eqn.primitive.name
+        if name == "conv_general_dilated":
+            rhs = eqn.invars[1].aval.shape
+            out_features = rhs[eqn.params["dimension_numbers"].rhs_spec[0]]
+            total += math.prod(eqn.outvars[0].aval.shape) * math.prod(rhs) // out_features
+        elif name == "dot_general":
+            (lhs_contract, _), _ = eqn.params["dimension_numbers"]
+            lhs = eqn.invars[0].aval.shape
+            total += math.prod(eqn.outvars[0].aval.shape) * math.prod(lhs[d] for d in lhs_contract)
+        for value in eqn.params.values():
+            for sub in value if isinstance(value, (list, tuple)) else (value,):
+                inner = getattr(sub, "jaxpr", sub)
+                if hasattr(inner, "eqns"):
+                    total += _jaxpr_macs(inner)
+    return total
+
+
+def model_flops_per_step(parts, params, batch_stats, batch_shape: tuple[int, ...]) -> float:
+    """The model's training FLOPs for one batch: 3 x the forward pass (backward = 2 x forward), 2 per MAC.
+
+    Counted from the traced forward pass, independent of the backend: XLA's GPU cost analysis
+    leaves out convolutions that run as cuDNN calls.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    from cnncli.train.step import forward
+
+    x = jax.ShapeDtypeStruct(batch_shape, jnp.float32)
+    closed = jax.make_jaxpr(lambda p, s, x: forward(parts, p, s, x, train=True)[0])(params, batch_stats, x)
+    return 3.0 * 2.0 * _jaxpr_macs(closed.jaxpr)
+
+
 def _timed_compile(jitted, *args) -> tuple[Any, float]:
     start = time.perf_counter()
     compiled = jitted.lower(*args).compile()
@@ -291,13 +335,14 @@ def run_bench(req: BenchRequest, progress: Progress = lambda _msg: None) -> dict
     eval_compiled, eval_compile_s = _timed_compile(jax.jit(eval_step), *eval_args)
     eval_times = _time_windows(lambda: eval_compiled(*eval_args), jax.block_until_ready, req.warmup_steps,
                                req.steps, req.windows, progress, "eval")
+    model_flops = model_flops_per_step(parts, state.params, state.batch_stats, (t.batch_size, *work.image_shape))
     return _report(req, cfg, work, device, step_times, eval_times, compile_s, eval_compile_s,
-                   _cost_flops(train_compiled), loss)
+                   _cost_flops(train_compiled), model_flops, loss)
 
 
 def _report(req: BenchRequest, cfg: Config, work: _Workload, device: dict, step_times: list[float],
             eval_times: list[float], compile_s: float, eval_compile_s: float, flops_per_device: float | None,
-            final_loss: float) -> dict[str, Any]:
+            model_flops: float, final_loss: float) -> dict[str, Any]:
     import jax
 
     bs = cfg.train.batch_size
@@ -305,9 +350,9 @@ def _report(req: BenchRequest, cfg: Config, work: _Workload, device: dict, step_
     eval_s = statistics.median(eval_times)
     # Under data parallelism every device runs the same partitioned program on its share of the batch.
     flops = flops_per_device * device["count"] if flops_per_device is not None else None
-    achieved = flops / step_s if flops is not None else None
+    achieved = model_flops / step_s
     peak = peak_flops(device["kind"]) if device["platform"] != "cpu" else None
-    mfu = achieved / (peak * device["count"]) if achieved is not None and peak else None
+    mfu = achieved / (peak * device["count"]) if peak else None
     return {
         "model": cfg.model.name,
         "target": req.target,
@@ -326,6 +371,8 @@ def _report(req: BenchRequest, cfg: Config, work: _Workload, device: dict, step_
         "eval_step_time_ms": eval_s * 1e3,
         "eval_images_per_second": bs / eval_s,
         "flops_per_step": flops,
+        "xla_flops_per_second": flops / step_s if flops is not None else None,
+        "model_flops_per_step": model_flops,
         "achieved_flops_per_second": achieved,
         "peak_flops_per_second": peak * device["count"] if peak else None,
         "mfu": mfu,

@@ -35,17 +35,23 @@ def test_bench_tiny_model_gives_a_wellformed_report():
     r = bench_json("resnet20", "--batch-size", 8, "--input-size", 16)
     assert all(k in r for k in KEYS)
     assert (r["model"], r["batch_size"], r["input_size"], r["dtype"]) == ("resnet20", 8, 16, "float32")
-    assert r["device"] == {"platform": "cpu", "kind": "cpu", "count": 1}
+    import jax
+
+    assert r["device"] == {"platform": jax.devices()[0].platform, "kind": jax.devices()[0].device_kind,
+                           "count": len(jax.devices())}
     for key in ("compile_time_s", "step_time_ms", "images_per_second", "eval_images_per_second", "flops_per_step",
                 "achieved_flops_per_second"):
         assert r[key] > 0, key
     assert r["step_time_ms_spread"] >= 0
     assert r["images_per_second"] == pytest.approx(8 / (r["step_time_ms"] / 1e3))
-    assert r["achieved_flops_per_second"] == pytest.approx(r["flops_per_step"] / (r["step_time_ms"] / 1e3))
-    assert r["mfu"] is None  # no known peak for a CPU
-    # A training step costs about three forward passes: 2 FLOPs per multiply-accumulate, counted layer by layer.
+    assert r["achieved_flops_per_second"] == pytest.approx(r["model_flops_per_step"] / (r["step_time_ms"] / 1e3))
+    # Model FLOPs: three forward passes, 2 FLOPs per multiply-accumulate (the summary counts them layer by layer).
     forward = 2 * summarize_model("resnet20", input_size=16)["total_macs"] * 8
-    assert 0.75 * 3 * forward < r["flops_per_step"] < 1.25 * 3 * forward
+    assert r["model_flops_per_step"] == pytest.approx(3 * forward)
+    if r["device"]["platform"] == "cpu":
+        assert r["mfu"] is None  # no known peak for a CPU
+        # XLA:CPU counts the convolutions too (it skips the first layer's input gradient, adds the small ops).
+        assert 0.75 * 3 * forward < r["flops_per_step"] < 1.25 * 3 * forward
     assert math.isfinite(r["final_loss"])
 
 
@@ -109,5 +115,6 @@ def test_reference_resnet20_matches_cnn_loss_over_three_sgd_steps():
     state = init_train_state(params, stats, tx, ema=False)
     # Losses after the first and second updates: without the same weight decay (or momentum) they differ by > 5e-4.
     for _ in range(3):
-        state, metrics = step(state, images, labels)
+        with jax.default_matmul_precision("highest"):  # no TF32 on a GPU: float32 on both sides
+            state, metrics = step(state, images, labels)
         assert float(torch_step(x, y)) == pytest.approx(float(metrics["loss"]), rel=1e-4, abs=1e-5)

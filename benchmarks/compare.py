@@ -1,0 +1,142 @@
+"""cnn against the PyTorch reference, alternately, in one invocation on one machine.
+
+For every model: `cnn bench` (once per XLA flag variant) and `benchmarks/torch_reference.py`
+(eager, and compiled with --torch-compile) run one after the other, each in its own process,
+`--repeats` times; the table gives the median images/s per side, the ratio cnn / PyTorch
+(against PyTorch's fastest setting measured) and each side's compile time.
+
+    python benchmarks/compare.py --models resnet20 --batch-size 128 \\
+        --xla-variants default,ynn-no-individual-conv [--torch-compile] [--repeats 2] [--json]
+
+A model may carry its own batch and input size: --models resnet20,resnet18:32:112,vgg16:16:64
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+XLA_VARIANTS = {
+    "default": None,
+    "ynn-off": "--xla_cpu_experimental_ynn_fusion_type=",
+    "ynn-no-individual-conv": "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution",
+}
+
+
+def _run_json(cmd: list[str], env: dict[str, str]) -> dict:
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        return {"error": (proc.stderr.strip().splitlines() or ["exit %d" % proc.returncode])[-1]}
+    text = proc.stdout
+    return json.loads(text[text.index("{"):])
+
+
+def run_cnn(model: str, batch: int, size: int | None, steps: int, dtype: str, flags: str | None) -> dict:
+    env = dict(os.environ)
+    env.pop("XLA_FLAGS", None)
+    if flags:
+        env["XLA_FLAGS"] = flags
+    cmd = [sys.executable, "-m", "cnncli.cli", "bench", model, "--batch-size", str(batch), "--steps", str(steps),
+           "--dtype", dtype, "--format", "json"]
+    if size:
+        cmd += ["--input-size", str(size)]
+    return _run_json(cmd, env)
+
+
+def run_torch(model: str, batch: int, size: int | None, steps: int, dtype: str, compiled: bool) -> dict:
+    cmd = [sys.executable, str(HERE / "torch_reference.py"), model, "--batch-size", str(batch), "--steps", str(steps),
+           "--dtype", dtype, "--json"]
+    if size:
+        cmd += ["--input-size", str(size)]
+    if compiled:
+        cmd.append("--compile")
+    return _run_json(cmd, dict(os.environ))
+
+
+def _parse_models(text: str, batch: int) -> list[tuple[str, int, int | None]]:
+    out = []
+    for item in text.split(","):
+        name, *rest = item.split(":")
+        out.append((name, int(rest[0]) if rest else batch, int(rest[1]) if len(rest) > 1 else None))
+    return out
+
+
+def compare(args) -> dict:
+    sides = [(f"cnn {v}", "cnn", v) for v in args.xla_variants.split(",")]
+    sides.append(("torch eager", "torch", False))
+    if args.torch_compile:
+        sides.append(("torch compiled", "torch", True))
+    rows = []
+    for model, batch, size in _parse_models(args.models, args.batch_size):
+        runs: dict[str, list[dict]] = {label: [] for label, _, _ in sides}
+        for rep in range(args.repeats):
+            for label, kind, opt in sides:
+                print(f"[{rep + 1}/{args.repeats}] {model} b{batch}: {label} ...", file=sys.stderr, flush=True)
+                r = (run_cnn(model, batch, size, args.steps, args.dtype, XLA_VARIANTS[opt]) if kind == "cnn"
+                     else run_torch(model, batch, size, args.steps, args.dtype, opt))
+                runs[label].append(r)
+                if "error" in r:
+                    print(f"    failed: {r['error']}", file=sys.stderr)
+        ok = {k: [r for r in v if "error" not in r] for k, v in runs.items()}
+        best_torch = max((statistics.median(r["images_per_second"] for r in v)
+                          for k, v in ok.items() if k.startswith("torch") and v), default=None)
+        for label, v in ok.items():
+            ips = [r["images_per_second"] for r in v]
+            med = statistics.median(ips) if ips else None
+            compile_s = [r["compile_time_s"] for r in v if r.get("compile_time_s") is not None]
+            rows.append({"model": model, "batch_size": batch, "input_size": (v[0]["input_size"] if v else size),
+                         "side": label, "images_per_second": med, "images_per_second_runs": ips,
+                         "ratio_vs_best_torch": med / best_torch if med and best_torch else None,
+                         "compile_time_s": statistics.median(compile_s) if compile_s else None,
+                         "errors": [r["error"] for r in runs[label] if "error" in r],
+                         "mfu": v[0].get("mfu") if v else None,
+                         "device": v[0].get("device") if v else None})
+    return {"command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), "date": time.strftime("%Y-%m-%d %H:%M %Z"),
+            "machine": {"platform": platform.platform(), "processor": platform.processor(),
+                        "cpus": os.cpu_count(), "load_average": os.getloadavg()}, "rows": rows}
+
+
+def print_table(report: dict) -> None:
+    m = report["machine"]
+    print(f"{report['date']}  {m['platform']}  {m['cpus']} CPUs  load {m['load_average'][0]:.2f}")
+    print(f"{'model':<10} {'batch':>5} {'size':>4}  {'side':<28} {'img/s':>9} {'cnn/torch':>9} {'compile s':>9}  runs")
+    for r in report["rows"]:
+        ips = f"{r['images_per_second']:9.1f}" if r["images_per_second"] else f"{'-':>9}"
+        ratio = f"{r['ratio_vs_best_torch']:9.2f}" if r["ratio_vs_best_torch"] else f"{'-':>9}"
+        comp = f"{r['compile_time_s']:9.1f}" if r["compile_time_s"] is not None else f"{'-':>9}"
+        runs = ", ".join(f"{x:.1f}" for x in r["images_per_second_runs"]) or "; ".join(r["errors"])
+        print(f"{r['model']:<10} {r['batch_size']:>5} {r['input_size'] or '':>4}  {r['side']:<28} {ips} {ratio} "
+              f"{comp}  {runs}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", default="resnet20")
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    ap.add_argument("--xla-variants", default="default", help=f"comma list of {', '.join(XLA_VARIANTS)}")
+    ap.add_argument("--torch-compile", action="store_true", help="also time torch.compile (its compile time shown)")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args(argv)
+    unknown = set(args.xla_variants.split(",")) - set(XLA_VARIANTS)
+    if unknown:
+        ap.error(f"unknown XLA variant(s): {', '.join(sorted(unknown))}")
+    report = compare(args)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print_table(report)
+
+
+if __name__ == "__main__":
+    main()
