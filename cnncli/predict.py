@@ -53,9 +53,11 @@ def prepare_images(images: Sequence[str | Path], size: int, channels: int, *, fo
 
 def predict_images(path: str | Path, images: Sequence[str | Path], *, top_k: int = 5, which: str = "best",
                    overrides: list[str] | None = None, tta: str | None = None,
-                   batch_size: int | None = None) -> list[dict[str, Any]]:
+                   batch_size: int | None = None, loaded=None) -> list[dict[str, Any]]:
     """Top-k classes with probabilities for each image file:
-    [{file, predictions: [{class, index, probability}, ...]}, ...] in the order given."""
+    [{file, predictions: [{class, index, probability}, ...]}, ...] in the order given.
+
+    `loaded` (a LoadedModel, e.g. of an imported weights directory) replaces restoring `path`'s checkpoint."""
     import jax.numpy as jnp
 
     from cnncli.distributed import make_mesh, replicate
@@ -73,7 +75,8 @@ def predict_images(path: str | Path, images: Sequence[str | Path], *, top_k: int
 
     for p in images:  # fail on a bad file before loading the model
         read_image(p)
-    loaded = load_checkpoint_model(path, which, overrides)
+    if loaded is None:
+        loaded = load_checkpoint_model(path, which, overrides)
     m = loaded.config.model
     if loaded.mean is None or loaded.std is None:
         raise DataError(f"{loaded.run_path / 'data.json'} is missing or has no mean/std; "

@@ -7,6 +7,7 @@ it those tests skip, and the reader is tested on .pth archives written here byte
 
 from __future__ import annotations
 
+import json
 import pickle
 import struct
 import zipfile
@@ -472,3 +473,23 @@ def test_init_weights_keep_all_but_a_new_head(tmp_path):
     _, gp, gs, _ = nnx.split(grey, nnx.Param, nnx.BatchStat, ...)
     with pytest.raises(CheckpointError, match=r"do not fit the model being trained: 1 variables \(params/conv1"):
         load_init_weights({"params": gp, "batch_stats": gs}, tmp_path / "w", num_classes=4)
+
+
+def test_predict_on_imported_imagenet_weights_prints_class_names(tmp_path):
+    from PIL import Image
+
+    from cnncli.weights.store import imagenet_class_names
+
+    from safetensors.numpy import save_file
+
+    save_file(_random_state_dict("resnet18", seed=2, classes=1000), str(tmp_path / "r18.safetensors"))
+    import_weights(tmp_path / "r18.safetensors", "resnet18", out=tmp_path / "w")
+    photo = tmp_path / "photo.jpg"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (300, 400, 3), dtype=np.uint8)).save(photo)
+    r = runner.invoke(app, ["predict", str(tmp_path / "w"), str(photo), "--top-k", "3", "--format", "json"])
+    assert r.exit_code == 0, r.output
+    (result,) = json.loads(r.stdout)
+    names = imagenet_class_names()
+    preds = result["predictions"]
+    assert len(preds) == 3 and all(p["class"] == names[p["index"]] for p in preds)
+    assert preds[0]["probability"] >= preds[1]["probability"] >= preds[2]["probability"] > 0

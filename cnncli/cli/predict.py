@@ -13,7 +13,7 @@ from cnncli.cli.app import Format, SetOption, Tta, app, cli_errors, print_json
 @app.command()
 @cli_errors
 def predict(
-    path: Annotated[Path, typer.Argument(help="Run directory or checkpoint step directory.")],
+    path: Annotated[Path, typer.Argument(help="Run directory, checkpoint step directory or weights directory (cnn weights import).")],
     images: Annotated[list[Path], typer.Argument(help="Image files (PNG, JPEG, ...; any size).")],
     top_k: Annotated[int, typer.Option("--top-k", help="How many classes to show per image.")] = 5,
     checkpoint: Annotated[str, typer.Option(help="best, latest or a step number.")] = "best",
@@ -23,9 +23,11 @@ def predict(
 ) -> None:
     """Classify image files: the top-k classes with their probabilities."""
     from cnncli.predict import predict_images
+    from cnncli.weights.store import is_weights_dir, loaded_model
 
+    loaded = loaded_model(path) if is_weights_dir(path) else None  # `cnn weights import` output
     results = predict_images(path, images, top_k=top_k, which=checkpoint, overrides=overrides,
-                             tta=None if tta == Tta.none else tta.value)
+                             tta=None if tta == Tta.none else tta.value, loaded=loaded)
     if format == Format.json:
         print_json(results)
         return

@@ -127,3 +127,22 @@ def load_weights(path: str | Path) -> Weights:
         first = (str(exc).strip() or type(exc).__name__).splitlines()[0][:200]
         raise CheckpointError(f"cannot restore the weights in {path / MODEL}: {first}") from None
     return Weights(info, tree["params"], tree["batch_stats"], graphdef, rest)
+
+
+def loaded_model(path: str | Path):
+    """A weights directory as `cnncli.evaluate.LoadedModel`: what `cnn predict` needs (its model, input
+    size, normalisation and class names)."""
+    from cnncli.config import Config, ModelConfig
+    from cnncli.evaluate import LoadedModel
+    from cnncli.train.state import ModelParts, split_model
+
+    w = load_weights(path)
+    h, _, c = (int(v) for v in w.info["input_shape"])
+    cfg = Config(model=ModelConfig(name=w.info["model"], num_classes=int(w.info["num_classes"]), input_size=h,
+                                   in_channels=c))
+    model, *_ = abstract_model(w.info["model"], int(w.info["num_classes"]), (h, h, c))
+    parts, _, _ = split_model(model)
+    parts = ModelParts(parts.train_graph, parts.eval_graph, w.rest)
+    return LoadedModel(cfg, parts, w.params, w.batch_stats, 0, {}, list(w.info.get("class_names") or []),
+                       list(w.info.get("mean") or IMAGENET_MEAN), list(w.info.get("std") or IMAGENET_STD),
+                       Path(path))
