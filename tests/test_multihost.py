@@ -1,0 +1,207 @@
+"""Several processes on localhost under `jax.distributed` (CPU devices, gloo collectives), launched
+the way a cluster launches them: one `cnn train` per process with --coordinator/--num-processes/
+--process-id. Every wait is bounded; a process still running at its timeout is killed and fails the test.
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+CONFIG = """\
+model: {name: resnet20, width: 0.5}
+data: {source: digits, image_size: 16, augment: {random_crop_padding: 2}}
+optimizer: {lr: 0.05}
+schedule: {name: cosine, warmup_steps: 2}
+train: {steps: 4, batch_size: 32, log_every_steps: 1, eval_every_steps: 2, checkpoint_every_steps: 2, seed: 3}
+output: {tensorboard: false}
+distributed: {initialization_timeout: 120, heartbeat_timeout: 20, shutdown_timeout: 20}
+"""
+TIMEOUT = 420  # seconds for one process (two share this machine's cores and both compile)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env(devices: int) -> dict:
+    return dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+
+
+def _cnn(args, log, devices=1) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "cnncli.cli", "train", *map(str, args)], env=_env(devices),
+                            stdout=log.open("w"), stderr=subprocess.STDOUT)
+
+
+def _launch(config, run, n, *, devices=1, resume=False, extra=()) -> list[tuple[subprocess.Popen, object]]:
+    """Start the `n` processes of one run; returns (process, log path) per process id."""
+    port = _free_port()
+    head = ["--resume", run] if resume else [config, "--run-dir", run]
+    procs = []
+    for i in range(n):
+        log = run.parent / f"{run.name}.{'resume.' if resume else ''}{i}.log"
+        procs.append((_cnn([*head, "--coordinator", f"127.0.0.1:{port}", "--num-processes", n, "--process-id", i,
+                            *extra], log, devices), log))
+    return procs
+
+
+def _finish(procs, timeout=TIMEOUT) -> list[tuple[int, str]]:
+    """(exit code, output) of each process, killing all of them if one outlives `timeout`."""
+    deadline = time.monotonic() + timeout
+    out = []
+    try:
+        for proc, log in procs:
+            rc = proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+            out.append((rc, log.read_text()))
+    finally:
+        for proc, _ in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    return out
+
+
+def _train_losses(run) -> list[float]:
+    return [r["loss"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+            if r["split"] == "train"]
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("multihost")
+    (path / "tiny.yaml").write_text(CONFIG)
+    return path
+
+
+@pytest.fixture(scope="module")
+def one_device(workdir):
+    """The reference: one process, one device, the same global batch of 32."""
+    run = workdir / "one"
+    [(rc, out)] = _finish([(_cnn([workdir / "tiny.yaml", "--run-dir", run], workdir / "one.log"), workdir / "one.log")])
+    assert rc == 0, out
+    return run
+
+
+@pytest.fixture(scope="module")
+def pair(workdir):
+    """Two processes of one device each, one run directory."""
+    run = workdir / "pair"
+    procs = _launch(workdir / "tiny.yaml", run, 2)
+    pids = [p.pid for p, _ in procs]
+    return run, pids, _finish(procs)
+
+
+def test_two_processes_train_as_one(one_device, pair):
+    run, pids, results = pair
+    (rc0, out0), (rc1, out1) = results
+    assert rc0 == 0 and rc1 == 0, out0 + out1
+    a, b = _train_losses(one_device), _train_losses(run)
+    assert len(a) == len(b) == 4
+    assert b[0] == pytest.approx(a[0], abs=1e-6)  # same global batch, same initial parameters
+    assert b == pytest.approx(a, rel=2e-3)  # BatchNorm over the global batch; only summation order differs
+    assert "2 process(es) x 1 device(s) = 2 device(s); global batch 32, 16 per device" in out0
+    status = json.loads((run / "status.json").read_text())
+    assert status["status"] == "finished" and status["pid"] == pids[0]
+    assert status["cluster"] == {"processes": 2, "devices": 2, "local_devices": 1, "platform": "cpu",
+                                 "global_batch": 32, "per_device_batch": 16}
+    assert json.loads((run / ".lock").read_text())["pid"] == pids[0]
+
+
+def test_only_process_zero_writes_and_prints(pair):
+    run, _, results = pair
+    (_, out0), (_, out1) = results
+    files = {p.name for p in run.iterdir()}
+    assert {"config.yaml", "split.json", "data.json", "metrics.jsonl", "metrics.csv", "status.json", "results.json",
+            "model.safetensors", "checkpoints"} <= files
+    assert not any(name.endswith(".tmp") for name in files)
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    keys = [(r["step"], r["split"]) for r in records]
+    assert len(keys) == len(set(keys))  # one writer: no record twice
+    assert (run / "metrics.csv").read_text().count("\n") == 1 + 2  # header + one row per evaluation
+    assert "epoch" in out0 and "test accuracy" in out0
+    shown = [line for line in out1.splitlines() if line.strip() and not line.startswith(("W0000", "I0000", "[Gloo]"))]
+    assert shown == [], out1  # process 1 prints nothing of its own
+    results_json = json.loads((run / "results.json").read_text())
+    assert results_json["num_examples"] == 359  # every test image counted once across the two processes
+
+
+@pytest.mark.xfail(strict=True, reason="cnncli/checkpoint.py restores an abstract target with the sharding the "
+                                       "checkpoint was saved with (a 2-device mesh); it needs a fallback_sharding "
+                                       "for a different topology")
+def test_checkpoint_of_two_processes_evaluates_in_one(pair, workdir):
+    run, _, _ = pair
+    proc = subprocess.run([sys.executable, "-m", "cnncli.cli", "eval", str(run), "--format", "json"], env=_env(1),
+                          capture_output=True, text=True, timeout=TIMEOUT)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    expected = json.loads((run / "results.json").read_text())
+    assert report["accuracy"] == pytest.approx(expected["accuracy"], abs=1e-9)
+
+
+def test_four_devices_and_two_processes_of_two_match_one(one_device, workdir):
+    four = workdir / "four"
+    [(rc, out)] = _finish([(_cnn([workdir / "tiny.yaml", "--run-dir", four], workdir / "four.log", 4),
+                            workdir / "four.log")])
+    assert rc == 0, out
+    assert "1 process(es) x 4 device(s) = 4 device(s); global batch 32, 8 per device" in out
+    two_by_two = workdir / "two_by_two"
+    results = _finish(_launch(workdir / "tiny.yaml", two_by_two, 2, devices=2))
+    assert [rc for rc, _ in results] == [0, 0], results
+    assert "2 process(es) x 2 device(s) = 4 device(s); global batch 32, 8 per device" in results[0][1]
+    a = _train_losses(one_device)
+    for run in (four, two_by_two):
+        assert _train_losses(run) == pytest.approx(a, rel=2e-3)
+
+
+def test_a_killed_process_stops_the_other_and_the_pair_resumes(workdir):
+    run = workdir / "killed"
+    extra = ["--set", "train.steps=24", "--set", "train.eval_every_steps=12",
+             "--set", "distributed.heartbeat_timeout=10", "--set", "distributed.shutdown_timeout=10"]
+    procs = _launch(workdir / "tiny.yaml", run, 2, extra=extra)
+    deadline = time.monotonic() + TIMEOUT
+    try:
+        while time.monotonic() < deadline and procs[1][0].poll() is None:
+            metrics = run / "metrics.jsonl"
+            if metrics.exists() and '"step": 6,' in metrics.read_text():
+                break
+            time.sleep(0.1)
+        assert procs[1][0].poll() is None, "process 1 ended before it could be killed"
+        procs[1][0].send_signal(signal.SIGKILL)
+        (rc0, out0), _ = _finish(procs, timeout=120)  # the survivor notices (gloo, heartbeats) and leaves
+    finally:
+        for proc, _ in procs:
+            if proc.poll() is None:
+                proc.kill()
+    assert rc0 == 3, out0
+    assert "error: another process of this 2-process run failed or stopped answering" in out0
+    assert "restart all processes with --resume" in out0
+    status = json.loads((run / "status.json").read_text())
+    assert status["status"] == "failed"
+
+    results = _finish(_launch(workdir / "tiny.yaml", run, 2, resume=True))
+    assert [rc for rc, _ in results] == [0, 0], results
+    resumed = int(results[0][1].split("resuming ")[1].split("from step ")[1].split()[0])
+    assert 4 <= resumed < 24 and resumed % 2 == 0  # the last complete checkpoint before the kill
+    assert json.loads((run / "status.json").read_text())["status"] == "finished"
+    assert [r["step"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+            if r["split"] == "train"] == list(range(1, 25))
+
+
+def test_unreachable_coordinator_is_one_line(workdir):
+    run = workdir / "alone"
+    [(rc, out)] = _finish([(_cnn([workdir / "tiny.yaml", "--run-dir", run, "--coordinator", f"127.0.0.1:{_free_port()}",
+                                  "--num-processes", 2, "--process-id", 1,
+                                  "--set", "distributed.initialization_timeout=2"], workdir / "alone.log"),
+                            workdir / "alone.log")], timeout=120)
+    assert rc == 3
+    assert out.strip().splitlines()[-1] == (
+        "error: could not join the cluster at 127.0.0.1:%s within 2 s (distributed.initialization_timeout): is "
+        "process 0 running there, and is the port reachable from this host?" % out.split("127.0.0.1:")[1].split()[0])
+    assert not run.exists()
