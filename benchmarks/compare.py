@@ -32,9 +32,9 @@ XLA_VARIANTS = {
 
 
 def _run_json(cmd: list[str], env: dict[str, str]) -> dict:
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
-        return {"error": (proc.stderr.strip().splitlines() or ["exit %d" % proc.returncode])[-1]}
+        return {"error": (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]}
     text = proc.stdout
     return json.loads(text[text.index("{"):])
 

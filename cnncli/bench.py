@@ -284,7 +284,12 @@ def run_bench(req: BenchRequest, progress: Progress = lambda _msg: None) -> dict
     import jax
     import numpy as np
 
-    from cnncli.distributed import check_batch_size, make_mesh, replicate, shard_global_batch
+    from cnncli.distributed import (
+        check_batch_size,
+        make_mesh,
+        replicate,
+        shard_global_batch,
+    )
     from cnncli.models import create_model
     from cnncli.train.optim import build_optimizer, build_schedule
     from cnncli.train.state import init_train_state, split_model

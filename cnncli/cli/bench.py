@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -14,11 +14,11 @@ from cnncli.cli.app import Format, app, cli_errors, print_json
 def bench(
     target: Annotated[str, typer.Argument(help="A model name (`cnn models`) or a YAML config file.",
                                           show_default=False)],
-    batch_size: Annotated[Optional[int], typer.Option("--batch-size", "-b",
+    batch_size: Annotated[int | None, typer.Option("--batch-size", "-b",
                                                       help="Global batch (default: the config's, 128).")] = None,
-    input_size: Annotated[Optional[int], typer.Option("--input-size",
+    input_size: Annotated[int | None, typer.Option("--input-size",
                                                       help="Square input size (default: the model's).")] = None,
-    dtype: Annotated[Optional[str], typer.Option(help="Compute dtype: float32 or bfloat16 (default: the config's).")
+    dtype: Annotated[str | None, typer.Option(help="Compute dtype: float32 or bfloat16 (default: the config's).")
                      ] = None,
     steps: Annotated[int, typer.Option(help="Timed steps, split into windows after the warm-up.")] = 20,
     warmup: Annotated[int, typer.Option(help="Untimed steps after compilation.")] = 2,
@@ -64,8 +64,8 @@ def _print_report(r: dict) -> None:
     rows = [
         ("device", f"{d['count']} x {d['kind']} ({d['platform']})"),
         ("compile", f"{r['compile_time_s']:.1f} s train, {r['eval_compile_time_s']:.1f} s eval"),
-        ("train step", f"{r['step_time_ms']:.2f} ms (spread {r['step_time_ms_spread']:.2f} ms over "
-                       f"{r['windows']} windows)"),
+        ("train step", (f"{r['step_time_ms']:.2f} ms (spread {r['step_time_ms_spread']:.2f} ms over "
+                        f"{r['windows']} windows)")),
         ("train throughput", f"{r['images_per_second']:,.0f} images/s"),
         ("eval throughput", f"{r['eval_images_per_second']:,.0f} images/s"),
         ("XLA FLOPs / step", _si(r["flops_per_step"], "FLOP")),
