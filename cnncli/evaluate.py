@@ -97,7 +97,6 @@ def _restore_model(manager, cfg: Config, step: int, ckpt_dir: Path) -> tuple[Any
     return parts, restored, meta
 
 
-TTA_MODES = ("flip",)
 
 
 @dataclasses.dataclass
@@ -157,10 +156,6 @@ def evaluate_member(path: str | Path, *, split: str = "test", which: str = "best
     from cnncli.errors import DataError
     from cnncli.scores import class_breakdown, log_softmax, mean_probabilities, score_log_probs
 
-    if tta is not None and tta not in TTA_MODES:
-        raise ConfigError(f"--tta must be one of {', '.join(TTA_MODES)}, got {tta!r}")
-    if batch_size is not None and batch_size < 1:
-        raise ConfigError(f"--batch-size must be a positive integer, got {batch_size}")
     ctx = context or _EvalContext()
     loaded = load_checkpoint_model(path, which, overrides)
     cfg = loaded.config

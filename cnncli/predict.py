@@ -61,16 +61,12 @@ def predict_images(path: str | Path, images: Sequence[str | Path], *, top_k: int
     import jax.numpy as jnp
 
     from cnncli.distributed import make_mesh, replicate
-    from cnncli.evaluate import TTA_MODES, load_checkpoint_model
+    from cnncli.evaluate import load_checkpoint_model
     from cnncli.train.evaluator import Evaluator
     from cnncli.scores import log_softmax, mean_probabilities
 
     if not images:
         raise ConfigError("give at least one image file to classify")
-    if top_k < 1:
-        raise ConfigError(f"--top-k must be at least 1, got {top_k}")
-    if tta is not None and tta not in TTA_MODES:
-        raise ConfigError(f"--tta must be one of {', '.join(TTA_MODES)}, got {tta!r}")
     from cnncli.data.files import read_image
 
     for p in images:  # fail on a bad file before loading the model

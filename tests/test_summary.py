@@ -357,8 +357,9 @@ def test_table_fits_80_columns_and_wide_is_exact():
     (["resnet5O"], "unknown model 'resnet5O' (did you mean 'resnet56' or 'resnet50'"),
     (["alexnet", "--input-size", "64"], "too small for alexnet: the minimum is 67x67"),
     (["vgg16", "--memory", "eighty"], "--memory must be a number with a unit such as 80GB"),
-    (["vgg16", "--batch-size", "ten"], "--batch-size must be a positive integer, got 'ten'"),
-    (["vgg16", "--optimizer", "lion"], "--optimizer must be one of sgd, sgd_momentum, adam"),
+    (["vgg16", "--batch-size", "ten"], "Invalid value for '--batch-size': Input should be a valid integer"),
+    (["vgg16", "--batch-size", "0"], "Invalid value for '--batch-size'"),
+    (["vgg16", "--optimizer", "lion"], "Invalid value for '--optimizer'"),
     (["no/such/run"], "no such config file, run directory or checkpoint: no/such/run"),
 ])
 def test_bad_input_is_one_line_exit_2(args, needle):

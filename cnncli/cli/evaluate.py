@@ -27,7 +27,7 @@ def eval_cmd(
                                                      "form an ensemble (mean of softmax probabilities).")],
     split: Annotated[str, typer.Option(help="train, val or test.")] = "test",
     checkpoint: Annotated[str, typer.Option(help="best, latest or a step number.")] = "best",
-    batch_size: Annotated[Optional[int], typer.Option(help="Evaluation batch size.")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(min=1, help="Evaluation batch size.")] = None,
     data_path: Annotated[Optional[Path], typer.Option("--data-path", help="Replace the runs' data.path.")] = None,
     tta: Annotated[Tta, typer.Option(help="Test-time augmentation: flip averages image and mirror.")] = Tta.none,
     overrides: SetOption = None,

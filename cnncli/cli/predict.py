@@ -15,7 +15,7 @@ from cnncli.cli.app import Format, SetOption, Tta, app, cli_errors, print_json
 def predict(
     path: Annotated[Path, typer.Argument(help="Run directory, checkpoint step directory or weights directory (cnn weights import).")],
     images: Annotated[list[Path], typer.Argument(help="Image files (PNG, JPEG, ...; any size).")],
-    top_k: Annotated[int, typer.Option("--top-k", help="How many classes to show per image.")] = 5,
+    top_k: Annotated[int, typer.Option("--top-k", min=1, help="How many classes to show per image.")] = 5,
     checkpoint: Annotated[str, typer.Option(help="best, latest or a step number.")] = "best",
     tta: Annotated[Tta, typer.Option(help="flip: average the image and its mirror.")] = Tta.none,
     overrides: SetOption = None,
