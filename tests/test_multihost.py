@@ -205,3 +205,51 @@ def test_unreachable_coordinator_is_one_line(workdir):
         "error: could not join the cluster at 127.0.0.1:%s within 2 s (distributed.initialization_timeout): is "
         "process 0 running there, and is the port reachable from this host?" % out.split("127.0.0.1:")[1].split()[0])
     assert not run.exists()
+
+
+FOLDER_CONFIG = """\
+model: {{name: resnet20, width: 0.25}}
+data: {{source: folder, path: {path}, image_size: 16, channels: 1, num_workers: 1, augment: {{random_crop_padding: 2}}}}
+optimizer: {{lr: 0.05}}
+train: {{steps: 4, batch_size: 16, log_every_steps: 1, eval_every_steps: 2, seed: 1}}
+output: {{tensorboard: false, export: null}}
+"""
+
+
+def test_image_folder_decoded_per_process_matches_one_process(workdir):
+    """Each process decodes its rows of every training and evaluation batch (90 test images: the last
+    evaluation batch is padded and masked), and the pair sees what one process sees."""
+    import numpy as np
+    from PIL import Image
+
+    from cnncli.config import DataConfig
+    from cnncli.data.pipeline import prepare_dataset
+
+    d = prepare_dataset(DataConfig(source="digits", image_size=16))
+    root = workdir / "folder"
+    for split, n in (("train", 96), ("val", 40), ("test", 90)):
+        x, y = d.split(split)
+        for i, (img, label) in enumerate(zip(x[:n], y[:n])):
+            (root / split / str(label)).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(np.asarray(img)[..., 0], "L").save(root / split / str(label) / f"{i:05d}.png")
+    config = workdir / "folder.yaml"
+    config.write_text(FOLDER_CONFIG.format(path=root))
+    single = workdir / "folder_one"
+    [(rc, out)] = _finish([(_cnn([config, "--run-dir", single], workdir / "folder_one.log"),
+                            workdir / "folder_one.log")])
+    assert rc == 0, out
+    pair = workdir / "folder_pair"
+    results = _finish(_launch(config, pair, 2))
+    assert [rc for rc, _ in results] == [0, 0], results
+
+    def records(run):
+        return [(r["step"], r["split"]) for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())]
+
+    def losses(run):
+        return [r["loss"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())]
+
+    assert records(pair) == records(single)
+    assert losses(pair) == pytest.approx(losses(single), rel=1e-5)
+    one, two = (json.loads((run / "results.json").read_text()) for run in (single, pair))
+    assert one["num_examples"] == two["num_examples"] == 90
+    assert two["accuracy"] == pytest.approx(one["accuracy"], abs=1e-9)
