@@ -10,7 +10,6 @@ closed, the checkpoint in flight finished, and the run directory's lock released
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import signal
 import socket
@@ -19,59 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from cnncli.config import Config
-from cnncli.errors import CnnError, TrainingError, TrainingInterrupted, WriteError
+from cnncli.errors import TrainingError, TrainingInterrupted
 from cnncli.rundir import RunDir
 from cnncli.train.clock import Every, RunClock
+from cnncli.train.exits import WRITE_ERRNOS, SignalCatcher, one_line, write_error
 from cnncli.train.logbook import TrainLog, epoch_line
 from cnncli.train.setup import TrainingSetup, build_training, model_tree, restore_training, train_tree
-
-
-class SignalCatcher:
-    """Remembers SIGINT/SIGTERM so that the loop can finish its step and checkpoint.
-
-    While `urgent` (outside the step loop: final evaluation, export), a signal raises at once.
-    A second signal while the first is being handled also raises at once.
-    """
-
-    def __init__(self):
-        self.signum: int | None = None
-        self.urgent = False
-
-    @contextlib.contextmanager
-    def installed(self):
-        previous = {}
-        try:
-            for s in (signal.SIGINT, signal.SIGTERM):
-                previous[s] = signal.signal(s, self._handle)
-        except ValueError:  # not the main thread: no handlers, no graceful stop
-            previous = {}
-        try:
-            yield self
-        finally:
-            for s, h in previous.items():
-                signal.signal(s, h)
-
-    def _handle(self, signum, frame):
-        first = self.signum is None
-        self.signum = signum
-        if self.urgent or not first:
-            raise TrainingInterrupted(f"{signal.Signals(signum).name}: stopped", signum)
-
-
-def one_line(exc: BaseException) -> str:
-    """An exception as one short line for status.json and the console."""
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return f"{type(exc).__name__}: {text}"[:300] if not isinstance(exc, CnnError) else text[:300]
-
-
-def _write_error(exc: OSError, run: RunDir, last_good: int | None) -> WriteError:
-    where = exc.filename or run.path
-    good = f"the last complete checkpoint is {run.checkpoints / str(last_good)}" if last_good is not None \
-        else "no checkpoint was complete yet"
-    return WriteError(f"could not write {where}: {os.strerror(exc.errno) if exc.errno else exc}; {good}")
-
-
-_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EACCES, errno.EPERM, errno.EFBIG}
 
 
 def train_and_evaluate(cfg: Config, run_path: str | Path, *, resume: bool = False, force: bool = False,
@@ -114,8 +66,8 @@ def train_and_evaluate(cfg: Config, run_path: str | Path, *, resume: bool = Fals
         except TrainingInterrupted:
             raise
         except OSError as exc:
-            if exc.errno in _WRITE_ERRNOS:
-                raise _write_error(exc, run, manager.latest_step()) from None
+            if exc.errno in WRITE_ERRNOS:
+                raise write_error(exc, run, manager.latest_step()) from None
             raise
         except Exception as exc:
             failure = peer_failure(exc)
