@@ -271,6 +271,28 @@ def _time_windows(run_one: Callable[[], Any], sync: Callable[[Any], None], warmu
     return times
 
 
+def _time_eval(req: BenchRequest, parts, state, work: _Workload, mesh, batch_size: int, seed: int,
+               progress: Progress) -> tuple[list[float], float]:
+    """Forward-only throughput: `make_eval_step` on a random batch, compiled ahead of time."""
+    import jax
+    import numpy as np
+
+    from cnncli.distributed import shard_global_batch
+    from cnncli.train.step import make_eval_step
+
+    rng = np.random.default_rng(seed + 1)
+    args = (state.params, state.batch_stats,
+            shard_global_batch(mesh, rng.integers(0, 256, (batch_size, *work.image_shape), dtype=np.uint8)),
+            shard_global_batch(mesh, rng.integers(0, work.num_classes, batch_size).astype(np.int32)),
+            shard_global_batch(mesh, np.ones(batch_size, np.bool_)))
+    eval_step = make_eval_step(parts, num_classes=work.num_classes, mean=work.mean, std=work.std)
+    progress("compiling the eval step ...")
+    compiled, compile_s = _timed_compile(jax.jit(eval_step), *args)
+    times = _time_windows(lambda: compiled(*args), jax.block_until_ready, req.warmup_steps, req.steps, req.windows,
+                          progress, "eval")
+    return times, compile_s
+
+
 def _device_info() -> dict[str, Any]:
     import jax
 
@@ -282,18 +304,12 @@ def run_bench(req: BenchRequest, progress: Progress = lambda _msg: None) -> dict
     """Compile and time the training and evaluation steps of `req`; returns the report as a dict."""
     cfg = resolve_config(req)
     import jax
-    import numpy as np
 
-    from cnncli.distributed import (
-        check_batch_size,
-        make_mesh,
-        replicate,
-        shard_global_batch,
-    )
+    from cnncli.distributed import check_batch_size, make_mesh, replicate
     from cnncli.models import create_model
     from cnncli.train.optim import build_optimizer, build_schedule
     from cnncli.train.state import init_train_state, split_model
-    from cnncli.train.step import make_eval_step, make_train_step
+    from cnncli.train.step import make_train_step
 
     t = cfg.train
     work = _workload(cfg, req.data)
@@ -329,17 +345,7 @@ def run_bench(req: BenchRequest, progress: Progress = lambda _msg: None) -> dict
     state = box["state"]
     loss = float(jax.device_get(box["metrics"]["loss"]))
 
-    rng = np.random.default_rng(t.seed + 1)
-    bs = t.batch_size
-    eval_args = (state.params, state.batch_stats,
-                 shard_global_batch(mesh, rng.integers(0, 256, (bs, *work.image_shape), dtype=np.uint8)),
-                 shard_global_batch(mesh, rng.integers(0, work.num_classes, bs).astype(np.int32)),
-                 shard_global_batch(mesh, np.ones(bs, np.bool_)))
-    eval_step = make_eval_step(parts, num_classes=work.num_classes, mean=work.mean, std=work.std)
-    progress("compiling the eval step ...")
-    eval_compiled, eval_compile_s = _timed_compile(jax.jit(eval_step), *eval_args)
-    eval_times = _time_windows(lambda: eval_compiled(*eval_args), jax.block_until_ready, req.warmup_steps,
-                               req.steps, req.windows, progress, "eval")
+    eval_times, eval_compile_s = _time_eval(req, parts, state, work, mesh, t.batch_size, t.seed, progress)
     model_flops = model_flops_per_step(parts, state.params, state.batch_stats, (t.batch_size, *work.image_shape))
     return _report(req, cfg, work, device, step_times, eval_times, compile_s, eval_compile_s,
                    _cost_flops(train_compiled), model_flops, loss)
