@@ -62,6 +62,9 @@ def _ocp():
 
     absl = logging.getLogger("absl")
     absl.setLevel(logging.ERROR)  # orbax logs routine notices as warnings
+    # A failed asynchronous write (a full disk) is reported once, as a CheckpointError; orbax's futures
+    # would otherwise each log "exception was never retrieved" with a traceback when collected.
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
     if _quiet_orbax not in absl.filters:
         absl.addFilter(_quiet_orbax)
     if not getattr(sys.unraisablehook, "_cnn_checkpoint", False):
@@ -259,6 +262,10 @@ class CheckpointManager:
         if not self.directory.is_dir():
             return []
         return sorted(int(p.name) for p in self.directory.iterdir() if p.name.isdigit() and p.is_dir())
+
+    def incomplete_steps(self) -> list[int]:
+        """Step directories on disk that are not complete checkpoints (emptied, or an interrupted first save)."""
+        return sorted(set(self._step_dirs()) - set(self.steps()))
 
     def steps(self) -> list[int]:
         return sorted(self._mgr.all_steps())

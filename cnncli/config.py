@@ -38,6 +38,7 @@ MAX_IMAGE_SIDE = 4096
 MAX_BATCH = 2**20
 MAX_CLASSES = 1_000_000
 MAX_COUNT = 1_000_000  # patience, checkpoints kept, synthetic examples
+MAX_RATE = 1_000.0  # learning rates and decays: far above any that trains, far below float32's overflow
 
 
 @dataclass(frozen=True)
@@ -157,11 +158,11 @@ class OptimizerConfig:
     """`optimizer:` section."""
 
     name: str = field(default="sgd", metadata=_choices("sgd", "adam", "adamw", "rmsprop"))
-    lr: float = field(default=0.1, metadata=_range(gt=0))
+    lr: float = field(default=0.1, metadata=_range(gt=0, le=MAX_RATE))
     momentum: float = field(default=0.9, metadata=_UNIT)
     nesterov: bool = False
     # L2 added to the gradient (sgd/adam/rmsprop) or decoupled (adamw)
-    weight_decay: float = field(default=0.0, metadata=_range(ge=0))
+    weight_decay: float = field(default=0.0, metadata=_range(ge=0, le=MAX_RATE))
     decay_norm_and_bias: bool = True  # false: no weight decay on BatchNorm and bias parameters
     b1: float = field(default=0.9, metadata=_UNIT)
     b2: float = field(default=0.999, metadata=_UNIT)
@@ -182,13 +183,13 @@ class ScheduleConfig:
     # steps; overrides milestones
     milestone_steps: list[int] | None = field(default=None, metadata=_range(ge=0, le=MAX_STEPS))
     gamma: float = field(default=0.1, metadata=_range(gt=0))  # step schedule factor
-    final_lr: float = field(default=0.0, metadata=_range(ge=0))  # cosine / polynomial end value
+    final_lr: float = field(default=0.0, metadata=_range(ge=0, le=MAX_RATE))  # cosine / polynomial end value
     power: float = field(default=1.0, metadata=_range(gt=0))  # polynomial
     metric: str = field(default="val_loss", metadata=_choices("val_loss", "val_accuracy"))  # plateau
     # plateau: evaluations without improvement
     patience: int = field(default=5, metadata=_range(ge=0, le=MAX_COUNT))
     factor: float = field(default=0.1, metadata=_range(gt=0, lt=1))  # plateau
-    min_lr: float = field(default=0.0, metadata=_range(ge=0))  # plateau
+    min_lr: float = field(default=0.0, metadata=_range(ge=0, le=MAX_RATE))  # plateau
     # plateau: relative improvement that counts
     threshold: float = field(default=1e-4, metadata=_range(ge=0, lt=1))
 
@@ -601,4 +602,5 @@ def resolve_model_shape(cfg: Config, image_shape: tuple[int, int, int], num_clas
         raise ConfigError(f"model.num_classes={m.num_classes} but the dataset has {num_classes} classes")
     model = dataclasses.replace(m, num_classes=num_classes if m.num_classes is None else m.num_classes,
                                 input_size=h, in_channels=c)
-    return dataclasses.replace(cfg, model=model)
+    data = dataclasses.replace(cfg.data, image_size=h, channels=c)  # resolving a resolved config changes nothing
+    return dataclasses.replace(cfg, model=model, data=data)

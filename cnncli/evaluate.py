@@ -61,6 +61,12 @@ def _chosen_step(manager, which: str, ckpt_dir: Path) -> int:
     """The step `--checkpoint best|latest|STEP` names."""
     if which == "best":
         step = manager.best_step()
+        broken = [s for s in manager.incomplete_steps() if step is None or s != step]
+        if broken:  # the best may have been one of them: say which checkpoints were not considered
+            import sys
+
+            sys.stderr.write(f"warning: {ckpt_dir} has incomplete checkpoint(s) at step(s) "
+                             f"{', '.join(map(str, broken))}; the best is chosen among {manager.steps()}\n")
     elif which == "latest":
         step = manager.latest_step()
     else:

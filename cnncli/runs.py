@@ -2,11 +2,10 @@
 history (`cnn plot`).
 
 A run's status is what its status.json says (running / finished / interrupted / failed),
-or "unknown" when that file is missing or unreadable. The loop writes "running" when it
-starts and the final state when it ends, so a process killed without a chance to write
-(SIGKILL, power loss, an out-of-memory kill) leaves a run that keeps showing "running";
-`updated` (the newest modification time of status.json and metrics.jsonl) tells such a run
-apart from a live one.
+or "unknown" when that file is missing or unreadable. A process killed without a chance to
+write (SIGKILL, power loss, an out-of-memory kill) leaves "running" in status.json; its
+run directory's lock died with it, so such a run is listed as "dead" (resume it).
+`updated` is the newest modification time of status.json and metrics.jsonl.
 """
 
 from __future__ import annotations
@@ -81,6 +80,13 @@ def metric_series(records: list[dict[str, Any]]) -> dict[str, dict[str, np.ndarr
                    "value": np.array([p[2] for p in pts])} for name, pts in points.items()}
 
 
+def _live_status(path: Path, status: str) -> str:
+    """status.json's word, except that a "running" run whose process is gone (its lock is free) is "dead"."""
+    if status == "running" and (path / ".lock").exists() and RunDir(path).owner() is None:
+        return "dead"
+    return status
+
+
 def is_run_dir(path: Path) -> bool:
     """A run directory has its config.yaml and cnn's marker (or, for older runs, something training writes)."""
     run = RunDir(path)
@@ -150,7 +156,7 @@ def summarize_run(path: str | Path, root: str | Path | None = None) -> dict[str,
         "path": str(path),
         "model": model or status.get("model"),
         "dataset": dataset or status.get("dataset"),
-        "status": status.get("status", "unknown"),
+        "status": _live_status(path, status.get("status", "unknown")),
         "epochs_done": _number(status.get("epochs_done")) if "epochs_done" in status else (
             max(epochs) if epochs else None),
         "best_val_accuracy": max(val_acc) if val_acc else None,

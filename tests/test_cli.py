@@ -127,6 +127,10 @@ def test_summarize_json(tmp_path):
     (["eval", "no/such/run"], "no such run directory or checkpoint"),
     (["predict", "no/such/run"], "Missing argument 'images'"),
     (["train", "--bogus"], "No such option: --bogus"),
+    (["train", "configs/digits_resnet20.yaml", "--name", "../../escape"], "must be a plain folder name"),
+    (["train", "configs/digits_resnet20.yaml", "--set", "optimizer.lr=1e308"], "optimizer.lr"),
+    (["summarize", "x" * 5000], "File name too long: xxxx"),
+    (["summarize", "x" * 200], "unknown model 'xxxxxxxx"),
 ])
 def test_bad_input_is_one_line_exit_2(args, needle):
     proc = subprocess.run([sys.executable, "-m", "cnncli.cli", *args], capture_output=True, text=True)

@@ -144,3 +144,30 @@ def test_resume_falls_back_past_a_damaged_checkpoint_with_the_same_losses(tiny_c
     a, b = _train_losses(whole), _train_losses(cut)
     assert sorted(b) == list(range(1, 9))
     assert all(b[s] == a[s] for s in range(5, 9)), (a, b)  # bit for bit from the restored step on
+
+
+def test_resume_refuses_a_folder_cnn_did_not_create(tmp_path, tiny_config):
+    project = tmp_path / "project"
+    (project / "src").mkdir(parents=True)
+    (project / "config.yaml").write_text(tiny_config.read_text() + "# my notes\n")
+    before = {p: p.read_bytes() for p in project.rglob("*") if p.is_file()}
+    res = cnn("train", "--resume", project)
+    assert res.exit_code == 2 and "not a run directory cnn created" in res.output
+    assert {p: p.read_bytes() for p in project.rglob("*") if p.is_file()} == before
+
+
+def test_killed_run_is_listed_as_dead_and_resumes(tiny_config, tmp_path):
+    run = tmp_path / "run"
+    proc = _spawn(["train", tiny_config, "--run-dir", run, "--set", "train.steps=400",
+                   "--set", "train.checkpoint_every_steps=2", "--set", "train.log_every_steps=1"], tmp_path)
+    deadline = time.time() + 300
+    while time.time() < deadline and not (run / "metrics.jsonl").exists():
+        time.sleep(0.05)
+    res = cnn("runs", tmp_path, "--format", "json")
+    assert json.loads(res.stdout)[0]["status"] == "running"  # alive: its lock is held
+    proc.kill()
+    proc.wait()
+    res = cnn("runs", tmp_path, "--format", "json")
+    assert json.loads(res.stdout)[0]["status"] == "dead"
+    res = cnn("train", "--resume", run, "--set", "train.steps=12")
+    assert res.exit_code == 0, res.output

@@ -53,6 +53,13 @@ def cli_errors(fn):
                 raise
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(exc.exit_code) from None
+        except OSError as exc:  # the file system refused a path the user gave (too long, no permission, ...)
+            if _state["debug"]:
+                raise
+            name = str(exc.filename or "")
+            name = name if len(name) <= 80 else name[:77] + "..."
+            typer.echo(f"error: {exc.strerror or type(exc).__name__}" + (f": {name}" if name else ""), err=True)
+            raise typer.Exit(2) from None
         except KeyboardInterrupt:
             if _state["debug"]:
                 raise

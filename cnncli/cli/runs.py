@@ -34,8 +34,8 @@ def runs(
 ) -> None:
     """List run directories: model, dataset, status, epochs, best val accuracy, test accuracy, time, speed.
 
-    Status is what the run's status.json says; a run whose process was killed outright still
-    says "running" (its `updated` time stops moving).
+    Status is what the run's status.json says, except that a "running" run whose process was
+    killed outright (its lock is free) shows as "dead".
     """
     from cnncli.runs import list_runs
 

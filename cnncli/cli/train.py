@@ -38,7 +38,7 @@ def train(
 ) -> None:
     """Train a model; writes a run directory (config, metrics, checkpoints, results)."""
     from cnncli.config import load_config
-    from cnncli.errors import ConfigError
+    from cnncli.errors import ConfigError, RunDirError
     from cnncli.rundir import RunDir, default_run_name
 
     if resume is not None:
@@ -49,11 +49,14 @@ def train(
             raise ConfigError("--resume continues the run in place from its checkpoint: --run-dir, --name, --force "
                               "and --init-from do not apply")
         run = RunDir.open(resume)
+        if not run.is_cnn_run():
+            raise RunDirError(f"--resume refuses {run.path}: it is not a run directory cnn created (no .cnn-run "
+                              "marker or run status.json), so it may be someone's project folder")
         cfg = load_config(run.config, overrides)
-        if not print_config:
-            from cnncli.train.resume import check_resume_changes, finished_note
+        from cnncli.train.resume import check_resume_changes, finished_note
 
-            check_resume_changes(load_config(run.config), cfg, run.path)
+        check_resume_changes(load_config(run.config), cfg, run.path)
+        if not print_config:
             note = finished_note(run.read_json("status.json"), cfg)
             if note is not None:
                 stderr_console().print(f"{run.path}: {note}")
@@ -65,6 +68,11 @@ def train(
         if init_from is not None:
             overrides = [*(overrides or []), f"model.init_from={init_from}"]
         cfg = load_config(config, overrides)
+        if name is not None and (not name.strip() or name in (".", "..") or "/" in name or "\\" in name):
+            raise ConfigError(f"--name {name!r} must be a plain folder name under output.root ({cfg.output.root}); "
+                              "use --run-dir for a path")
+        if run_dir is not None and not str(run_dir).strip():
+            raise ConfigError("--run-dir is empty; give the run directory's path")
         path = run_dir or Path(cfg.output.root) / (name or default_run_name(config))
     if print_config:
         typer.echo(cfg.to_yaml(), nl=False)

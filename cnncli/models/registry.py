@@ -90,7 +90,9 @@ def get_spec(name: str) -> ModelSpec:
     """The ModelSpec for `name`, or a ModelError suggesting close names."""
     reg = _registry()
     if name not in reg:
-        raise ModelError(f"unknown model {name!r}{did_you_mean(name, reg)}; `cnn models` lists them all")
+        shown = name if len(name) <= 60 else name[:57] + "..."
+        hint = did_you_mean(name, reg) if len(name) <= 60 else ""
+        raise ModelError(f"unknown model {shown!r}{hint}; `cnn models` lists them all")
     return reg[name]
 
 

@@ -27,6 +27,7 @@ class SignalCatcher:
     def __init__(self):
         self.signum: int | None = None
         self.urgent = False
+        self.raised = False
 
     @contextlib.contextmanager
     def installed(self):
@@ -43,9 +44,12 @@ class SignalCatcher:
                 signal.signal(s, h)
 
     def _handle(self, signum, frame):
+        if self.raised:  # already stopping: let the clean-up finish and say so
+            return
         first = self.signum is None
         self.signum = signum
         if self.urgent or not first:
+            self.raised = True
             raise TrainingInterrupted(f"{signal.Signals(signum).name}: stopped", signum)
 
 

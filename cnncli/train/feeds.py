@@ -95,7 +95,7 @@ class FileFeed:
         return self.evaluator.run_batches(params, batch_stats, batches)[0]
 
     def corrupt_files(self) -> list[str]:
-        return [f for loader in self.loaders.values() for f in loader.corrupt_files]
+        return sorted({f for loader in self.loaders.values() for f in loader.corrupt_files})  # once, not per epoch
 
 
 def make_feed(data: Dataset, mesh, step_fn: Callable, evaluator: Any, cfg) -> ArrayFeed | FileFeed:

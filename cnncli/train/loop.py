@@ -129,7 +129,9 @@ class Training:
 
     def _write_run_files(self, resumed: bool) -> None:
         run, data, cfg = self.run_dir, self.setup.data, self.cfg
-        run.config.write_text(cfg.to_yaml())
+        text = cfg.to_yaml()
+        if not (resumed and run.config.is_file() and run.config.read_text() == text):  # a resume changes what changed
+            run.write_text("config.yaml", text)
         run.write_json("split.json", data.split_info)
         run.write_json("data.json", {"source": data.source, "path": data.path, "description": data.description,
                                      "class_names": data.class_names, "image_shape": list(data.image_shape),
