@@ -138,11 +138,25 @@ def test_only_process_zero_writes_and_prints(pair):
 def test_checkpoint_of_two_processes_evaluates_in_one(pair, workdir):
     run, _, _ = pair
     proc = subprocess.run([sys.executable, "-m", "cnncli.cli", "eval", str(run), "--format", "json"], env=_env(1),
-                          capture_output=True, text=True, timeout=TIMEOUT)
+                          capture_output=True, text=True, timeout=TIMEOUT, check=False)
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     expected = json.loads((run / "results.json").read_text())
     assert report["accuracy"] == pytest.approx(expected["accuracy"], abs=1e-9)
+
+
+def test_pair_resumes_in_one_process(pair, workdir):
+    """The global batch and its order do not depend on the processes: a resume on fewer goes on, with a note."""
+    run, _, _ = pair
+    log = workdir / "pair.resume-one.log"
+    [(rc, out)] = _finish([(_cnn(["--resume", run, "--set", "train.steps=6"], log), log)])
+    assert rc == 0, out
+    assert ("note: the checkpoint was written by 2 process(es) on 2 device(s), this run has 1 on 1: the global batch "
+            "(32) and the order of examples stay the same, 32 per device") in out
+    assert "resuming" in out and "from step 4" in out
+    assert [r["step"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+            if r["split"] == "train"] == [1, 2, 3, 4, 5, 6]
+    assert json.loads((run / "status.json").read_text())["cluster"]["processes"] == 1
 
 
 def test_four_devices_and_two_processes_of_two_match_one(one_device, workdir):
@@ -201,9 +215,10 @@ def test_unreachable_coordinator_is_one_line(workdir):
                                   "--set", "distributed.initialization_timeout=2"], workdir / "alone.log"),
                             workdir / "alone.log")], timeout=120)
     assert rc == 3
+    port = out.split("127.0.0.1:")[1].split()[0]
     assert out.strip().splitlines()[-1] == (
-        "error: could not join the cluster at 127.0.0.1:%s within 2 s (distributed.initialization_timeout): is "
-        "process 0 running there, and is the port reachable from this host?" % out.split("127.0.0.1:")[1].split()[0])
+        f"error: could not join the cluster at 127.0.0.1:{port} within 2 s (distributed.initialization_timeout): is "
+        "process 0 running there, and is the port reachable from this host?")
     assert not run.exists()
 
 
