@@ -21,6 +21,9 @@ def train(
     force: Annotated[bool, typer.Option(help="Replace an existing run directory.")] = False,
     print_config: Annotated[bool, typer.Option("--print-config", help="Print the resolved config and exit.")] = False,
     format: Annotated[Format, typer.Option("--format", help="Final summary format.")] = Format.table,
+    cache: Annotated[bool, typer.Option(
+        "--cache/--no-cache", help="Reuse compiled steps across runs (JAX's persistent compilation cache in "
+                                   "$CNN_CACHE_DIR or ~/.cache/cnn/jax).")] = True,
     init_from: Annotated[Optional[Path], typer.Option(
         "--init-from", help="Start from stored weights: a `cnn weights import` directory or a run (sets "
                             "model.init_from).")] = None,
@@ -83,6 +86,8 @@ def train(
     distributed.initialize(distributed.cluster_spec(cfg.distributed, coordinator=coordinator,
                                                     num_processes=num_processes, process_id=process_id,
                                                     auto=cluster_auto))
+    if cache:
+        _enable_compilation_cache()
     from cnncli.train.loop import train_and_evaluate
 
     from rich.console import Console
@@ -100,6 +105,21 @@ def train(
         print_json(summary)
     else:
         _print_train_summary(summary, console)
+
+
+def _enable_compilation_cache() -> None:
+    """JAX's persistent compilation cache: a second run of the same config skips most of its compile time."""
+    import os
+
+    import jax
+
+    path = Path(os.environ.get("CNN_CACHE_DIR") or Path.home() / ".cache" / "cnn" / "jax")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return  # an unwritable home: compile every time, as with --no-cache
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
 def _initializer(init_from: str | None):
