@@ -249,6 +249,46 @@ def shard_global_batch(mesh: Mesh, array: np.ndarray) -> jax.Array:
     return place_local_rows(mesh, array[local_rows(array.shape[0])], array.shape[0])
 
 
+MIN_SHARDED_SIZE = 1024  # elements: smaller arrays (biases, norms, counters) stay replicated
+
+
+def state_shardings(mesh: Mesh, tree, *, shard: bool):
+    """A NamedSharding per leaf of `tree`: replicated; with `shard`, each array of at least
+    MIN_SHARDED_SIZE elements is split over `data` along its largest axis that divides evenly
+    (FSDP-style: XLA gathers a layer's weights when the step uses them)."""
+    n = int(mesh.devices.size)
+
+    def one(leaf):
+        shape = tuple(getattr(leaf, "shape", ()))
+        if not shard or n == 1 or int(np.prod(shape, dtype=np.int64)) < MIN_SHARDED_SIZE:
+            return replicated(mesh)
+        axes = sorted((a for a in range(len(shape)) if shape[a] % n == 0), key=lambda a: -shape[a])
+        if not axes:
+            return replicated(mesh)
+        spec = [None] * len(shape)
+        spec[axes[0]] = "data"
+        return NamedSharding(mesh, P(*spec))
+
+    return jax.tree.map(one, tree)
+
+
+def place(mesh: Mesh, tree, shardings):
+    """`tree` on the mesh with one sharding per leaf (each process passes the same host values)."""
+    if jax.process_count() > 1:
+        tree = jax.tree.map(lambda leaf: np.asarray(jax.device_get(leaf)) if isinstance(leaf, jax.Array) else leaf,
+                            tree)
+    return jax.device_put(tree, shardings)
+
+
+def bytes_per_device(tree) -> int:
+    """Bytes that the arrays of `tree` hold on this process's fullest device."""
+    used: dict[Any, int] = {}
+    for leaf in jax.tree.leaves(tree):
+        for shard in getattr(leaf, "addressable_shards", ()):
+            used[shard.device] = used.get(shard.device, 0) + shard.data.nbytes
+    return max(used.values(), default=0)
+
+
 def replicate(mesh: Mesh, tree):
     """`tree` on every device of the mesh. Under several processes each one passes its own host copy
     (the same values everywhere): jax moves no array from one host's device to another's."""

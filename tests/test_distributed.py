@@ -98,3 +98,43 @@ def test_environment_must_hold_integers():
 
     with pytest.raises(ConfigError, match="JAX_NUM_PROCESSES='two' must be an integer"):
         _spec({"JAX_NUM_PROCESSES": "two"})
+
+
+# ---- train.shard_params: parameters and optimizer state split over the devices -----------------
+
+SHARDED_PROBE = """
+import json, sys
+import jax
+from cnncli.config import load_config
+from cnncli.distributed import bytes_per_device, place
+from cnncli.train.setup import build_training
+
+out = {}
+for shard in (False, True):
+    s = build_training(load_config(sys.argv[1], ["train.shard_params=" + str(shard).lower(), "train.steps=3"]))
+    state = place(s.mesh, s.state, s.state_sharding)
+    before = bytes_per_device(state)
+    losses = []
+    for batch in s.feed.batches(s.stream, 0, 3):
+        state, metrics = s.feed.step(state, batch)
+        losses.append(float(metrics["loss"]))
+    replicated = [leaf.sharding.is_fully_replicated for leaf in jax.tree.leaves(state.params)]
+    out[str(shard)] = {"losses": losses, "before": before, "after": bytes_per_device(state),
+                       "total": sum(leaf.nbytes for leaf in jax.tree.leaves(state)), "replicated": replicated}
+print(json.dumps(out))
+"""
+
+
+def test_shard_params_same_losses_less_memory_per_device(tiny_config):
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    proc = subprocess.run([sys.executable, "-c", SHARDED_PROBE, str(tiny_config)], env=env, capture_output=True,
+                          text=True, timeout=600, check=False)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    full, split = out["False"], out["True"]
+    assert split["losses"] == pytest.approx(full["losses"], rel=1e-5)
+    assert full["before"] == full["after"] == full["total"]  # replicated: every device holds it all
+    assert split["before"] == split["after"]  # the step keeps the state sharded
+    assert split["after"] < 0.4 * full["after"]  # most bytes are in large kernels, a quarter each
+    assert all(full["replicated"])
+    assert not all(split["replicated"]) and any(split["replicated"])  # large kernels split, biases copied

@@ -206,6 +206,8 @@ class TrainConfig:
     # evaluations without improvement of best_metric
     early_stopping_patience: int | None = field(default=None, metadata=_range(ge=0, le=MAX_COUNT))
     eval_test: bool = False  # also evaluate the test split at every evaluation (learning-curve figures)
+    # FSDP-style: split each large parameter / optimizer-state array over the devices instead of copying it
+    shard_params: bool = False
     # fine-tuning: parameter groups to freeze (shell patterns over dotted module paths; "!p" unfreezes)
     freeze: list[str] = field(default_factory=list)
     # null: frozen for the whole run; else unfrozen after this many epochs

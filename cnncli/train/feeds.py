@@ -98,7 +98,21 @@ class FileFeed:
         return sorted({f for loader in self.loaders.values() for f in loader.corrupt_files})  # once, not per epoch
 
 
-def make_feed(data: Dataset, mesh, step_fn: Callable, evaluator: Any, cfg) -> ArrayFeed | FileFeed:
+def _keeping_sharding(step_fn: Callable, state_sharding: Any) -> Callable:
+    """The step, its new state constrained to `state_sharding` (sharded parameters stay sharded)."""
+    if state_sharding is None:
+        return step_fn
+
+    def step(state, *batch):
+        new_state, metrics = step_fn(state, *batch)
+        return jax.lax.with_sharding_constraint(new_state, state_sharding), metrics
+
+    return step
+
+
+def make_feed(data: Dataset, mesh, step_fn: Callable, evaluator: Any, cfg,
+              state_sharding: Any = None) -> ArrayFeed | FileFeed:
+    step_fn = _keeping_sharding(step_fn, state_sharding)
     if data.file_backed:
         return FileFeed(data, mesh, step_fn, evaluator, num_workers=cfg.data.num_workers,
                         skip_corrupt=cfg.data.skip_corrupt)

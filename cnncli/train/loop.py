@@ -155,6 +155,17 @@ class Training:
                        host=socket.gethostname(), total_steps=self.setup.total_steps, steps_per_epoch=self.spe,
                        model=cfg.model.name, dataset=cfg.data.source, reason=None, cluster=self.topology)
 
+    def _report_state_memory(self) -> None:
+        """Bytes of the train state on the fullest device: printed and stored under status.json's `cluster`."""
+        from cnncli.distributed import bytes_per_device
+
+        self.topology["state_bytes_per_device"] = bytes_per_device(self.state)
+        self.topology["shard_params"] = self.t.shard_params
+        how = "split over the devices" if self.t.shard_params else "a full copy on each device"
+        self.console.print(f"train state: {self.topology['state_bytes_per_device'] / 2**20:.2f} MiB per device ({how})")
+        if self.primary:
+            self.run_dir.set_status("running", cluster=self.topology)
+
     def _note_topology_change(self, before: dict | None) -> None:
         """A resume on another number of processes or devices keeps the global batch and its order."""
         now = self.topology
@@ -198,7 +209,7 @@ class Training:
     # ---- the loop ------------------------------------------------------------------------------
 
     def run(self) -> dict[str, Any]:
-        from cnncli.distributed import replicate
+        from cnncli.distributed import place
 
         s = self.setup
         sizes = s.data.sizes()
@@ -212,7 +223,8 @@ class Training:
                            f"device(s); global batch {topo['global_batch']}, {topo['per_device_batch']} per device")
         from cnncli.metrics import TrainProgress
 
-        self.state = replicate(s.mesh, self.state)
+        self.state = place(s.mesh, self.state, s.state_sharding)
+        self._report_state_memory()
         with TrainProgress(self.console, s.total_steps, self.start_step, self.spe,
                            s.total_steps / self.spe) as self.progress:
             self._batches = s.feed.batches(s.stream, self.start_step, s.total_steps)

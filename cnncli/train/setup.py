@@ -32,6 +32,7 @@ class TrainingSetup:
     evaluator: Any
     feed: Any
     init_report: dict[str, Any]  # fine-tuning: parameter groups loaded, re-initialised, frozen ({} otherwise)
+    state_sharding: Any = None  # NamedSharding per state leaf: replicated, or split over `data` (shard_params)
 
     @property
     def steps_per_epoch(self) -> int:
@@ -68,7 +69,7 @@ def build_training(cfg: Config, init: Callable[[dict, int], tuple[dict, dict]] |
     freshly initialised {params, batch_stats} (fine-tuning from stored weights)."""
     from cnncli.checkpoint import metric_mode
     from cnncli.data.pipeline import TrainIndexStream, prepare_dataset
-    from cnncli.distributed import check_batch_size, make_mesh
+    from cnncli.distributed import check_batch_size, make_mesh, state_shardings
     from cnncli.models import create_model
     from cnncli.train.evaluator import Evaluator
     from cnncli.train.feeds import make_feed
@@ -124,9 +125,10 @@ def build_training(cfg: Config, init: Callable[[dict, int], tuple[dict, dict]] |
         ema_decay=t.ema_decay, stop_on_nonfinite=t.on_nonfinite == "stop")
     evaluator = Evaluator(parts, num_classes=cfg.model.num_classes, mean=data.mean, std=data.std, mesh=mesh,
                           batch_size=t.eval_batch_size or t.batch_size)
-    feed = make_feed(data, mesh, step_fn, evaluator, cfg)
+    state_sharding = state_shardings(mesh, state, shard=t.shard_params)
+    feed = make_feed(data, mesh, step_fn, evaluator, cfg, state_sharding if t.shard_params else None)
     return TrainingSetup(cfg, data, mesh, parts, tx, schedule, state, stream, total, plateau, evaluator, feed,
-                         report)
+                         report, state_sharding)
 
 
 def restore_training(setup: TrainingSetup, manager, run_path, console) -> tuple[Any, dict] | None:
