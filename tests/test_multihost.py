@@ -110,7 +110,8 @@ def test_two_processes_train_as_one(one_device, pair):
     status = json.loads((run / "status.json").read_text())
     assert status["status"] == "finished" and status["pid"] == pids[0]
     assert status["cluster"] == {"processes": 2, "devices": 2, "local_devices": 1, "platform": "cpu",
-                                 "global_batch": 32, "per_device_batch": 16}
+                                 "global_batch": 32, "per_device_batch": 16, "shard_params": False,
+                                 "state_bytes_per_device": status["cluster"]["state_bytes_per_device"]}
     assert json.loads((run / ".lock").read_text())["pid"] == pids[0]
 
 
@@ -268,3 +269,16 @@ def test_image_folder_decoded_per_process_matches_one_process(workdir):
     one, two = (json.loads((run / "results.json").read_text()) for run in (single, pair))
     assert one["num_examples"] == two["num_examples"] == 90
     assert two["accuracy"] == pytest.approx(one["accuracy"], abs=1e-9)
+
+
+def test_shard_params_over_two_processes(one_device, pair, workdir):
+    """FSDP-style state: each process's device holds part of every large array; the losses stay."""
+    run = workdir / "sharded_pair"
+    results = _finish(_launch(workdir / "tiny.yaml", run, 2, extra=["--set", "train.shard_params=true"]))
+    assert [rc for rc, _ in results] == [0, 0], results
+    assert _train_losses(run) == pytest.approx(_train_losses(one_device), rel=2e-3)
+    sharded = json.loads((run / "status.json").read_text())["cluster"]
+    replicated = json.loads((pair[0] / "status.json").read_text())["cluster"]
+    assert sharded["shard_params"] and not replicated["shard_params"]
+    assert sharded["state_bytes_per_device"] < 0.6 * replicated["state_bytes_per_device"]
+    assert "MiB per device (split over the devices)" in results[0][1]
