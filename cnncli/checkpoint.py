@@ -331,9 +331,15 @@ class CheckpointManager:
         """Restore (model_tree, train_tree or None, meta) for `step` into the given abstract targets."""
         ocp = _ocp()
         self._check(step)
-        items = {"model": ocp.args.StandardRestore(model_target), "meta": ocp.args.JsonRestore()}
+        import jax
+
+        # Arrays saved by another device layout (e.g. two processes) load onto this process's first device
+        # where the target does not say where they go; the caller places them on its mesh.
+        here = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        items = {"model": ocp.args.StandardRestore(model_target, fallback_sharding=here),
+                 "meta": ocp.args.JsonRestore()}
         if train_target is not None:
-            items["train"] = ocp.args.StandardRestore(train_target)
+            items["train"] = ocp.args.StandardRestore(train_target, fallback_sharding=here)
         try:
             out = self._mgr.restore(step, args=ocp.args.Composite(**items))
         except (ValueError, KeyError, TypeError) as exc:

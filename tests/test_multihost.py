@@ -133,9 +133,6 @@ def test_only_process_zero_writes_and_prints(pair):
     assert results_json["num_examples"] == 359  # every test image counted once across the two processes
 
 
-@pytest.mark.xfail(strict=True, reason="cnncli/checkpoint.py restores an abstract target with the sharding the "
-                                       "checkpoint was saved with (a 2-device mesh); it needs a fallback_sharding "
-                                       "for a different topology")
 def test_checkpoint_of_two_processes_evaluates_in_one(pair, workdir):
     run, _, _ = pair
     proc = subprocess.run([sys.executable, "-m", "cnncli.cli", "eval", str(run), "--format", "json"], env=_env(1),

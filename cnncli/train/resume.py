@@ -21,6 +21,7 @@ EXTENSIBLE = (
     "train.checkpoint_every_epochs", "train.checkpoint_every_steps", "train.keep_last", "train.eval_batch_size",
     "train.early_stopping_patience", "train.eval_test", "train.on_nonfinite",
     "schedule.", "optimizer.lr", "output.", "data.path", "data.num_workers", "data.skip_corrupt",
+    "distributed.", "train.shard_params",
 )
 
 
