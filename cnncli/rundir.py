@@ -306,7 +306,7 @@ def locate(path: str | Path) -> Location:
     if not p.is_dir():
         raise RunDirError(f"{p} is a file, not a run directory or checkpoint")
     step = None
-    if _is_step_dir(p):
+    if _is_step_dir(p) or (p.name.isdigit() and p.parent.name == "checkpoints"):  # a step, even an empty one
         checkpoints, step = p.parent, int(p.name)
     elif (p / "checkpoints").is_dir():
         checkpoints = p / "checkpoints"

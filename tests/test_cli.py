@@ -128,7 +128,7 @@ def test_summarize_json(tmp_path):
     (["predict", "no/such/run"], "Missing argument 'images'"),
     (["train", "--bogus"], "No such option: --bogus"),
     (["train", "configs/digits_resnet20.yaml", "--name", "../../escape"], "must be a plain folder name"),
-    (["train", "configs/digits_resnet20.yaml", "--set", "optimizer.lr=1e308"], "optimizer.lr"),
+    (["train", "configs/digits_resnet20.yaml", "--set", "optimizer.lr=1e39"], "optimizer.lr"),
     (["summarize", "x" * 5000], "File name too long: xxxx"),
     (["summarize", "x" * 200], "unknown model 'xxxxxxxx"),
 ])

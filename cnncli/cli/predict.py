@@ -36,9 +36,11 @@ def predict(
 
     t = Table()
     for col in ("image", "rank", "class", "probability"):
-        t.add_column(col, justify="right" if col in ("rank", "probability") else "left")
-    for r in results:
+        t.add_column(col, justify="right" if col in ("rank", "probability") else "left", overflow="fold")
+    names = [Path(r["file"]).name for r in results]
+    shown = names if len(set(names)) == len(names) else [r["file"] for r in results]  # JSON has the full paths
+    for r, name in zip(results, shown):
         for rank, p in enumerate(r["predictions"], 1):
-            t.add_row(r["file"] if rank == 1 else "", str(rank), p["class"], f"{p['probability']:.4f}")
+            t.add_row(name if rank == 1 else "", str(rank), p["class"], f"{p['probability']:.4f}")
         t.add_section()
     Console().print(t)
