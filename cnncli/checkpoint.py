@@ -422,36 +422,3 @@ def find_checkpoint_dir(path: str | Path) -> tuple[Path, int | None]:
         raise CheckpointError(f"{path} holds no complete checkpoint (expected a run directory or "
                               "checkpoints/<step>)")
     return loc.checkpoints, loc.step
-
-
-def flatten_tree(tree: Any) -> dict[str, Any]:
-    """{'params/layer1/0/conv1/kernel': array, ...} from a nested model tree."""
-    import jax
-    import numpy as np
-
-    flat = {}
-    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-        key = "/".join(str(getattr(p, "key", getattr(p, "name", getattr(p, "idx", p)))) for p in path)
-        flat[key] = np.asarray(jax.device_get(leaf))
-    return flat
-
-
-def export_weights(path: Path, model_tree: Any, fmt: str) -> Path:
-    """Write the weights as one portable file: safetensors, or flax msgpack of the flat dict."""
-    flat = flatten_tree(model_tree)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        if fmt == "safetensors":
-            from safetensors.numpy import save_file
-
-            save_file(flat, str(tmp))
-        else:
-            from flax import serialization
-
-            tmp.write_bytes(serialization.msgpack_serialize(flat))
-        os.replace(tmp, path)
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise CheckpointError(f"could not write the exported weights {path}: {exc.strerror or exc}") from None
-    return path

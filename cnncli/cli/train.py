@@ -40,9 +40,7 @@ def train(
         rich_help_panel="Several processes")] = False,
 ) -> None:
     """Train a model; writes a run directory (config, metrics, checkpoints, results)."""
-    from cnncli.config import load_config
-    from cnncli.errors import ConfigError, RunDirError
-    from cnncli.rundir import RunDir, default_run_name
+    from cnncli.errors import ConfigError
 
     if resume is not None:
         if config is not None:
@@ -51,32 +49,16 @@ def train(
         if run_dir is not None or name is not None or force or init_from is not None:
             raise ConfigError("--resume continues the run in place from its checkpoint: --run-dir, --name, --force "
                               "and --init-from do not apply")
-        run = RunDir.open(resume)
-        if not run.is_cnn_run():
-            raise RunDirError(f"--resume refuses {run.path}: it is not a run directory cnn created (no .cnn-run "
-                              "marker or run status.json), so it may be someone's project folder")
-        cfg = load_config(run.config, overrides)
-        from cnncli.train.resume import check_resume_changes, finished_note
-
-        check_resume_changes(load_config(run.config), cfg, run.path)
-        if not print_config:
-            note = finished_note(run.read_json("status.json"), cfg)
-            if note is not None:
-                stderr_console().print(f"{run.path}: {note}")
-                return
-        path = run.path
+        cfg, path, note = _resumed(resume, overrides)
+        if note is not None and not print_config:
+            stderr_console().print(f"{path}: {note}")
+            return
     else:
         if config is None:
             raise ConfigError("give a CONFIG file (e.g. configs/digits_resnet20.yaml) or --resume RUN_DIR")
         if init_from is not None:
             overrides = [*(overrides or []), f"model.init_from={init_from}"]
-        cfg = load_config(config, overrides)
-        if name is not None and (not name.strip() or name in (".", "..") or "/" in name or "\\" in name):
-            raise ConfigError(f"--name {name!r} must be a plain folder name under output.root ({cfg.output.root}); "
-                              "use --run-dir for a path")
-        if run_dir is not None and not str(run_dir).strip():
-            raise ConfigError("--run-dir is empty; give the run directory's path")
-        path = run_dir or Path(cfg.output.root) / (name or default_run_name(config))
+        cfg, path = _new(config, overrides, name, run_dir)
     if print_config:
         typer.echo(cfg.to_yaml(), nl=False)
         return
@@ -105,6 +87,37 @@ def train(
         print_json(summary)
     else:
         _print_train_summary(summary, console)
+
+
+def _resumed(resume: Path, overrides):
+    """(config, run path, finished note or None) of `--resume RUN`, refusing what a resume may not change."""
+    from cnncli.config import load_config
+    from cnncli.errors import RunDirError
+    from cnncli.rundir import RunDir
+    from cnncli.train.resume import check_resume_changes, finished_note
+
+    run = RunDir.open(resume)
+    if not run.is_cnn_run():
+        raise RunDirError(f"--resume refuses {run.path}: it is not a run directory cnn created (no .cnn-run "
+                          "marker or run status.json), so it may be someone's project folder")
+    cfg = load_config(run.config, overrides)
+    check_resume_changes(load_config(run.config), cfg, run.path)
+    return cfg, run.path, finished_note(run.read_json("status.json"), cfg)
+
+
+def _new(config: Path, overrides, name: str | None, run_dir: Path | None):
+    """(config, run path) of a new run: --run-dir, or output.root / (--name or config stem + time)."""
+    from cnncli.config import load_config
+    from cnncli.errors import ConfigError
+    from cnncli.rundir import default_run_name
+
+    cfg = load_config(config, overrides)
+    if name is not None and (not name.strip() or name in (".", "..") or "/" in name or "\\" in name):
+        raise ConfigError(f"--name {name!r} must be a plain folder name under output.root ({cfg.output.root}); "
+                          "use --run-dir for a path")
+    if run_dir is not None and not str(run_dir).strip():
+        raise ConfigError("--run-dir is empty; give the run directory's path")
+    return cfg, run_dir or Path(cfg.output.root) / (name or default_run_name(config))
 
 
 def _enable_compilation_cache() -> None:

@@ -334,7 +334,7 @@ class Training:
     # ---- the end -------------------------------------------------------------------------------
 
     def _final(self) -> dict[str, Any]:
-        from cnncli.checkpoint import export_weights
+        from cnncli.export import export_weights
         from cnncli.distributed import replicate
 
         s, run = self.setup, self.run_dir

@@ -155,7 +155,7 @@ def export_weights(src: str | Path, out: str | Path, layout: str = "torchvision"
     """Write a weights directory or a run's best checkpoint as one .safetensors file; (path, tensors)."""
     from safetensors.numpy import save_file
 
-    from cnncli.checkpoint import flatten_tree
+    from cnncli.export import flatten_tree
 
     out = Path(out)
     if out.suffix != ".safetensors":
