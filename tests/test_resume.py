@@ -1,0 +1,80 @@
+"""What `cnn train --resume` may change, refusals that change no file, finished runs, full disks."""
+
+import json
+import subprocess
+
+import pytest
+from typer.testing import CliRunner
+
+from cnncli.cli import app
+
+runner = CliRunner()
+
+
+def cnn(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def snapshot(root):
+    return {p.relative_to(root): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    from tests.conftest import TINY_CONFIG
+
+    root = tmp_path_factory.mktemp("resume")
+    (root / "tiny.yaml").write_text(TINY_CONFIG)
+    res = cnn("train", root / "tiny.yaml", "--run-dir", root / "run")
+    assert res.exit_code == 0, res.output
+    return root
+
+
+@pytest.mark.parametrize("override,key", [
+    ("model.name=resnet32", "model.name"),
+    ("model.width=1.0", "model.width"),
+    ("data.source=synthetic", "data.source"),
+    ("data.image_size=24", "data.image_size"),
+    ("data.split_seed=5", "data.split_seed"),
+    ("train.batch_size=16", "train.batch_size"),
+    ("optimizer.name=adam", "optimizer.name"),
+])
+def test_a_refused_resume_changes_no_file(finished, override, key):
+    run = finished / "run"
+    before = snapshot(run)
+    res = cnn("train", "--resume", run, "--set", override, "--set", "train.steps=20")
+    assert res.exit_code == 2 and key in res.output and "cannot change" in res.output, res.output
+    assert snapshot(run) == before
+
+
+def test_finished_run_and_config_with_resume(finished):
+    run = finished / "run"
+    before = snapshot(run)
+    res = cnn("train", "--resume", run)
+    assert res.exit_code == 0 and "already finished" in res.output
+    res = cnn("train", finished / "tiny.yaml", "--resume", run)
+    assert res.exit_code == 2 and "not both" in res.output
+    res = cnn("train", "--resume", run, "--print-config", "--set", "model.name=vgg11")
+    assert res.exit_code == 2 and "model.name" in res.output
+    assert snapshot(run) == before
+
+
+def test_full_disk_ends_in_one_line_with_a_true_status(tiny_config, tmp_path):
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=900k", "tmpfs", str(disk)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    try:
+        res = subprocess.run(["python", "-m", "cnncli.cli", "train", str(tiny_config), "--run-dir", str(disk / "run"),
+                              "--set", "train.steps=40", "--set", "train.checkpoint_every_steps=2",
+                              "--set", "train.keep_last=20"], capture_output=True, text=True, timeout=600)
+        assert res.returncode != 0
+        lines = [line for line in res.stderr.splitlines() if line.startswith("error:")]
+        assert len(lines) == 1 and "No space left on device" in lines[0], res.stderr
+        assert "Traceback" not in res.stderr
+        status = json.loads((disk / "run" / "status.json").read_text())
+        assert status["status"] == "failed" and "No space left" in status["reason"]
+        assert not list((disk / "run" / "checkpoints").glob("*orbax-checkpoint-tmp*"))
+    finally:
+        subprocess.run(["umount", str(disk)], capture_output=True)
