@@ -12,7 +12,7 @@ Initialisation: He normal (fan_out) convolutions with zero bias and N(0, 0.01) d
 layers with zero bias (torchvision's VGG scheme; the paper's N(0, 0.01) everywhere with
 unit biases trains far slower without its original learning-rate hand-tuning).
 
-`AlexNetTorchvision` (`alexnet_tv`) is torchvision's variant, for its pretrained weights:
+`alexnet_torchvision` (`alexnet_tv`) is torchvision's variant, for its pretrained weights:
 64-192-384-256-256 filters, CONV1 padded by 2, no LRN, dropout before FC6 and FC7.
 """
 
@@ -28,15 +28,18 @@ fc_init = nnx.initializers.normal(0.01)
 
 
 class AlexNet(nnx.Module):
-    def __init__(self, num_classes: int, in_channels: int, opts: dict, *, rngs: nnx.Rngs):
+    """The lecture's single-tower AlexNet; `filters` and `conv1_padding` give torchvision's variant."""
+
+    def __init__(self, num_classes: int, in_channels: int, opts: dict, *, rngs: nnx.Rngs,
+                 filters: tuple[int, ...] = (96, 256, 384, 384, 256), conv1_padding: int = 0):
         dtype = opts["dtype"]
         self.dtype = dtype
 
         def width(c: int) -> int:
             return max(1, round(c * opts["width"]))
 
-        c1, c2, c3, c4, c5 = (width(c) for c in (96, 256, 384, 384, 256))
-        self.conv1 = Conv(in_channels, c1, 11, 4, 0, dtype=dtype, rngs=rngs)
+        c1, c2, c3, c4, c5 = (width(c) for c in filters)
+        self.conv1 = Conv(in_channels, c1, 11, 4, conv1_padding, dtype=dtype, rngs=rngs)
         self.lrn1 = LocalResponseNorm() if opts["lrn"] else None
         self.pool1 = MaxPool(3, 2)
         self.conv2 = Conv(c1, c2, 5, 1, 2, dtype=dtype, rngs=rngs)
@@ -74,42 +77,7 @@ class AlexNet(nnx.Module):
         return self.fc8(x).astype(jnp.float32)
 
 
-class AlexNetTorchvision(nnx.Module):
-    """torchvision's AlexNet: CONV1 64 11x11/4 pad 2, CONV2 192, CONV3 384, CONV4 256, CONV5 256."""
-
-    def __init__(self, num_classes: int, in_channels: int, opts: dict, *, rngs: nnx.Rngs):
-        dtype = opts["dtype"]
-        self.dtype = dtype
-
-        def width(c: int) -> int:
-            return max(1, round(c * opts["width"]))
-
-        c1, c2, c3, c4, c5 = (width(c) for c in (64, 192, 384, 256, 256))
-        self.conv1 = Conv(in_channels, c1, 11, 4, 2, dtype=dtype, rngs=rngs)
-        self.pool1 = MaxPool(3, 2)
-        self.conv2 = Conv(c1, c2, 5, 1, 2, dtype=dtype, rngs=rngs)
-        self.pool2 = MaxPool(3, 2)
-        self.conv3 = Conv(c2, c3, 3, 1, 1, dtype=dtype, rngs=rngs)
-        self.conv4 = Conv(c3, c4, 3, 1, 1, dtype=dtype, rngs=rngs)
-        self.conv5 = Conv(c4, c5, 3, 1, 1, dtype=dtype, rngs=rngs)
-        self.pool3 = MaxPool(3, 2)
-        self.avgpool = AdaptiveAvgPool(6)
-        rate = 0.5 if opts["dropout"] is None else opts["dropout"]
-        hidden = width(4096)
-        zeros = nnx.initializers.zeros_init()
-        self.drop6 = Dropout(rate, rngs=rngs)
-        self.fc6 = Linear(c5 * 36, hidden, dtype=dtype, kernel_init=fc_init, bias_init=zeros, rngs=rngs)
-        self.drop7 = Dropout(rate, rngs=rngs)
-        self.fc7 = Linear(hidden, hidden, dtype=dtype, kernel_init=fc_init, bias_init=zeros, rngs=rngs)
-        self.fc8 = Linear(hidden, num_classes, dtype=dtype, kernel_init=fc_init, bias_init=zeros, rngs=rngs)
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        x = self.pool1(nnx.relu(self.conv1(x.astype(self.dtype))))
-        x = self.pool2(nnx.relu(self.conv2(x)))
-        x = nnx.relu(self.conv3(x))
-        x = nnx.relu(self.conv4(x))
-        x = self.pool3(nnx.relu(self.conv5(x)))
-        x = self.avgpool(x).reshape(x.shape[0], -1)
-        x = nnx.relu(self.fc6(self.drop6(x)))
-        x = nnx.relu(self.fc7(self.drop7(x)))
-        return self.fc8(x).astype(jnp.float32)
+def alexnet_torchvision(num_classes: int, in_channels: int, opts: dict, *, rngs: nnx.Rngs) -> AlexNet:
+    """torchvision's AlexNet: CONV1 64 11x11/4 pad 2, CONV2 192, CONV3 384, CONV4 256, CONV5 256, no LRN."""
+    return AlexNet(num_classes, in_channels, {**opts, "lrn": False}, rngs=rngs, filters=(64, 192, 384, 256, 256),
+                   conv1_padding=2)

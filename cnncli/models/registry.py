@@ -36,7 +36,7 @@ def _register(spec: ModelSpec) -> None:
 
 
 def _populate() -> None:
-    from cnncli.models.alexnet import AlexNet, AlexNetTorchvision
+    from cnncli.models.alexnet import AlexNet, alexnet_torchvision
     from cnncli.models.cifar_resnet import CifarResNet
     from cnncli.models.resnet import BasicBlock, Bottleneck, ResNet
     from cnncli.models.vgg import CONFIGS, VGG
@@ -45,7 +45,7 @@ def _populate() -> None:
                         lambda k, c, o, r: AlexNet(k, c, o, rngs=r), ("dropout", "lrn"),
                         "AlexNet, single tower (Krizhevsky et al. 2012)"))
     _register(ModelSpec("alexnet_tv", "alexnet", (224, 224, 3), 1000,
-                        lambda k, c, o, r: AlexNetTorchvision(k, c, o, rngs=r), ("dropout",),
+                        lambda k, c, o, r: alexnet_torchvision(k, c, o, rngs=r), ("dropout",),
                         "torchvision's AlexNet, for its weights: 64-192-384-256-256 filters, conv1 pad 2, no LRN"))
     for name, cfg in CONFIGS.items():
         letter = {"vgg11": "A", "vgg13": "B", "vgg16": "D", "vgg19": "E"}[name]
