@@ -149,12 +149,13 @@ def _class_names(loaded: LoadedModel, data_names: list[str], num_classes: int) -
 
 def evaluate_member(path: str | Path, *, split: str = "test", which: str = "best", batch_size: int | None = None,
                     overrides: list[str] | None = None, tta: str | None = None, data_path: str | Path | None = None,
-                    context: _EvalContext | None = None) -> MemberResult:
+                    context: _EvalContext | None = None, load=None) -> MemberResult:
     """Evaluate one checkpoint on a split of its run's dataset (`data_path` replaces data.path).
 
     Without TTA, loss/accuracy/top-5 are the Evaluator's (the numbers training wrote to
     results.json); with `tta="flip"` every number comes from the mean of the softmax over
-    the image and its horizontal mirror.
+    the image and its horizontal mirror. `load(path, which, overrides) -> LoadedModel` replaces
+    restoring a run's checkpoint (e.g. an imported weights directory).
     """
     import jax.numpy as jnp
 
@@ -163,7 +164,7 @@ def evaluate_member(path: str | Path, *, split: str = "test", which: str = "best
     from cnncli.scores import class_breakdown, log_softmax, mean_probabilities, score_log_probs
 
     ctx = context or _EvalContext()
-    loaded = load_checkpoint_model(path, which, overrides)
+    loaded = (load or load_checkpoint_model)(path, which, overrides)
     cfg = loaded.config
     if data_path is not None:
         cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, path=str(data_path)))
@@ -252,14 +253,14 @@ def combine_members(members: list[MemberResult]) -> dict[str, Any]:
 
 def evaluate_models(paths: list[str | Path], *, split: str = "test", which: str = "best",
                     batch_size: int | None = None, overrides: list[str] | None = None, tta: str | None = None,
-                    data_path: str | Path | None = None) -> dict[str, Any]:
+                    data_path: str | Path | None = None, load=None) -> dict[str, Any]:
     """`cnn eval`: one path gives that model's report; several give the ensemble's report
-    with `members`, `ensemble` and `gain` (see `combine_members`)."""
+    with `members`, `ensemble` and `gain` (see `combine_members`). `load` as in `evaluate_member`."""
     if not paths:
         raise ConfigError("give at least one run directory or checkpoint to evaluate")
     context = _EvalContext()
     members = [evaluate_member(p, split=split, which=which, batch_size=batch_size, overrides=overrides, tta=tta,
-                               data_path=data_path, context=context) for p in paths]
+                               data_path=data_path, context=context, load=load) for p in paths]
     if len(members) == 1:
         return members[0].report
     return combine_members(members)

@@ -493,3 +493,33 @@ def test_predict_on_imported_imagenet_weights_prints_class_names(tmp_path):
     preds = result["predictions"]
     assert len(preds) == 3 and all(p["class"] == names[p["index"]] for p in preds)
     assert preds[0]["probability"] >= preds[1]["probability"] >= preds[2]["probability"] > 0
+
+
+def test_eval_of_imported_weights_on_a_named_dataset(tmp_path):
+    """`cnn eval WEIGHTS_DIR --set data.source=...`: the weights' normalisation and model, any data."""
+    import dataclasses
+
+    from safetensors.numpy import save_file
+
+    from cnncli.config import DataConfig
+    from cnncli.data.pipeline import prepare_dataset
+    from cnncli.weights.store import IMAGENET_MEAN, IMAGENET_STD, load_weights
+
+    save_file(_random_state_dict("resnet18", seed=3, classes=10), str(tmp_path / "r18.safetensors"))
+    import_weights(tmp_path / "r18.safetensors", "resnet18", out=tmp_path / "w")
+    data = ["--set", "data.source=synthetic", "--set", "data.num_test=12", "--set", "data.num_train=12"]
+    r = runner.invoke(app, ["eval", str(tmp_path / "w"), *data, "--format", "json"])
+    assert r.exit_code == 0, r.output
+    report = json.loads(r.stdout)
+    # independently: the synthetic test images at the weights' 224x224x3, normalised with ImageNet's statistics
+    cfg = dataclasses.replace(DataConfig(), source="synthetic", num_test=12, num_train=12, image_size=224, channels=3)
+    x, y = prepare_dataset(cfg).split("test")
+    z = (x.astype(np.float32) / 255.0 - np.asarray(IMAGENET_MEAN, np.float32)) / np.asarray(IMAGENET_STD, np.float32)
+    logits = np.asarray(load_weights(tmp_path / "w").model()(z), np.float64)
+    logp = logits - logits.max(1, keepdims=True)
+    logp -= np.log(np.exp(logp).sum(1, keepdims=True))
+    assert report["num_examples"] == 12
+    assert report["accuracy"] == pytest.approx(np.mean(logits.argmax(1) == y))
+    assert report["loss"] == pytest.approx(-np.mean(logp[np.arange(12), y]), rel=1e-4)
+    r = runner.invoke(app, ["eval", str(tmp_path / "w"), "--set", "model.width=2"])
+    assert r.exit_code == 2 and "fixed by weights.json" in r.output

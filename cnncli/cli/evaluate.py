@@ -23,7 +23,7 @@ class EvalFormat(str, Enum):
 @app.command("eval")
 @cli_errors
 def eval_cmd(
-    paths: Annotated[list[Path], typer.Argument(help="Run directories or checkpoint step directories; several "
+    paths: Annotated[list[Path], typer.Argument(help="Run directories, checkpoint step directories or weights directories (cnn weights import); several "
                                                      "form an ensemble (mean of softmax probabilities).")],
     split: Annotated[str, typer.Option(help="train, val or test.")] = "test",
     checkpoint: Annotated[str, typer.Option(help="best, latest or a step number.")] = "best",
@@ -38,10 +38,16 @@ def eval_cmd(
     = None,
 ) -> None:
     """Evaluate trained models: loss, top-1/top-5 accuracy and error, per-class metrics, confusion matrix."""
-    from cnncli.evaluate import evaluate_models
+    from cnncli.evaluate import evaluate_models, load_checkpoint_model
+    from cnncli.weights.store import is_weights_dir, loaded_model
+
+    def load(path, which, overrides):  # a run, a checkpoint step, or an imported weights directory
+        if is_weights_dir(path):
+            return loaded_model(path, overrides)
+        return load_checkpoint_model(path, which, overrides)
 
     report = evaluate_models(paths, split=split, which=checkpoint, batch_size=batch_size, overrides=overrides,
-                             tta=None if tta == Tta.none else tta.value, data_path=data_path)
+                             tta=None if tta == Tta.none else tta.value, data_path=data_path, load=load)
     if output is not None:
         _write_report(report, output)
     if plot is not None:

@@ -129,17 +129,21 @@ def load_weights(path: str | Path) -> Weights:
     return Weights(info, tree["params"], tree["batch_stats"], graphdef, rest)
 
 
-def loaded_model(path: str | Path):
-    """A weights directory as `cnncli.evaluate.LoadedModel`: what `cnn predict` needs (its model, input
-    size, normalisation and class names)."""
-    from cnncli.config import Config, ModelConfig
+def loaded_model(path: str | Path, overrides: list[str] | None = None):
+    """A weights directory as `cnncli.evaluate.LoadedModel`: its model, input size, normalisation and class
+    names. Its config is the model's; `cnn eval` names the data with `--set data.source=... --data-path DIR`
+    (`overrides`), and the model keys stay the weights'."""
+    from cnncli.config import config_from_dict
     from cnncli.evaluate import LoadedModel
     from cnncli.train.state import ModelParts, split_model
 
     w = load_weights(path)
     h, _, c = (int(v) for v in w.info["input_shape"])
-    cfg = Config(model=ModelConfig(name=w.info["model"], num_classes=int(w.info["num_classes"]), input_size=h,
-                                   in_channels=c))
+    model = {"name": w.info["model"], "num_classes": int(w.info["num_classes"]), "input_size": h, "in_channels": c}
+    cfg = config_from_dict({"model": model}, str(Path(path) / INFO), overrides)
+    if cfg.model != config_from_dict({"model": model}).model:
+        raise CheckpointError(f"{path}: the model of imported weights is fixed by {INFO}; --set model.* does not "
+                              "apply")
     model, *_ = abstract_model(w.info["model"], int(w.info["num_classes"]), (h, h, c))
     parts, _, _ = split_model(model)
     parts = ModelParts(parts.train_graph, parts.eval_graph, w.rest)
