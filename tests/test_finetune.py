@@ -64,3 +64,35 @@ def test_bad_freeze_pattern_and_misfit_weights_are_one_line(pretrained, tiny_con
     res = cnn("train", tiny_config, "--run-dir", tmp_path / "b", "--init-from", pretrained,
               "--set", "model.name=resnet32")
     assert res.exit_code == 2 and "do not fit" in res.output and not (tmp_path / "b").exists()
+
+
+def test_finetune_imported_resnet18_on_digits(tiny_config, tmp_path):
+    """The issue's recipe: an imported resnet18 (1000 classes, random weights here), digits at 32x32 RGB, a new
+    10-class head, everything but the head frozen for the first epoch."""
+    from safetensors.numpy import save_file
+
+    from cnncli.weights.convert import import_weights
+    from tests.test_weights import _random_state_dict
+
+    save_file(_random_state_dict("resnet18", seed=4, classes=1000), str(tmp_path / "r18.safetensors"))
+    import_weights(tmp_path / "r18.safetensors", "resnet18", out=tmp_path / "w")
+    run = tmp_path / "ft"
+    res = cnn("train", tiny_config, "--run-dir", run, "--init-from", tmp_path / "w", "--set", "model.name=resnet18",
+              "--set", "model.width=1.0", "--set", "data.image_size=32", "--set", "data.channels=3",
+              "--set", 'train.freeze=["*", "!fc*"]', "--set", "train.freeze_epochs=0.5", "--set", "train.steps=30",
+              "--set", "train.log_every_steps=10", "--set", "train.eval_every_steps=30",
+              "--set", "schedule.name=constant", "--set", "optimizer.lr=0.01")
+    assert res.exit_code == 0, res.output
+    report = json.loads((run / "init.json").read_text())
+    assert report["reinitialised"] == ["fc"] and len(report["loaded"]) == 1 + 1 + 8 * 4 + 3 * 2
+    assert "layer4.1.conv2" in report["frozen"] and report["frozen_epochs"] == 0.5
+    assert "frozen: 40 group(s)" in res.output
+    losses = [r["loss"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+              if r["split"] == "train"]
+    assert losses[1] < losses[0]  # the new head learns on the frozen features (the first 20 steps)
+    before, after = load_file(str(tmp_path / "r18.safetensors")), weights(run)
+    conv1 = next(k for k in after if k.startswith("params/conv1/kernel"))
+    imported = before["conv1.weight"].transpose(2, 3, 1, 0)  # OIHW -> HWIO
+    assert after[conv1].shape == imported.shape == (7, 7, 3, 64)
+    assert not np.array_equal(after[conv1], imported)  # it trains once unfrozen
+    assert np.abs(after[conv1] - imported).max() < 0.1 * np.abs(imported).max()  # ... starting from the import
