@@ -38,26 +38,31 @@ def fit_to_input(pixels: np.ndarray, size: int, channels: int) -> np.ndarray:
     return np.ascontiguousarray(x[top : top + size, left : left + size])
 
 
-def prepare_images(images: Sequence[str | Path], size: int, channels: int, *, folder: bool) -> np.ndarray:
+def prepare_images(images: Sequence[str | Path], size: int, channels: int, *, folder: bool,
+                   pixels: Sequence[np.ndarray] | None = None) -> np.ndarray:
     """uint8 [N, size, size, channels]: image files as a model of that input sees them.
 
     A model trained on an image folder gets exactly its loader's decoding; any other gets
-    `fit_to_input` of the decoded file (channel conversion, shorter side resized, centre crop).
+    `fit_to_input` of the decoded file (channel conversion, shorter side resized, centre crop);
+    `pixels` are the files already decoded by `read_image`, if the caller has them.
     """
     from cnncli.data.files import decode_image, read_image
 
     if folder:
         return np.stack([decode_image(str(f), size, channels) for f in images])
-    return np.stack([fit_to_input(read_image(f), size, channels) for f in images])
+    if pixels is None:
+        pixels = [read_image(f) for f in images]
+    return np.stack([fit_to_input(p, size, channels) for p in pixels])
 
 
 def predict_images(path: str | Path, images: Sequence[str | Path], *, top_k: int = 5, which: str = "best",
                    overrides: list[str] | None = None, tta: str | None = None,
-                   batch_size: int | None = None, loaded=None) -> list[dict[str, Any]]:
+                   batch_size: int | None = None, load=None) -> list[dict[str, Any]]:
     """Top-k classes with probabilities for each image file:
     [{file, predictions: [{class, index, probability}, ...]}, ...] in the order given.
 
-    `loaded` (a LoadedModel, e.g. of an imported weights directory) replaces restoring `path`'s checkpoint."""
+    `load(path, which, overrides) -> LoadedModel` replaces restoring a run's checkpoint, as in
+    `cnncli.evaluate.evaluate_member`."""
     import jax.numpy as jnp
 
     from cnncli.distributed import make_mesh, replicate
@@ -69,15 +74,14 @@ def predict_images(path: str | Path, images: Sequence[str | Path], *, top_k: int
         raise ConfigError("give at least one image file to classify")
     from cnncli.data.files import read_image
 
-    for p in images:  # fail on a bad file before loading the model
-        read_image(p)
-    if loaded is None:
-        loaded = load_checkpoint_model(path, which, overrides)
+    pixels = [read_image(p) for p in images]  # fail on a bad file before loading the model
+    loaded = (load or load_checkpoint_model)(path, which, overrides)
     m = loaded.config.model
     if loaded.mean is None or loaded.std is None:
         raise DataError(f"{loaded.run_path / 'data.json'} is missing or has no mean/std; "
                         "cannot normalise images as in training")
-    x = prepare_images(images, m.input_size, m.in_channels, folder=loaded.config.data.source == "folder")
+    x = prepare_images(images, m.input_size, m.in_channels, folder=loaded.config.data.source == "folder",
+                       pixels=pixels)
     mesh = make_mesh()
     n_dev = mesh.devices.size
     limit = batch_size or loaded.config.train.eval_batch_size or loaded.config.train.batch_size

@@ -69,6 +69,16 @@ def cli_errors(fn):
     return wrapper
 
 
+def load_model(path, which: str, overrides):
+    """What `cnn eval` and `cnn predict` restore: a run, a checkpoint step, or an imported weights directory."""
+    from cnncli.evaluate import load_checkpoint_model
+    from cnncli.weights.store import is_weights_dir, loaded_model
+
+    if is_weights_dir(path):
+        return loaded_model(path, overrides)
+    return load_checkpoint_model(path, which, overrides)
+
+
 def print_json(obj: Any) -> None:
     typer.echo(json.dumps(obj, indent=2))
 

@@ -8,7 +8,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from cnncli.cli.app import SetOption, Tta, app, cli_errors, print_json
+from cnncli.cli.app import SetOption, Tta, app, cli_errors, load_model, print_json
 
 SUMMARY_COLUMNS = ["model", "checkpoint_step", "split", "tta", "accuracy", "top5_accuracy", "error", "top5_error",
                    "loss", "num_examples"]
@@ -38,16 +38,10 @@ def eval_cmd(
     = None,
 ) -> None:
     """Evaluate trained models: loss, top-1/top-5 accuracy and error, per-class metrics, confusion matrix."""
-    from cnncli.evaluate import evaluate_models, load_checkpoint_model
-    from cnncli.weights.store import is_weights_dir, loaded_model
-
-    def load(path, which, overrides):  # a run, a checkpoint step, or an imported weights directory
-        if is_weights_dir(path):
-            return loaded_model(path, overrides)
-        return load_checkpoint_model(path, which, overrides)
+    from cnncli.evaluate import evaluate_models
 
     report = evaluate_models(paths, split=split, which=checkpoint, batch_size=batch_size, overrides=overrides,
-                             tta=None if tta == Tta.none else tta.value, data_path=data_path, load=load)
+                             tta=None if tta == Tta.none else tta.value, data_path=data_path, load=load_model)
     if output is not None:
         _write_report(report, output)
     if plot is not None:

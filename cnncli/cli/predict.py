@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from cnncli.cli.app import Format, SetOption, Tta, app, cli_errors, print_json
+from cnncli.cli.app import Format, SetOption, Tta, app, cli_errors, load_model, print_json
 
 
 @app.command()
@@ -23,11 +23,9 @@ def predict(
 ) -> None:
     """Classify image files: the top-k classes with their probabilities."""
     from cnncli.predict import predict_images
-    from cnncli.weights.store import is_weights_dir, loaded_model
 
-    loaded = loaded_model(path) if is_weights_dir(path) else None  # `cnn weights import` output
     results = predict_images(path, images, top_k=top_k, which=checkpoint, overrides=overrides,
-                             tta=None if tta == Tta.none else tta.value, loaded=loaded)
+                             tta=None if tta == Tta.none else tta.value, load=load_model)
     if format == Format.json:
         print_json(results)
         return

@@ -85,13 +85,14 @@ def build_training(cfg: Config, init: Callable[[dict, int], tuple[dict, dict]] |
     check_batch_size(t.batch_size, mesh)
     model = create_model(cfg.model.name, num_classes=cfg.model.num_classes, input_shape=data.image_shape,
                          seed=t.seed, **model_options(cfg.model))
-    frozen, inference = None, frozenset()
+    frozen, mask, inference = None, None, frozenset()
     if t.freeze:
         from flax import nnx
 
         from cnncli.train.freeze import freeze_mask, frozen_groups
 
-        frozen = frozen_groups(freeze_mask(nnx.state(model, nnx.Param), list(t.freeze)))[0]
+        mask = freeze_mask(nnx.state(model, nnx.Param), list(t.freeze))  # the tree of the params split below
+        frozen = frozen_groups(mask)[0]
         if t.freeze_epochs is None:  # frozen for good: their BatchNorm layers run in inference mode
             inference = frozenset(frozen)
     parts, params, batch_stats = split_model(model, inference)
@@ -109,10 +110,10 @@ def build_training(cfg: Config, init: Callable[[dict, int], tuple[dict, dict]] |
     schedule = build_schedule(cfg.schedule, cfg.optimizer.lr, spe, total)
     tx = build_optimizer(cfg.optimizer, schedule)
     if frozen is not None:
-        from cnncli.train.freeze import freeze_mask, frozen_until
+        from cnncli.train.freeze import frozen_until
 
         until = None if t.freeze_epochs is None else int(round(t.freeze_epochs * spe))
-        tx = frozen_until(tx, freeze_mask(params, list(t.freeze)), until)
+        tx = frozen_until(tx, mask, until)
     state = init_train_state(params, batch_stats, tx, ema=t.ema_decay is not None)
     plateau = None
     if cfg.schedule.name == "plateau":
