@@ -252,21 +252,37 @@ def shard_global_batch(mesh: Mesh, array: np.ndarray) -> jax.Array:
 MIN_SHARDED_SIZE = 1024  # elements: smaller arrays (biases, norms, counters) stay replicated
 
 
+def shard_axis(shape: tuple[int, ...], devices: int) -> int | None:
+    """The axis that `shard_params` splits an array of `shape` along over `devices` devices, or None
+    when the array stays whole on each device: under MIN_SHARDED_SIZE elements (biases, norms,
+    counters), or no axis divides evenly. Of the axes that divide, the largest (the first on a tie)."""
+    if devices == 1 or int(np.prod(shape, dtype=np.int64)) < MIN_SHARDED_SIZE:
+        return None
+    axes = sorted((a for a in range(len(shape)) if shape[a] % devices == 0), key=lambda a: -shape[a])
+    return axes[0] if axes else None
+
+
+def elements_per_device(shape: tuple[int, ...], devices: int, shard: bool) -> int:
+    """Elements of an array of `shape` that each device holds: all of them when replicated, a
+    1/devices share of those `shard_axis` splits (every device holds an equal share)."""
+    size = int(np.prod(shape, dtype=np.int64))
+    if shard and shard_axis(shape, devices) is not None:
+        return size // devices
+    return size
+
+
 def state_shardings(mesh: Mesh, tree, *, shard: bool):
-    """A NamedSharding per leaf of `tree`: replicated; with `shard`, each array of at least
-    MIN_SHARDED_SIZE elements is split over `data` along its largest axis that divides evenly
-    (FSDP-style: XLA gathers a layer's weights when the step uses them)."""
+    """A NamedSharding per leaf of `tree`: replicated; with `shard`, each array `shard_axis` names
+    is split over `data` along that axis (FSDP-style: XLA gathers a layer's weights when the step
+    uses them)."""
     n = int(mesh.devices.size)
 
     def one(leaf):
-        shape = tuple(getattr(leaf, "shape", ()))
-        if not shard or n == 1 or int(np.prod(shape, dtype=np.int64)) < MIN_SHARDED_SIZE:
+        axis = shard_axis(tuple(getattr(leaf, "shape", ())), n) if shard else None
+        if axis is None:
             return replicated(mesh)
-        axes = sorted((a for a in range(len(shape)) if shape[a] % n == 0), key=lambda a: -shape[a])
-        if not axes:
-            return replicated(mesh)
-        spec = [None] * len(shape)
-        spec[axes[0]] = "data"
+        spec = [None] * len(leaf.shape)
+        spec[axis] = "data"
         return NamedSharding(mesh, P(*spec))
 
     return jax.tree.map(one, tree)

@@ -48,6 +48,12 @@ def summarize(
     memory: Annotated[Optional[str], typer.Option(
         metavar="SIZE", help="Device memory, e.g. 80GB (10^9 bytes), 80GiB (2^30), 81920MB: the largest "
                              "batch that fits.")] = None,
+    devices: Annotated[int, typer.Option(
+        min=1, metavar="N", help="Devices the (global) batch is split over: memory figures per device.")] = 1,
+    shard_params: Annotated[Optional[bool], typer.Option(
+        "--shard-params/--replicate-params", show_default=False,
+        help="With --devices: parameters and optimizer state split over the devices (train.shard_params) or a "
+             "full copy on each (default: the config's, else a copy).")] = None,
     compile: Annotated[bool, typer.Option(
         "--compile/--no-compile", help="Compile the real training step and compare with XLA's figures.")] = True,
     expand: Annotated[bool, typer.Option(
@@ -62,7 +68,8 @@ def summarize(
     summaries = summarize_targets(
         targets, input_size=input_size, in_channels=channels, num_classes=num_classes, batch_size=batch_size,
         dtype=dtype.value if dtype else None, optimizer=optimizer.value if optimizer else None,
-        memory_budget=parse_memory(memory) if memory is not None else None, compile=compile)
+        memory_budget=parse_memory(memory) if memory is not None else None, compile=compile, devices=devices,
+        shard_params=shard_params)
     if format == SummaryFormat.json:
         print_json(summaries[0] if len(summaries) == 1 else summaries)
         return

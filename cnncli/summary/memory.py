@@ -8,6 +8,11 @@
 so SGD holds x2 the parameters, SGD with momentum x3 and Adam x4. Parameters stay float32
 in this project's models whatever the compute dtype (models/registry.py), so only the
 activations shrink under bfloat16/float16.
+
+Over N devices (data parallel, `train.batch_size` the global batch) each device holds batch/N
+images' activations, and either a full copy of parameters, gradients and optimizer state
+(replicated, the default) or a 1/N share of each array that `train.shard_params` splits
+(cnncli.distributed.shard_axis). Every figure here is one device's.
 """
 
 from __future__ import annotations
@@ -65,14 +70,17 @@ def format_bytes(n: int | float) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class MemoryModel:
-    """What the training memory depends on; `total(batch)` is the formula in the module docstring."""
+    """What one device's training memory depends on; `total(batch)` is the formula in the module
+    docstring, `batch` the global batch."""
 
-    trainable: int
-    non_trainable: int
+    trainable: int  # parameter elements on one device
+    non_trainable: int  # BatchNorm statistics on one device
     activations_per_image: int  # elements, forward pass
     optimizer: str
     compute_dtype: str = "float32"
     param_dtype: str = "float32"
+    devices: int = 1
+    sharded: bool = False  # parameters and optimizer state split over the devices
 
     @property
     def param_bytes(self) -> int:
@@ -92,7 +100,7 @@ class MemoryModel:
         return self.activations_per_image * DTYPE_BYTES[self.compute_dtype] * 2
 
     def total(self, batch: int) -> int:
-        return self.fixed_bytes() + batch * self.bytes_per_image()
+        return self.fixed_bytes() + batch // self.devices * self.bytes_per_image()
 
     def breakdown(self, batch: int) -> dict:
         """The JSON `memory` block (without the budget)."""
@@ -101,9 +109,12 @@ class MemoryModel:
             "params_bytes": (self.trainable + self.non_trainable) * b,
             "grads_bytes": self.trainable * b,
             "optimizer_bytes": self.trainable * b * self.state_copies,
-            "activations_bytes": batch * self.bytes_per_image(),
+            "activations_bytes": batch // self.devices * self.bytes_per_image(),
             "total_bytes": self.total(batch),
             "batch_size": batch,
+            "devices": self.devices,
+            "batch_per_device": batch // self.devices,
+            "shard_params": self.sharded,
             "dtype": self.compute_dtype,
             "param_dtype": self.param_dtype,
             "optimizer": self.optimizer,
@@ -112,9 +123,10 @@ class MemoryModel:
         }
 
     def largest_batch(self, budget: int) -> int:
-        """The largest batch with total(batch) <= budget (0 when even the parameters do not fit)."""
+        """The largest global batch with total(batch) <= budget on each device, a multiple of the
+        device count (0 when even the parameters do not fit)."""
         room = budget - self.fixed_bytes()
-        return max(0, room // self.bytes_per_image()) if room >= 0 else 0
+        return max(0, room // self.bytes_per_image()) * self.devices if room >= 0 else 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,16 +145,17 @@ def rank_advice(base: MemoryModel, batch: int, budget: int | None, *, fc_params:
                 remat_activations: int | None) -> list[Advice]:
     """The lecture's what-to-do-when-memory-is-short list, as changes to the formula, ranked by bytes saved.
 
-    fc_params: trainable parameters of the FC layers; fc_replacement: those of the single
-    classifier that global average pooling would leave in their place. half_input_*: the
+    fc_params: trainable parameters of the FC layers on one device; fc_replacement: those of the
+    single classifier that global average pooling would leave in their place. half_input_*: the
     activations per image at half the input side (None when the model cannot take it).
     remat_activations: activations per image stored with per-block rematerialisation (None
     when the model has no such option).
     """
     now = base.total(batch)
     options: list[tuple[str, MemoryModel, str, int]] = []
-    if batch > 1:
-        half = max(1, batch // 2)
+    per_device = batch // base.devices
+    if per_device > 1:
+        half = per_device // 2 * base.devices
         options.append((f"halve the batch ({batch} -> {half})", base, "activations scale with the batch", half))
     if base.compute_dtype == "float32":
         options.append(("compute in bfloat16 (--dtype bfloat16)", dataclasses.replace(base, compute_dtype="bfloat16"),
@@ -157,7 +170,8 @@ def rank_advice(base: MemoryModel, batch: int, budget: int | None, *, fc_params:
         share = fc_params / base.trainable
         options.append(("replace the FC layers by global average pooling + one classifier",
                         dataclasses.replace(base, trainable=base.trainable - fc_params + fc_replacement),
-                        f"the FC layers hold {share:.0%} of the parameters ({fc_params:,})", batch))
+                        f"the FC layers hold {share:.0%} of the parameters ({fc_params:,}"
+                        f"{' per device' if base.sharded else ''})", batch))
     if half_input_activations is not None:
         options.append((f"halve the input side (-> {half_input_size}x{half_input_size})",
                         dataclasses.replace(base, activations_per_image=half_input_activations),

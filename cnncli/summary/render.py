@@ -114,6 +114,16 @@ def _layer_table(s: dict[str, Any], wide: bool, expand: bool):
     return t
 
 
+def _batch_words(mem: dict[str, Any]) -> str:
+    """`batch 256` on one device; `per device, batch 256 = 32 x 8 devices, parameters split over them`."""
+    n = mem.get("devices", 1)
+    if n == 1:
+        return f"batch {mem['batch_size']:,}"
+    how = "parameters and optimizer state split over them" if mem["shard_params"] else "a full copy of the " \
+        "parameters on each"
+    return f"per device, batch {mem['batch_size']:,} = {mem['batch_per_device']:,} x {n} devices, {how}"
+
+
 def totals_items(s: dict[str, Any]) -> list[tuple[str, str]]:
     """The totals block as (label, text): parameters, operations, activations, memory, advice, XLA."""
     mem = s["memory"]
@@ -127,14 +137,15 @@ def totals_items(s: dict[str, Any]) -> list[tuple[str, str]]:
         ("Activations", f"{s['activations_per_image']:,} per image (forward, each layer's output once) = "
                         f"{format_bytes(s['activations_bytes_per_image'])} at {dtype}; x2 for backward = "
                         f"{format_bytes(s['activations_bytes_per_image_with_backward'])}"),
-        ("Memory", f"batch {mem['batch_size']:,}, {dtype}, {OPTIMIZER_NAMES[mem['optimizer']]}: "
+        ("Memory", f"{_batch_words(mem)}, {dtype}, {OPTIMIZER_NAMES[mem['optimizer']]}: "
                    f"parameters {format_bytes(mem['params_bytes'])} + gradients {format_bytes(mem['grads_bytes'])} "
                    f"+ optimizer state {format_bytes(mem['optimizer_bytes'])} (x{mem['optimizer_state_copies']}) + "
                    f"activations {format_bytes(mem['activations_bytes'])} = {format_bytes(mem['total_bytes'])}"),
     ]
     if mem["budget_bytes"] is not None:
         verdict = "fits" if mem["fits"] else "does not fit"
-        items.append(("Fits", f"{format_bytes(mem['budget_bytes'])} ({mem['budget_bytes']:,} bytes): batch "
+        items.append(("Fits", f"{format_bytes(mem['budget_bytes'])} ({mem['budget_bytes']:,} bytes)"
+                              f"{' per device' if mem.get('devices', 1) > 1 else ''}: batch "
                               f"{mem['batch_size']:,} {verdict}; largest batch {mem['largest_batch']:,}, limited by "
                               f"{mem['limited_by']}"))
     if s["fc_params"]:
@@ -167,7 +178,9 @@ def xla_items(s: dict[str, Any]) -> list[tuple[str, str]]:
     b = s["memory"]["batch_size"]
     out = []
     if x["flops"] is not None:
-        out.append(("XLA FLOPs", f"{x['backend']}, training step at batch {b:,}: {x['flops']:,.0f} vs "
+        per = s["memory"].get("batch_per_device", b)
+        where = f"one of {x['devices']} devices, batch {per:,} each" if x.get("devices", 1) > 1 else f"batch {b:,}"
+        out.append(("XLA FLOPs", f"{x['backend']}, training step on {where}: {x['flops']:,.0f} vs "
                                  f"{x['analytic_flops']:,} analytic (3 x 2 x MACs x batch), ratio "
                                  f"{x['flops_ratio']:.2f}"))
     if x["peak_bytes"] is not None:
@@ -192,8 +205,10 @@ COMPARISON = [
     ("FLOPs / image", lambda s, n: n(s["total_flops"])),
     ("activations / image", lambda s, n: n(s["activations_per_image"])),
     ("  bytes x2 (bwd)", lambda s, n: format_bytes(s["activations_bytes_per_image_with_backward"])),
-    ("train memory", lambda s, n: format_bytes(s["memory"]["total_bytes"])),
-    ("  at batch", lambda s, n: str(s["memory"]["batch_size"])),
+    ("train memory", lambda s, n: format_bytes(s["memory"]["total_bytes"])
+     + (" / device" if s["memory"].get("devices", 1) > 1 else "")),
+    ("  at batch", lambda s, n: str(s["memory"]["batch_size"])
+     + (f" / {s['memory']['devices']}" if s["memory"].get("devices", 1) > 1 else "")),
     ("largest batch", lambda s, n: "-" if s["memory"]["largest_batch"] is None else f"{s['memory']['largest_batch']:,}"),
     ("XLA FLOPs ratio", lambda s, n: "-" if not (s["xla"] or {}).get("flops_ratio") else f"{s['xla']['flops_ratio']:.2f}"),
     ("XLA memory ratio", lambda s, n: "-" if not (s["xla"] or {}).get("memory_ratio") else f"{s['xla']['memory_ratio']:.2f}"),

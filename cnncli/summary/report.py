@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from typing import Any
 
 from cnncli.summary.memory import DTYPE_BYTES, OPTIMIZER_STATE_COPIES, MemoryModel, SummaryError, rank_advice
@@ -13,15 +15,36 @@ from cnncli.summary.walk import group_blocks, walk_layers
 TRAIN_STEP_FORWARDS = 3
 
 
-def _fc_figures(layers: list[dict[str, Any]], num_classes: int) -> tuple[int, int]:
-    """(trainable params of the FC layers, params of the one classifier global pooling would leave)."""
+def _fc_figures(layers: list[dict[str, Any]], num_classes: int,
+                per_device: Callable[[tuple[int, ...]], int] = lambda shape: math.prod(shape)) -> tuple[int, int]:
+    """(trainable params of the FC layers, params of the one classifier global pooling would leave),
+    counted as `per_device(shape)` counts each kernel and bias (all elements by default)."""
     fc = [r for r in layers if r["type"] == "fc"]
     first = next(i for i, r in enumerate(layers) if r["type"] == "fc") if fc else None
     if first is None:
         return 0, 0
     spatial = [r for r in layers[:first] if len(r["output_shape"]) == 3]
     channels = spatial[-1]["output_shape"][-1] if spatial else layers[first]["output_shape"][-1]
-    return sum(r["params"] for r in fc), channels * num_classes + num_classes
+
+    def dense(fan_in: int, fan_out: int) -> int:
+        return per_device((fan_in, fan_out)) + per_device((fan_out,))
+
+    held = 0
+    for r in fc:
+        out = r["output_shape"][-1]
+        held += dense((r["params"] - out) // out, out) if r["params"] else 0
+    return held, dense(channels, num_classes)
+
+
+def _elements_per_device(model: Any, kind: Any, devices: int, shard: bool) -> int:
+    """Elements of `model`'s `kind` variables (nnx.Param, nnx.BatchStat) that one device holds."""
+    import jax
+    from flax import nnx
+
+    from cnncli.distributed import elements_per_device
+
+    return sum(elements_per_device(tuple(leaf.shape), devices, shard)
+               for leaf in jax.tree.leaves(nnx.state(model, kind)))
 
 
 def _remat_activations(layers: list[dict[str, Any]], input_activations: int) -> int | None:
@@ -70,7 +93,8 @@ def _half_input(name: str, input_shape: tuple[int, int, int], num_classes: int, 
 def summarize_model(name: str, *, input_size: int | None = None, in_channels: int | None = None,
                     num_classes: int | None = None, batch_size: int = 1, optimizer: str = "sgd_momentum",
                     memory_budget: int | None = None, compile: bool = False, optimizer_config: Any = None,
-                    augment: Any = None, advice: bool = True, **options: Any) -> dict[str, Any]:
+                    augment: Any = None, advice: bool = True, devices: int = 1, shard_params: bool = False,
+                    **options: Any) -> dict[str, Any]:
     """The summary of a registered model as a JSON-ready dict.
 
     Args:
@@ -84,6 +108,10 @@ def summarize_model(name: str, *, input_size: int | None = None, in_channels: in
       optimizer_config: the OptimizerConfig to compile with (default: built from `optimizer`).
       augment: the AugmentConfig to compile with (default: none).
       advice: rank the lecture's memory advice for this model.
+      devices: data-parallel devices the global `batch_size` is split over; the memory figures
+        are one device's.
+      shard_params: parameters, gradients and optimizer state split over the devices
+        (`train.shard_params`) instead of a full copy on each.
       **options: model options (width, dtype, dropout, ...), as create_model takes them.
     """
     from cnncli.models import create_model, get_spec
@@ -104,13 +132,26 @@ def summarize_model(name: str, *, input_size: int | None = None, in_channels: in
     input_activations = h * h * c
     activations = input_activations + sum(r.activations for r in rows)
     total_macs = sum(r.macs for r in rows)
-    mem = MemoryModel(trainable, non_trainable, activations, optimizer, compute_dtype=dtype)
+    if devices < 1:
+        raise SummaryError(f"--devices must be a positive integer, got {devices}")
+    if devices == 1:
+        shard_params = False  # one device holds everything either way
+    from flax import nnx
+
+    from cnncli.distributed import elements_per_device
+
+    mem = MemoryModel(_elements_per_device(model, nnx.Param, devices, shard_params),
+                      _elements_per_device(model, nnx.BatchStat, devices, shard_params), activations, optimizer,
+                      compute_dtype=dtype, devices=devices, sharded=shard_params)
 
     largest = mem.largest_batch(memory_budget) if memory_budget is not None else None
     if batch_size is None:
         batch_size = max(1, largest) if largest is not None else 1
     if batch_size < 1:
         raise SummaryError(f"--batch-size must be a positive integer, got {batch_size}")
+    if batch_size % devices:
+        raise SummaryError(f"the batch ({batch_size}) must be divisible by the number of devices ({devices}): "
+                           "it is the global batch, split evenly over them")
     memory = mem.breakdown(batch_size)
     memory.update(budget_bytes=memory_budget, largest_batch=largest, limited_by=None,
                   fits=memory["total_bytes"] <= memory_budget if memory_budget is not None else None)
@@ -124,13 +165,15 @@ def summarize_model(name: str, *, input_size: int | None = None, in_channels: in
             memory["limited_by"] = (f"activations: {act / mem.total(at):.0%} of the memory at batch {at} "
                                     f"({mem.bytes_per_image():,} bytes per image)")
 
-    fc_params, fc_replacement = _fc_figures(layers, model.num_classes)
+    fc_params, _ = _fc_figures(layers, model.num_classes)
     ranked = []
     if advice:
         half = _half_input(name, model.input_shape, model.num_classes, options)
         remat = _remat_activations(layers, input_activations) if "remat" in spec.options else None
+        fc_held, fc_replacement = _fc_figures(layers, model.num_classes,
+                                              lambda shape: elements_per_device(shape, devices, shard_params))
         ranked = [a.to_dict() for a in rank_advice(
-            mem, batch_size, memory_budget, fc_params=fc_params, fc_replacement=fc_replacement,
+            mem, batch_size, memory_budget, fc_params=fc_held, fc_replacement=fc_replacement,
             half_input_activations=half[1] if half else None, half_input_size=half[0] if half else None,
             remat_activations=remat)]
 
@@ -139,11 +182,13 @@ def summarize_model(name: str, *, input_size: int | None = None, in_channels: in
         from cnncli.summary.xla import compile_train_step
 
         xla = compile_train_step(model, batch_size=batch_size,
-                                 optimizer=optimizer_config or _optimizer_config(optimizer), augment=augment)
-        analytic = TRAIN_STEP_FORWARDS * 2 * total_macs * batch_size
+                                 optimizer=optimizer_config or _optimizer_config(optimizer), augment=augment,
+                                 devices=devices, shard_params=shard_params)
+        analytic = TRAIN_STEP_FORWARDS * 2 * total_macs * (batch_size // devices)
         xla["analytic_flops"] = analytic
         xla["flops_ratio"] = xla["flops"] / analytic if xla["flops"] and analytic else None
         xla["memory_ratio"] = xla["peak_bytes"] / memory["total_bytes"] if xla["peak_bytes"] else None
+        xla["devices"] = devices
 
     return {
         "model": name,

@@ -28,6 +28,7 @@ class Target:
     optimizer: str | None = None  # a key of OPTIMIZER_STATE_COPIES
     optimizer_config: Any = None
     augment: Any = None
+    shard_params: bool = False
     notes: list[str] = dataclasses.field(default_factory=list)
 
 
@@ -47,7 +48,8 @@ def _from_config(cfg: Any, source: str, resolved: bool) -> Target:
     m, d = cfg.model, cfg.data
     spec = get_spec(m.name)
     t = Target(m.name, source=source, options=model_options(cfg.model), batch_size=cfg.train.batch_size,
-               optimizer=optimizer_label(cfg.optimizer), optimizer_config=cfg.optimizer, augment=d.augment)
+               optimizer=optimizer_label(cfg.optimizer), optimizer_config=cfg.optimizer, augment=d.augment,
+               shard_params=cfg.train.shard_params)
     t.input_size, t.in_channels, t.num_classes = m.input_size, m.in_channels, m.num_classes
     if resolved:
         return t
@@ -97,11 +99,13 @@ def resolve_target(arg: str) -> Target:
 def summarize_targets(targets: list[str], *, input_size: int | None = None, in_channels: int | None = None,
                       num_classes: int | None = None, batch_size: int | None = None, dtype: str | None = None,
                       optimizer: str | None = None, memory_budget: int | None = None,
-                      compile: bool = True) -> list[dict[str, Any]]:
+                      compile: bool = True, devices: int = 1,
+                      shard_params: bool | None = None) -> list[dict[str, Any]]:
     """Summaries of each target (model name, config, run or checkpoint dir); options given here win.
 
     Without a batch size, a config's train.batch_size is used; with a memory budget and no
-    batch size anywhere, the largest batch that fits; otherwise 1 (per image).
+    batch size anywhere, the largest batch that fits; otherwise 1 (per image), or one per device.
+    `shard_params` None takes a config's train.shard_params.
     """
     from cnncli.summary.report import summarize_model
 
@@ -112,12 +116,13 @@ def summarize_targets(targets: list[str], *, input_size: int | None = None, in_c
         if dtype is not None:
             options["dtype"] = dtype
         opt = optimizer or t.optimizer or "sgd_momentum"
-        batch = batch_size or t.batch_size or (None if memory_budget is not None else 1)
+        batch = batch_size or t.batch_size or (None if memory_budget is not None else devices)
         s = summarize_model(
             t.model, input_size=input_size or t.input_size, in_channels=in_channels or t.in_channels,
             num_classes=num_classes or t.num_classes, batch_size=batch, optimizer=opt, memory_budget=memory_budget,
             compile=compile, optimizer_config=t.optimizer_config if optimizer is None else None,
-            augment=t.augment, **options)
+            augment=t.augment, devices=devices,
+            shard_params=t.shard_params if shard_params is None else shard_params, **options)
         notes = list(t.notes)
         if options.get("remat"):
             notes.append("model.remat is on: the analytic activations count every layer's output as without "

@@ -41,12 +41,16 @@ def _memory(compiled: Any) -> dict[str, int] | None:
 
 
 def compile_train_step(model: Any, *, batch_size: int, optimizer: Any, augment: Any = None,
-                       mean: list[float] | None = None, std: list[float] | None = None) -> dict[str, Any]:
+                       mean: list[float] | None = None, std: list[float] | None = None, devices: int = 1,
+                       shard_params: bool = False) -> dict[str, Any]:
     """Compile the training step of `model` (abstract is fine) for one batch; XLA's figures.
 
     optimizer: a cnncli.config.OptimizerConfig. Returns {flops, argument_bytes, output_bytes,
     alias_bytes, temp_bytes, peak_bytes, backend, note}; a figure the backend does not give
-    is None and `note` says why.
+    is None and `note` says why. With `devices` > 1 the step is compiled as training runs it,
+    over a `data` mesh of the first `devices` devices (the batch split, the state replicated or,
+    with `shard_params`, split), and the figures are one device's; a machine with fewer devices
+    gives only the note.
     """
     import jax
     import jax.numpy as jnp
@@ -71,12 +75,32 @@ def compile_train_step(model: Any, *, batch_size: int, optimizer: Any, augment: 
                                      mean=mean, std=std, seed=0)
         return train_step(state, images, labels)
 
-    images = jax.ShapeDtypeStruct((batch_size, h, w, c), jnp.uint8)
-    labels = jax.ShapeDtypeStruct((batch_size,), jnp.int32)
     result: dict[str, Any] = {"flops": None, "argument_bytes": None, "output_bytes": None, "alias_bytes": None,
                               "temp_bytes": None, "peak_bytes": None, "backend": jax.default_backend(), "note": None}
+    if devices > jax.device_count():
+        hint = (f" (on CPU: XLA_FLAGS=--xla_force_host_platform_device_count={devices})"
+                if jax.default_backend() == "cpu" else "")
+        result["note"] = (f"not compiled: {devices} devices asked for, this machine has {jax.device_count()}"
+                          f"{hint}")
+        return result
+    images = jax.ShapeDtypeStruct((batch_size, h, w, c), jnp.uint8)
+    labels = jax.ShapeDtypeStruct((batch_size,), jnp.int32)
+    jitted = jax.jit(step, donate_argnums=(1,))
+    if devices > 1:
+        import numpy as np
+        from jax.sharding import Mesh
+
+        from cnncli.distributed import batch_sharding, replicated, state_shardings
+
+        mesh = Mesh(np.asarray(jax.devices()[:devices]), ("data",))
+        shardings = state_shardings(mesh, state, shard=shard_params)
+        state = jax.tree.map(lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh), state, shardings)
+        images, labels = (jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=batch_sharding(mesh)) for a in (images, labels))
+        jitted = jax.jit(step, donate_argnums=(1,), in_shardings=(replicated(mesh), shardings, batch_sharding(mesh),
+                                                                   batch_sharding(mesh)),
+                         out_shardings=(shardings, replicated(mesh)))
     try:
-        compiled = jax.jit(step, donate_argnums=(1,)).lower(parts, state, images, labels).compile()
+        compiled = jitted.lower(parts, state, images, labels).compile()
     except Exception as exc:  # noqa: BLE001 - report any compiler failure (e.g. out of memory) instead of failing
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         result["note"] = f"compilation failed: {first[:200]}"
