@@ -8,8 +8,11 @@ Heavy libraries (jax, flax, orbax) are imported inside the commands so that
 from __future__ import annotations
 
 import sys
+import time
 
-import typer
+_IMPORTED = time.perf_counter()  # the command's start, for the time to the first step
+
+import typer  # noqa: E402
 
 # Registration order is the order `cnn --help` lists them: the order a user meets them.
 from cnncli.cli import train, evaluate, predict, summarize, show, models, data, runs, plot  # noqa: F401, I001
@@ -25,6 +28,7 @@ def main() -> None:
     """Console-script entry point: every mistake is one line on stderr and a non-zero exit."""
     from typer._click import exceptions as click  # typer bundles its own click
 
+    _state["started"] = _IMPORTED
     try:
         code = app(standalone_mode=False)
     except click.NoArgsIsHelpError:

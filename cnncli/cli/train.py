@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from cnncli.cli.app import Format, SetOption, cli_errors, print_json, stderr_console, app
+from cnncli.cli.app import Format, SetOption, _state, cli_errors, print_json, stderr_console, app
 
 
 @app.command()
@@ -78,7 +78,7 @@ def train(
     console = stderr_console() if distributed.is_primary() else Console(stderr=True, quiet=True)
     try:
         summary = train_and_evaluate(cfg, path, resume=resume is not None, force=force, console=console,
-                                     init=_initializer(cfg.model.init_from))
+                                     init=_initializer(cfg.model.init_from), started=_state.get("started"))
     except distributed.ClusterError as exc:
         distributed.exit_now(exc)  # jax's exit-time shutdown would wait for the failed process, then abort
     if not distributed.is_primary():
@@ -155,7 +155,8 @@ def _print_train_summary(s: dict, console) -> None:
         ("best checkpoint", f"step {s['best_step']} (epoch {s['best_epoch']:.2f}), {best_key[5:]} {s[best_key]:.4f}"),
         ("test accuracy", f"{test['accuracy']:.4f} (top-5 {test['top5_accuracy']:.4f}), loss {test['loss']:.4f}, "
                           f"{test['num_examples']} images"),
-        ("wall time", f"{s['wall_time_s']:.1f} s (compile {s['compile_time_s']:.1f} s)"),
+        ("wall time", f"{s['wall_time_s']:.1f} s (compiling {s['compile_time_s']:.1f} s"
+                      + (f"; first step after {s['first_step_s']:.1f} s)" if s.get("first_step_s") else ")")),
         ("throughput", f"{s['images_per_sec']:.0f} images/s" if s["images_per_sec"] else "-"),
         ("checkpoints", s["checkpoints"]),
     ]

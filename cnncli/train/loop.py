@@ -20,18 +20,20 @@ from typing import Any
 from cnncli.config import Config
 from cnncli.errors import TrainingError, TrainingInterrupted
 from cnncli.rundir import RunDir
-from cnncli.train.clock import Every, RunClock
+from cnncli.train.clock import Every, RunClock, cache_hits
 from cnncli.train.exits import WRITE_ERRNOS, SignalCatcher, one_line, write_error
 from cnncli.train.logbook import TrainLog, epoch_line
 from cnncli.train.setup import TrainingSetup, build_training, model_tree, restore_training, train_tree
 
 
 def train_and_evaluate(cfg: Config, run_path: str | Path, *, resume: bool = False, force: bool = False,
-                       console=None, init=None) -> dict[str, Any]:
+                       console=None, init=None, started: float | None = None) -> dict[str, Any]:
     """Train `cfg` into the run directory `run_path` (new, or resumed), evaluate the best checkpoint on the
     test split, return a summary dict. Nothing is written before the config, data, model and (on resume)
     checkpoint have been checked. `init(template, num_classes)` starts a new run from stored weights
-    (see `build_training`); a resumed run takes its weights from its checkpoint."""
+    (see `build_training`); a resumed run takes its weights from its checkpoint. `started`: the
+    time.perf_counter() the command began at, for the time to the first step (default: now)."""
+    started = time.perf_counter() if started is None else started
     from rich.console import Console
 
     from cnncli.checkpoint import CheckpointManager
@@ -59,7 +61,7 @@ def train_and_evaluate(cfg: Config, run_path: str | Path, *, resume: bool = Fals
                 stack.callback(run.release)
             manager = stack.enter_context(_closing(CheckpointManager(
                 run.checkpoints, keep_last=t.keep_last, keep_best=t.keep_best, best_metric=t.best_metric)))
-        training = Training(setup, run, manager, console, restored)
+        training = Training(setup, run, manager, console, restored, started)
         stack.enter_context(training.closing())
         try:
             return training.run()
@@ -89,7 +91,8 @@ def _closing(manager):
 class Training:
     """One process's part of a run, from its first step to results.json."""
 
-    def __init__(self, setup: TrainingSetup, run: RunDir, manager, console, restored: tuple[Any, dict] | None):
+    def __init__(self, setup: TrainingSetup, run: RunDir, manager, console, restored: tuple[Any, dict] | None,
+                 started: float | None = None):
         from cnncli.distributed import is_primary, topology
         from cnncli.metrics import MetricsWriter, NullMetricsWriter, truncate_after, truncate_csv_after
 
@@ -102,7 +105,7 @@ class Training:
         self.images_seen = int(meta.get("images_seen", 0))
         self.bad_evals = int(meta.get("bad_evals", 0))
         self.stopped_early = False
-        self.clock = RunClock(meta)
+        self.clock = RunClock(meta, started)
         self.catcher = SignalCatcher()
         self.log_every = Every(self.t.log_every_steps, setup.total_steps)
         self.eval_every = Every.of(steps=self.t.eval_every_steps, epochs=self.t.eval_every_epochs,
@@ -252,6 +255,9 @@ class Training:
             self.state, metrics = self.setup.feed.step(self.state, batch)
             jax.block_until_ready(metrics)
             self.clock.compiled(time.perf_counter() - t0)
+            if self.primary:
+                self.console.print(f"first step after {self.clock.first_step_s:.1f} s "
+                                   f"(compiling {self.clock.compile_s - self.clock.compile_before:.1f} s)")
         else:
             self.state, metrics = self.setup.feed.step(self.state, batch)
             self.clock.stepped(self.t.batch_size)
@@ -357,6 +363,7 @@ class Training:
             "run_dir": str(run.path), "steps": steps, "epochs": steps / self.spe,
             "best_step": best_step, "best_epoch": best_step / self.spe, f"best_{self.t.best_metric}": best_value,
             "test": results, "wall_time_s": self.clock.wall(), "compile_time_s": self.clock.compile_s,
+            "first_step_s": self.clock.first_step_s, "compile_cache_hits": cache_hits(),
             "images_per_sec": self.clock.images_per_sec(),
             "checkpoints": str(run.checkpoints), "exported": str(export_path) if export_path else None,
             "stopped_early": self.stopped_early,
