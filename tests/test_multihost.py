@@ -206,6 +206,43 @@ def test_a_killed_process_stops_the_other_and_the_pair_resumes(workdir):
             if r["split"] == "train"] == list(range(1, 25))
 
 
+def test_ctrl_c_to_one_process_stops_both_at_one_checkpoint(workdir):
+    """SIGINT to process 1 alone: jax's preemption service tells process 0, both stop after the same
+    step, checkpoint it together and exit as interrupted; the pair resumes from there."""
+    run = workdir / "interrupted"
+    extra = ["--set", "train.steps=400", "--set", "train.eval_every_steps=200", "--set", "train.log_every_steps=10",
+             "--set", "train.checkpoint_every_steps=200"]
+    procs = _launch(workdir / "tiny.yaml", run, 2, extra=extra)
+    deadline = time.monotonic() + TIMEOUT
+    try:
+        while time.monotonic() < deadline and procs[1][0].poll() is None:
+            metrics = run / "metrics.jsonl"
+            if metrics.exists() and '"step": 10,' in metrics.read_text():
+                break
+            time.sleep(0.1)
+        assert procs[1][0].poll() is None, "process 1 ended before it could be interrupted"
+        procs[1][0].send_signal(signal.SIGINT)
+        (rc0, out0), (rc1, out1) = _finish(procs, timeout=180)
+    finally:
+        for proc, _ in procs:
+            if proc.poll() is None:
+                proc.kill()
+    assert (rc0, rc1) == (143, 130), (out0, out1)
+    status = json.loads((run / "status.json").read_text())
+    assert status["status"] == "interrupted", status
+    stopped = status["step"]
+    assert 10 <= stopped < 400
+    assert f"at step {stopped}: checkpoint written; resume with: cnn train --resume {run}" in out0
+    assert sorted(int(p.name) for p in (run / "checkpoints").iterdir() if p.name.isdigit())[-1] == stopped
+
+    results = _finish(_launch(workdir / "tiny.yaml", run, 2, resume=True, extra=["--set", "train.steps=" +
+                                                                              str(stopped + 4)]))
+    assert [rc for rc, _ in results] == [0, 0], results
+    assert f"from step {stopped}" in results[0][1]
+    assert [r["step"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+            if r["split"] == "train"][-1] == stopped + 4
+
+
 def test_unreachable_coordinator_is_one_line(workdir):
     run = workdir / "alone"
     [(rc, out)] = _finish([(_cnn([workdir / "tiny.yaml", "--run-dir", run, "--coordinator", f"127.0.0.1:{_free_port()}",

@@ -22,18 +22,27 @@ class SignalCatcher:
 
     While `urgent` (outside the step loop: final evaluation, export), a signal raises at once.
     A second signal while the first is being handled also raises at once.
+
+    Under several processes (`shared`) the processes must stop at the same step, or the one
+    checkpointing waits forever for the others. There SIGTERM is left to jax's preemption
+    service, which tells every process of the cluster, and SIGINT is passed on to it as a
+    SIGTERM; `stop_requested(step)` is true on every process at the one step the service agrees
+    on (jax.experimental.multihost_utils.reached_preemption_sync_point).
     """
 
     def __init__(self):
         self.signum: int | None = None
         self.urgent = False
         self.raised = False
+        self.shared = False
+        self._local: int | None = None  # shared: the signal this process received, if any
 
     @contextlib.contextmanager
-    def installed(self):
+    def installed(self, shared: bool = False):
+        self.shared = shared and _preemption_service()
         previous = {}
         try:
-            for s in (signal.SIGINT, signal.SIGTERM):
+            for s in (signal.SIGINT,) if self.shared else (signal.SIGINT, signal.SIGTERM):
                 previous[s] = signal.signal(s, self._handle)
         except ValueError:  # not the main thread: no handlers, no graceful stop
             previous = {}
@@ -46,11 +55,35 @@ class SignalCatcher:
     def _handle(self, signum, frame):
         if self.raised:  # already stopping: let the clean-up finish and say so
             return
+        if self.shared and not self.urgent and self._local is None:
+            self._local = signum
+            os.kill(os.getpid(), signal.SIGTERM)  # to jax's preemption service, which tells the others
+            return
         first = self.signum is None
         self.signum = signum
         if self.urgent or not first:
             self.raised = True
             raise TrainingInterrupted(f"{signal.Signals(signum).name}: stopped", signum)
+
+    def stop_requested(self, step: int) -> bool:
+        """Whether the loop should checkpoint and stop after `step` (called after every step, by every
+        process when shared)."""
+        if self.shared and self.signum is None:
+            from jax.experimental import multihost_utils
+
+            if multihost_utils.reached_preemption_sync_point(step):
+                self.signum = self._local or signal.SIGTERM
+        return self.signum is not None
+
+
+def _preemption_service() -> bool:
+    """Whether this process is part of a cluster whose jax preemption service is running."""
+    try:
+        from jax._src import distributed
+    except ImportError:  # pragma: no cover - a jax without it: each process stops on its own
+        return False
+    state = distributed.global_state
+    return state.client is not None and getattr(state, "preemption_sync_manager", None) is not None
 
 
 def one_line(exc: BaseException) -> str:

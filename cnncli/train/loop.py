@@ -182,7 +182,7 @@ class Training:
     def closing(self):
         """Every exit: status.json says what happened, writers are closed, workers stopped."""
         try:
-            with self.catcher.installed():
+            with self.catcher.installed(shared=self.topology["processes"] > 1):
                 yield self
         except TrainingInterrupted as exc:
             self._finish_status("interrupted", reason=str(exc), step=self._step_now())
@@ -233,12 +233,13 @@ class Training:
             self._batches = s.feed.batches(s.stream, self.start_step, s.total_steps)
             for step, batch in zip(range(self.start_step, s.total_steps), self._batches):
                 done = self._step(step, batch)
-                if self.log_every(done) or self.eval_every(done) or self.catcher.signum:
+                stop = self.catcher.stop_requested(done)
+                if self.log_every(done) or self.eval_every(done) or stop:
                     self._record(done)
                 val = self._evaluate(done) if self.eval_every(done) else None
-                if val is not None or self.ckpt_every(done) or self.catcher.signum or self.stopped_early:
+                if val is not None or self.ckpt_every(done) or stop or self.stopped_early:
                     self._save(done, val)
-                if self.catcher.signum:
+                if stop:
                     self._interrupted(done)
                 if self.stopped_early:
                     self.console.print(f"early stopping: no {self.t.best_metric} improvement in "
