@@ -6,7 +6,7 @@ For every model: `cnn bench` (once per XLA flag variant) and `benchmarks/torch_r
 (against PyTorch's fastest setting measured) and each side's compile time.
 
     python benchmarks/compare.py --models resnet20 --batch-size 128 \\
-        --xla-variants default,ynn-no-individual-conv [--torch-compile] [--repeats 2] [--json]
+        --xla-variants default,xla-default [--torch-compile] [--repeats 2] [--json]
 
 A model may carry its own batch and input size: --models resnet20,resnet18:32:112,vgg16:16:64
 """
@@ -24,10 +24,14 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+# "default" is what `cnn` does by itself (its XLA defaults, cnncli/xla_flags.py, included);
+# "xla-default" is XLA's own default (CNN_XLA_DEFAULTS=0); the others set XLA_FLAGS explicitly.
 XLA_VARIANTS = {
     "default": None,
+    "xla-default": None,
     "ynn-off": "--xla_cpu_experimental_ynn_fusion_type=",
     "ynn-no-individual-conv": "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution",
+    "ynn-dot-eltwise-reduce": "--xla_cpu_experimental_ynn_fusion_type=dot,eltwise,reduce",
 }
 
 
@@ -39,9 +43,11 @@ def _run_json(cmd: list[str], env: dict[str, str]) -> dict:
     return json.loads(text[text.index("{"):])
 
 
-def run_cnn(model: str, batch: int, size: int | None, steps: int, dtype: str, flags: str | None) -> dict:
+def run_cnn(model: str, batch: int, size: int | None, steps: int, dtype: str, flags: str | None,
+            cnn_defaults: bool = True) -> dict:
     env = dict(os.environ)
     env.pop("XLA_FLAGS", None)
+    env["CNN_XLA_DEFAULTS"] = "1" if cnn_defaults else "0"
     if flags:
         env["XLA_FLAGS"] = flags
     cmd = [sys.executable, "-m", "cnncli.cli", "bench", model, "--batch-size", str(batch), "--steps", str(steps),
@@ -80,8 +86,10 @@ def compare(args) -> dict:
         for rep in range(args.repeats):
             for label, kind, opt in sides:
                 print(f"[{rep + 1}/{args.repeats}] {model} b{batch}: {label} ...", file=sys.stderr, flush=True)
-                r = (run_cnn(model, batch, size, args.steps, args.dtype, XLA_VARIANTS[opt]) if kind == "cnn"
-                     else run_torch(model, batch, size, args.steps, args.dtype, opt))
+                if kind == "cnn":
+                    r = run_cnn(model, batch, size, args.steps, args.dtype, XLA_VARIANTS[opt], opt != "xla-default")
+                else:
+                    r = run_torch(model, batch, size, args.steps, args.dtype, opt)
                 runs[label].append(r)
                 if "error" in r:
                     print(f"    failed: {r['error']}", file=sys.stderr)

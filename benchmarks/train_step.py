@@ -14,8 +14,10 @@ import os
 import subprocess
 import sys
 
+# "default": what cnn does by itself (its XLA defaults included); "xla-default": XLA's own.
 VARIANTS = {
     "default": "",
+    "xla-default": None,
     "ynn-off": "--xla_cpu_experimental_ynn_fusion_type=",
     "ynn-no-individual-conv": "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution",
 }
@@ -52,8 +54,9 @@ print(json.dumps({"images_per_sec": steps * batch / dt, "compile_s": compile_s})
 SIZES = {"resnet20": 32, "plain20": 32, "resnet56": 32, "vgg11": 32, "resnet18": 64, "alexnet": 67}
 
 
-def run(model: str, flags: str, batch: int, steps: int) -> dict:
+def run(model: str, flags: str | None, batch: int, steps: int) -> dict:
     env = dict(os.environ)
+    env["CNN_XLA_DEFAULTS"] = "0" if flags is None else "1"
     if flags:
         env["XLA_FLAGS"] = flags
     else:

@@ -5,6 +5,8 @@ import pytest
 # Tests run on the CPU; keep XLA from grabbing every core for its thread pools at once.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+import cnncli  # noqa: F401 E402 - cnn's XLA defaults (cnncli/xla_flags.py) before any test starts jax
+
 TINY_CONFIG = """\
 model:
   name: resnet20

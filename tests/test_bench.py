@@ -94,14 +94,16 @@ def test_reference_resnet20_matches_cnn_loss_over_three_sgd_steps():
 
     ref = _reference()
     mean, std = [0.4, 0.5, 0.6], [0.2, 0.25, 0.3]
-    parts, params, stats = split_model(create_model("resnet20", num_classes=10, input_shape=(16, 16, 3), seed=1))
+    # 32x32 and 16 images: on 16x16 and 8 images the last stage's BatchNorm sees so few values that a
+    # 1e-6 change of the weights moves the third loss by 1% (any change of float rounding order does)
+    parts, params, stats = split_model(create_model("resnet20", num_classes=10, input_shape=(32, 32, 3), seed=1))
     sched = build_schedule(ScheduleConfig(), 0.1, 1, 1)
     tx = build_optimizer(OptimizerConfig(lr=0.1, momentum=0.9, weight_decay=5e-3), sched)
     step = jax.jit(make_train_step(parts, tx, sched, num_classes=10, augment=AugmentConfig(), mean=mean, std=std,
                                    seed=0))
     rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, (8, 16, 16, 3), dtype=np.uint8)
-    labels = rng.integers(0, 10, 8).astype(np.int32)
+    images = rng.integers(0, 256, (16, 32, 32, 3), dtype=np.uint8)
+    labels = rng.integers(0, 10, 16).astype(np.int32)
 
     torch.manual_seed(0)
     model = ref.build_model("resnet20", 10).train()
@@ -113,7 +115,8 @@ def test_reference_resnet20_matches_cnn_loss_over_three_sgd_steps():
     y = torch.from_numpy(labels.astype(np.int64))
 
     state = init_train_state(params, stats, tx, ema=False)
-    # Losses after the first and second updates: without the same weight decay (or momentum) they differ by > 5e-4.
+    # The loss after the second update tells the optimizers apart: with weight decay 0 on one side it moves
+    # by 2.5e-4 relative, with momentum 0.8 by 1.5e-2 (measured on cnn's side).
     for _ in range(3):
         with jax.default_matmul_precision("highest"):  # no TF32 on a GPU: float32 on both sides
             state, metrics = step(state, images, labels)
