@@ -139,3 +139,11 @@ def test_config_shard_params_is_taken_unless_overridden(tmp_path):
         res = runner.invoke(app, ["summarize", str(cfg), "--devices", "4", "--no-compile", "--format", "json", *extra])
         assert res.exit_code == 0, res.output
         assert json.loads(res.output)["memory"]["shard_params"] is sharded
+
+
+def test_a_budget_nothing_fits_is_reported_per_device_not_refused():
+    s = summarize_model("vgg11", input_size=32, num_classes=10, batch_size=None, memory_budget=10**6, devices=8,
+                        compile=False)
+    mem = s["memory"]
+    assert (mem["largest_batch"], mem["batch_size"], mem["fits"]) == (0, 8, False)
+    assert mem["limited_by"].startswith("parameters, gradients and optimizer state alone take")

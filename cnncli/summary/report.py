@@ -146,7 +146,7 @@ def summarize_model(name: str, *, input_size: int | None = None, in_channels: in
 
     largest = mem.largest_batch(memory_budget) if memory_budget is not None else None
     if batch_size is None:
-        batch_size = max(1, largest) if largest is not None else 1
+        batch_size = max(devices, largest) if largest is not None else devices
     if batch_size < 1:
         raise SummaryError(f"--batch-size must be a positive integer, got {batch_size}")
     if batch_size % devices:
@@ -156,8 +156,8 @@ def summarize_model(name: str, *, input_size: int | None = None, in_channels: in
     memory.update(budget_bytes=memory_budget, largest_batch=largest, limited_by=None,
                   fits=memory["total_bytes"] <= memory_budget if memory_budget is not None else None)
     if memory_budget is not None:
-        at = max(largest, 1)
-        act = at * mem.bytes_per_image()
+        at = max(largest, devices)
+        act = at // devices * mem.bytes_per_image()
         if largest == 0:
             memory["limited_by"] = (f"parameters, gradients and optimizer state alone take {mem.fixed_bytes():,} "
                                     f"bytes, more than the {memory_budget:,} available")
