@@ -55,10 +55,13 @@ class SignalCatcher:
     def _handle(self, signum, frame):
         if self.raised:  # already stopping: let the clean-up finish and say so
             return
-        if self.shared and not self.urgent and self._local is None:
-            self._local = signum
-            os.kill(os.getpid(), signal.SIGTERM)  # to jax's preemption service, which tells the others
-            return
+        if self.shared and not self.urgent:
+            if self._local is None:
+                self._local = signum
+                os.kill(os.getpid(), signal.SIGTERM)  # to jax's preemption service, which tells the others
+                return
+            self.raised = True  # a second one: this process stops now, the others see it fail
+            raise TrainingInterrupted(f"{signal.Signals(signum).name} again: stopped", signum)
         first = self.signum is None
         self.signum = signum
         if self.urgent or not first:
