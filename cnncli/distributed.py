@@ -209,11 +209,12 @@ def primary_decides(fn: Callable[[], Any]) -> Any:
     return result
 
 
-def make_mesh() -> Mesh:
-    """A 1-D mesh over every device of every process, axis name 'data'; each process's devices are
-    contiguous along it, so that a process's rows of a batch are one slice (`local_rows`)."""
+def make_mesh(count: int | None = None) -> Mesh:
+    """A 1-D mesh over every device of every process (or the first `count`), axis name 'data'; each
+    process's devices are contiguous along it, so that a process's rows of a batch are one slice
+    (`local_rows`)."""
     devices = sorted(jax.devices(), key=lambda d: (d.process_index, d.id))
-    return Mesh(np.asarray(devices), ("data",))
+    return Mesh(np.asarray(devices[:count]), ("data",))
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

@@ -172,20 +172,25 @@ def test_four_devices_and_two_processes_of_two_match_one(one_device, workdir):
         assert _train_losses(run) == pytest.approx(a, rel=2e-3)
 
 
+def _signal_after(procs, run, step: int, sig) -> None:
+    """Send `sig` to process 1 once the run has logged training step `step` (it must still be running)."""
+    deadline = time.monotonic() + TIMEOUT
+    while time.monotonic() < deadline and procs[1][0].poll() is None:
+        metrics = run / "metrics.jsonl"
+        if metrics.exists() and f'"step": {step},' in metrics.read_text():
+            break
+        time.sleep(0.1)
+    assert procs[1][0].poll() is None, f"process 1 ended before it could be sent {signal.Signals(sig).name}"
+    procs[1][0].send_signal(sig)
+
+
 def test_a_killed_process_stops_the_other_and_the_pair_resumes(workdir):
     run = workdir / "killed"
     extra = ["--set", "train.steps=24", "--set", "train.eval_every_steps=12",
              "--set", "distributed.heartbeat_timeout=10", "--set", "distributed.shutdown_timeout=10"]
     procs = _launch(workdir / "tiny.yaml", run, 2, extra=extra)
-    deadline = time.monotonic() + TIMEOUT
     try:
-        while time.monotonic() < deadline and procs[1][0].poll() is None:
-            metrics = run / "metrics.jsonl"
-            if metrics.exists() and '"step": 6,' in metrics.read_text():
-                break
-            time.sleep(0.1)
-        assert procs[1][0].poll() is None, "process 1 ended before it could be killed"
-        procs[1][0].send_signal(signal.SIGKILL)
+        _signal_after(procs, run, 6, signal.SIGKILL)
         (rc0, out0), _ = _finish(procs, timeout=120)  # the survivor notices (gloo, heartbeats) and leaves
     finally:
         for proc, _ in procs:
@@ -213,15 +218,8 @@ def test_ctrl_c_to_one_process_stops_both_at_one_checkpoint(workdir):
     extra = ["--set", "train.steps=400", "--set", "train.eval_every_steps=200", "--set", "train.log_every_steps=10",
              "--set", "train.checkpoint_every_steps=200"]
     procs = _launch(workdir / "tiny.yaml", run, 2, extra=extra)
-    deadline = time.monotonic() + TIMEOUT
     try:
-        while time.monotonic() < deadline and procs[1][0].poll() is None:
-            metrics = run / "metrics.jsonl"
-            if metrics.exists() and '"step": 10,' in metrics.read_text():
-                break
-            time.sleep(0.1)
-        assert procs[1][0].poll() is None, "process 1 ended before it could be interrupted"
-        procs[1][0].send_signal(signal.SIGINT)
+        _signal_after(procs, run, 10, signal.SIGINT)
         (rc0, out0), (rc1, out1) = _finish(procs, timeout=180)
     finally:
         for proc, _ in procs:

@@ -116,7 +116,7 @@ def _layer_table(s: dict[str, Any], wide: bool, expand: bool):
 
 def _batch_words(mem: dict[str, Any]) -> str:
     """`batch 256` on one device; `per device, batch 256 = 32 x 8 devices, parameters split over them`."""
-    n = mem.get("devices", 1)
+    n = mem["devices"]
     if n == 1:
         return f"batch {mem['batch_size']:,}"
     how = "parameters and optimizer state split over them" if mem["shard_params"] else "a full copy of the " \
@@ -145,7 +145,7 @@ def totals_items(s: dict[str, Any]) -> list[tuple[str, str]]:
     if mem["budget_bytes"] is not None:
         verdict = "fits" if mem["fits"] else "does not fit"
         items.append(("Fits", f"{format_bytes(mem['budget_bytes'])} ({mem['budget_bytes']:,} bytes)"
-                              f"{' per device' if mem.get('devices', 1) > 1 else ''}: batch "
+                              f"{' per device' if mem['devices'] > 1 else ''}: batch "
                               f"{mem['batch_size']:,} {verdict}; largest batch {mem['largest_batch']:,}, limited by "
                               f"{mem['limited_by']}"))
     if s["fc_params"]:
@@ -178,8 +178,8 @@ def xla_items(s: dict[str, Any]) -> list[tuple[str, str]]:
     b = s["memory"]["batch_size"]
     out = []
     if x["flops"] is not None:
-        per = s["memory"].get("batch_per_device", b)
-        where = f"one of {x['devices']} devices, batch {per:,} each" if x.get("devices", 1) > 1 else f"batch {b:,}"
+        per = s["memory"]["batch_per_device"]
+        where = f"one of {x['devices']} devices, batch {per:,} each" if x["devices"] > 1 else f"batch {b:,}"
         out.append(("XLA FLOPs", f"{x['backend']}, training step on {where}: {x['flops']:,.0f} vs "
                                  f"{x['analytic_flops']:,} analytic (3 x 2 x MACs x batch), ratio "
                                  f"{x['flops_ratio']:.2f}"))
@@ -206,9 +206,9 @@ COMPARISON = [
     ("activations / image", lambda s, n: n(s["activations_per_image"])),
     ("  bytes x2 (bwd)", lambda s, n: format_bytes(s["activations_bytes_per_image_with_backward"])),
     ("train memory", lambda s, n: format_bytes(s["memory"]["total_bytes"])
-     + (" / device" if s["memory"].get("devices", 1) > 1 else "")),
+     + (" / device" if s["memory"]["devices"] > 1 else "")),
     ("  at batch", lambda s, n: str(s["memory"]["batch_size"])
-     + (f" / {s['memory']['devices']}" if s["memory"].get("devices", 1) > 1 else "")),
+     + (f" / {s['memory']['devices']}" if s["memory"]["devices"] > 1 else "")),
     ("largest batch", lambda s, n: "-" if s["memory"]["largest_batch"] is None else f"{s['memory']['largest_batch']:,}"),
     ("XLA FLOPs ratio", lambda s, n: "-" if not (s["xla"] or {}).get("flops_ratio") else f"{s['xla']['flops_ratio']:.2f}"),
     ("XLA memory ratio", lambda s, n: "-" if not (s["xla"] or {}).get("memory_ratio") else f"{s['xla']['memory_ratio']:.2f}"),

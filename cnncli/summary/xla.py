@@ -87,12 +87,9 @@ def compile_train_step(model: Any, *, batch_size: int, optimizer: Any, augment: 
     labels = jax.ShapeDtypeStruct((batch_size,), jnp.int32)
     jitted = jax.jit(step, donate_argnums=(1,))
     if devices > 1:
-        import numpy as np
-        from jax.sharding import Mesh
+        from cnncli.distributed import batch_sharding, make_mesh, replicated, state_shardings
 
-        from cnncli.distributed import batch_sharding, replicated, state_shardings
-
-        mesh = Mesh(np.asarray(jax.devices()[:devices]), ("data",))
+        mesh = make_mesh(devices)
         shardings = state_shardings(mesh, state, shard=shard_params)
         state = jax.tree.map(lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh), state, shardings)
         images, labels = (jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=batch_sharding(mesh)) for a in (images, labels))
