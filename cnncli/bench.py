@@ -7,7 +7,9 @@ compile time is measured apart from running time. Steady-state time is the media
 several windows of steps after a warm-up, each window ended by waiting for the device.
 
 FLOPs come two ways: `flops_per_step` is XLA's cost analysis of the compiled step (on GPU it
-leaves out the convolutions that run as cuDNN calls), `model_flops_per_step` is counted from
+leaves out the convolutions that run as cuDNN calls; where the step's convolutions are oneDNN
+calls, it is the analysis of the same step lowered with XLA's convolutions, before XLA's
+optimisations), `model_flops_per_step` is counted from
 the traced forward pass (convolutions and matrix products, x 3 for the backward pass).
 Achieved FLOP/s and MFU use the model FLOPs, MFU against the chip's dense bf16 peak.
 """
@@ -24,6 +26,7 @@ from typing import Any
 
 from cnncli.config import Config
 from cnncli.errors import ConfigError
+from cnncli.kernels import convolution_backend, xla_convolutions
 
 DTYPES = ("float32", "bfloat16")
 DATA_CHOICES = ("synthetic", "config")
@@ -195,7 +198,7 @@ def _batches(cfg: Config, work: _Workload, mesh, step_fn):
 
 
 def _cost_flops(compiled: Any) -> float | None:
-    """XLA's FLOP count of a compiled program (per device), or None where the backend gives none."""
+    """XLA's FLOP count of a compiled (or lowered) program, per device; None where the backend gives none."""
     try:
         cost = compiled.cost_analysis()
     except Exception:  # noqa: BLE001 - backends without cost analysis raise various errors
@@ -241,7 +244,8 @@ def model_flops_per_step(parts, params, batch_stats, batch_shape: tuple[int, ...
     from cnncli.train.step import forward
 
     x = jax.ShapeDtypeStruct(batch_shape, jnp.float32)
-    closed = jax.make_jaxpr(lambda p, s, x: forward(parts, p, s, x, train=True)[0])(params, batch_stats, x)
+    with xla_convolutions():  # convolutions as lax primitives, whatever runs them
+        closed = jax.make_jaxpr(lambda p, s, x: forward(parts, p, s, x, train=True)[0])(params, batch_stats, x)
     return 3.0 * 2.0 * _jaxpr_macs(closed.jaxpr)
 
 
@@ -347,13 +351,18 @@ def run_bench(req: BenchRequest, progress: Progress = lambda _msg: None) -> dict
 
     eval_times, eval_compile_s = _time_eval(req, parts, state, work, mesh, t.batch_size, t.seed, progress)
     model_flops = model_flops_per_step(parts, state.params, state.batch_stats, (t.batch_size, *work.image_shape))
+    convolutions = convolution_backend()
+    xla_flops = _cost_flops(train_compiled)
+    if convolutions.startswith("oneDNN"):  # XLA counts nothing inside a custom call: count XLA's own convolutions
+        with xla_convolutions():  # a fresh function, so that jax's trace cache cannot hand back the first trace
+            xla_flops = _cost_flops(jax.jit(lambda *args: fn(*args)).lower(state, *next(batches)))
     return _report(req, cfg, work, device, step_times, eval_times, compile_s, eval_compile_s,
-                   _cost_flops(train_compiled), model_flops, loss)
+                   xla_flops, model_flops, loss, convolutions)
 
 
 def _report(req: BenchRequest, cfg: Config, work: _Workload, device: dict, step_times: list[float],
             eval_times: list[float], compile_s: float, eval_compile_s: float, flops_per_device: float | None,
-            model_flops: float, final_loss: float) -> dict[str, Any]:
+            model_flops: float, final_loss: float, convolutions: str) -> dict[str, Any]:
     import jax
 
     bs = cfg.train.batch_size
@@ -392,5 +401,6 @@ def _report(req: BenchRequest, cfg: Config, work: _Workload, device: dict, step_
         "windows": len(step_times),
         "final_loss": final_loss,
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "convolutions": convolutions,
         "jax_version": jax.__version__,
     }

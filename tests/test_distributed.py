@@ -11,7 +11,9 @@ import pytest
 
 
 def _train(tmp_path, name, devices, tiny_config, *extra):
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+    # oneDNN's convolutions run on one device only: both sides use XLA's, so that only the data
+    # parallelism differs (oneDNN against XLA is tests/test_kernels.py's business)
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", CNN_ONEDNN="0")
     run = tmp_path / name
     proc = subprocess.run([sys.executable, "-m", "cnncli.cli", "train", str(tiny_config), "--run-dir", str(run),
                            "--set", "train.log_every_steps=1", *extra], env=env, capture_output=True, text=True)

@@ -122,7 +122,7 @@ def test_default_flags_give_the_losses_of_xla_default():
     runs = {}
     for name, env in (("cnn", {"CNN_XLA_DEFAULTS": "1"}), ("xla", {"CNN_XLA_DEFAULTS": "0"}),
                       ("xla_moved", {"CNN_XLA_DEFAULTS": "0", "PERTURB": "1"})):
-        proc = _fresh(STEPS, JAX_PLATFORMS="cpu", **env)
+        proc = _fresh(STEPS, JAX_PLATFORMS="cpu", CNN_ONEDNN="0", **env)  # the flag concerns XLA's convolutions
         assert proc.returncode == 0, proc.stderr[-2000:]
         runs[name] = json.loads(proc.stdout.strip().splitlines()[-1])
     assert (FLAG in runs["cnn"]["flags"]) == jaxlib_knows(FLAG) and FLAG not in runs["xla"]["flags"]

@@ -18,6 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from cnncli.kernels import conv_general_dilated
+
 # He et al. / torchvision: kaiming normal with fan_out for convolutions followed by ReLU.
 he_normal_fan_out = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
 
@@ -57,14 +59,15 @@ def _pair(v: int | Sequence[int]) -> tuple[int, int]:
 
 
 class Conv(nnx.Conv):
-    """2-D convolution with PyTorch-style symmetric integer padding."""
+    """2-D convolution with PyTorch-style symmetric integer padding (oneDNN on a CPU: cnncli.kernels)."""
 
     def __init__(self, in_ch: int, out_ch: int, kernel: int, stride: int = 1, padding: int = 0, *,
                  use_bias: bool = True, dtype: Any = None, kernel_init: Any = he_normal_fan_out,
                  bias_init: Any = nnx.initializers.zeros_init(), rngs: nnx.Rngs):
         pad = _pair(padding)
         super().__init__(in_ch, out_ch, _pair(kernel), _pair(stride), padding=((pad[0], pad[0]), (pad[1], pad[1])),
-                         use_bias=use_bias, dtype=dtype, kernel_init=kernel_init, bias_init=bias_init, rngs=rngs)
+                         use_bias=use_bias, dtype=dtype, kernel_init=kernel_init, bias_init=bias_init,
+                         conv_general_dilated=conv_general_dilated, rngs=rngs)
         self.pad = pad
 
     def __call__(self, x: jax.Array) -> jax.Array:

@@ -1,0 +1,111 @@
+"""Build and load the oneDNN convolution handlers (onednn_conv.cc) on first use.
+
+oneDNN comes from the `onednn-cpu-gomp` / `onednn-devel-cpu-gomp` wheels, which put the library
+and headers under the environment's `lib/` and `include/`; XLA's FFI headers come with jaxlib.
+The handler library is compiled once with the system's C++ compiler (~6 s) into
+~/.cache/cnn/kernels/, named by a hash of everything it was built from, so an upgrade of either
+side builds a new one. Anything missing (not Linux x86-64, no compiler, no wheels, a failed
+build or load) is reported as a reason, never raised: the caller falls back to XLA's convolution.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import importlib.metadata
+import os
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+SOURCE = Path(__file__).with_name("onednn_conv.cc")
+TARGETS = {  # XLA custom-call target -> symbol in the handler library
+    "cnn_onednn_conv_forward": "CnnConvForward",
+    "cnn_onednn_conv_backward_data": "CnnConvBackwardData",
+    "cnn_onednn_conv_backward_weights": "CnnConvBackwardWeights",
+}
+
+
+class Unavailable(Exception):
+    """Why the oneDNN path cannot be used here (one line)."""
+
+
+@dataclass(frozen=True)
+class Handlers:
+    library: ctypes.CDLL
+    path: Path
+    onednn_version: str
+
+
+def _dist_file(dist: str, suffix: str) -> Path:
+    try:
+        d = importlib.metadata.distribution(dist)
+    except importlib.metadata.PackageNotFoundError:
+        raise Unavailable(f"the {dist} package is not installed") from None
+    for f in d.files or ():
+        if str(f).endswith(suffix):
+            return Path(d.locate_file(f)).resolve()
+    raise Unavailable(f"{dist} holds no {suffix}")
+
+
+def _cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "cnn" / "kernels"
+
+
+def _compile(compiler: str, out: Path, includes: list[Path], libdir: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out.parent, suffix=".so.tmp")
+    os.close(fd)
+    cmd = [compiler, "-O2", "-std=c++17", "-shared", "-fPIC", "-w", str(SOURCE), "-o", tmp,
+           *(f"-I{p}" for p in includes), f"-L{libdir}", "-l:libdnnl.so.3", f"-Wl,-rpath,{libdir}"]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        if proc.returncode != 0:
+            last = (proc.stderr.strip().splitlines() or ["no message"])[-1]
+            raise Unavailable(f"building the oneDNN handlers failed: {last}")
+        os.replace(tmp, out)  # atomic: a concurrent process sees the old file or the whole new one
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def build_and_load() -> Handlers:
+    """Compile (once) and load the handler library; raises Unavailable with the reason."""
+    import platform
+
+    import jax
+    import jaxlib
+
+    if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
+        raise Unavailable(f"no oneDNN wheels for {platform.system()} {platform.machine()}")
+    libdnnl = _dist_file("onednn-cpu-gomp", "libdnnl.so.3")
+    header = _dist_file("onednn-devel-cpu-gomp", "include/oneapi/dnnl/dnnl.hpp")
+    include = header.parents[2]
+    compiler = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
+    if not compiler:
+        raise Unavailable("no C++ compiler (g++) to build the oneDNN handlers")
+    st = libdnnl.stat()
+    key = hashlib.sha256("|".join([SOURCE.read_text(), jaxlib.__version__, str(libdnnl), str(st.st_size),
+                                   str(include), compiler]).encode()).hexdigest()[:16]
+    path = _cache_dir() / f"onednn_conv-{key}.so"
+    if not path.exists():
+        try:
+            _compile(compiler, path, [Path(jax.ffi.include_dir()), include], libdnnl.parent)
+        except OSError as e:  # an unwritable cache: build into a private temporary folder instead
+            path = Path(tempfile.mkdtemp(prefix="cnn-kernels-")) / path.name
+            try:
+                _compile(compiler, path, [Path(jax.ffi.include_dir()), include], libdnnl.parent)
+            except OSError:
+                raise Unavailable(f"cannot build the oneDNN handlers: {e}") from None
+    try:
+        ctypes.CDLL(str(libdnnl), mode=ctypes.RTLD_GLOBAL)
+        lib = ctypes.CDLL(str(path))
+    except OSError as e:
+        raise Unavailable(f"cannot load the oneDNN handlers: {e}") from None
+    lib.cnn_onednn_version.restype = ctypes.c_char_p
+    for target, symbol in TARGETS.items():
+        jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, symbol)), platform="cpu")
+    return Handlers(lib, path, lib.cnn_onednn_version().decode())

@@ -1,0 +1,181 @@
+"""oneDNN's convolutions (cnncli.kernels) against lax's: forward, both gradients, a whole training
+step, and the fallback wherever the oneDNN path does not apply."""
+
+import os
+import platform
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from cnncli.kernels import conv_general_dilated, convolution_backend, onednn_status, xla_convolutions
+
+NHWC = ("NHWC", "HWIO", "NHWC")
+ONEDNN_PLATFORM = sys.platform == "linux" and platform.machine() == "x86_64"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def onednn_here():
+    """Where the wheels exist the oneDNN path must be there: a comparison of lax with itself proves nothing."""
+    if not ONEDNN_PLATFORM:
+        pytest.skip(f"no oneDNN wheels for {sys.platform} {platform.machine()}")
+    usable, why = onednn_status()
+    assert usable, why
+    assert jax.device_count() == 1
+
+
+def _targets(fn, *args) -> set[str]:
+    text = jax.jit(fn).lower(*args).as_text()
+    return {name for name in ("cnn_onednn_conv_forward", "cnn_onednn_conv_backward_data",
+                              "cnn_onednn_conv_backward_weights", "convolution") if name in text}
+
+
+def _rel(a, b) -> float:
+    return float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(b)))
+
+
+GEOMETRIES = [  # batch, height, width, in, out, kernel, stride, padding
+    (4, 32, 32, 16, 16, (3, 3), 1, ((1, 1), (1, 1))),  # ResNet-20 body
+    (4, 32, 32, 16, 32, (3, 3), 2, ((1, 1), (1, 1))),  # ResNet-20 down-sampling
+    (3, 17, 17, 16, 32, (1, 1), 2, ((0, 0), (0, 0))),  # projection shortcut, odd size
+    (2, 56, 56, 3, 64, (7, 7), 2, ((3, 3), (3, 3))),  # ResNet stem
+    (2, 67, 67, 3, 24, (11, 11), 4, ((2, 2), (2, 2))),  # AlexNet's first layer
+    (2, 9, 13, 5, 7, (3, 5), 2, ((0, 1), (2, 0))),  # non-square, asymmetric padding
+    (2, 10, 10, 4, 6, (3, 3), 1, "SAME"),
+    (2, 10, 10, 4, 6, (3, 3), 3, "VALID"),
+]
+
+
+@pytest.mark.parametrize("n,h,w,cin,cout,kernel,stride,padding", GEOMETRIES)
+def test_convolution_and_its_gradients_equal_lax(n, h, w, cin, cout, kernel, stride, padding):
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((n, h, w, cin)), jnp.float32)
+    k = jnp.asarray(rng.standard_normal((*kernel, cin, cout)) / np.sqrt(cin * np.prod(kernel)), jnp.float32)
+    t = jnp.asarray(rng.standard_normal((n, 1, 1, cout)), jnp.float32)
+
+    def loss(conv, x, k):
+        y = conv(x, k, (stride, stride), padding, dimension_numbers=NHWC)
+        return jnp.sum(jnp.tanh(y) * t), y  # a gradient that differs per output position
+
+    def grads(conv):
+        return jax.jit(jax.value_and_grad(lambda x, k: loss(conv, x, k), argnums=(0, 1), has_aux=True))(x, k)
+
+    (l1, y1), (dx1, dk1) = grads(conv_general_dilated)
+    (l2, y2), (dx2, dk2) = grads(lax.conv_general_dilated)
+    assert y1.shape == y2.shape
+    assert _rel(y1, y2) < 1e-5
+    assert _rel(dx1, dx2) < 1e-5
+    assert _rel(dk1, dk2) < 2e-5
+    assert float(l1) == pytest.approx(float(l2), rel=1e-5, abs=1e-5)
+    used = _targets(jax.grad(lambda x, k: loss(conv_general_dilated, x, k)[0], argnums=(0, 1)), x, k)
+    assert used == {"cnn_onednn_conv_forward", "cnn_onednn_conv_backward_data", "cnn_onednn_conv_backward_weights"}
+
+
+def test_what_onednn_does_not_cover_stays_with_lax(monkeypatch):
+    x = jnp.ones((2, 8, 8, 4), jnp.float32)
+    k = jnp.ones((3, 3, 4, 4), jnp.float32)
+
+    def conv(**kw):
+        args = {"window_strides": (1, 1), "padding": ((1, 1), (1, 1)), "dimension_numbers": NHWC, **kw}
+        return lambda x, k: conv_general_dilated(x, k, **args)
+
+    assert _targets(conv(), x, k) == {"cnn_onednn_conv_forward"}
+    assert _targets(conv(rhs_dilation=(2, 2)), x, k) == {"convolution"}
+    assert _targets(conv(lhs_dilation=(2, 2)), x, k) == {"convolution"}
+    assert _targets(conv(feature_group_count=2), x, k[:, :, :2]) == {"convolution"}
+    assert _targets(conv(), x.astype(jnp.bfloat16), k.astype(jnp.bfloat16)) == {"convolution"}
+    nchw = ("NCHW", "OIHW", "NCHW")
+    assert _targets(conv(dimension_numbers=nchw), jnp.ones((2, 4, 8, 8)), jnp.ones((4, 4, 3, 3))) == {"convolution"}
+    with xla_convolutions():
+        assert _targets(lambda x, k: conv()(x, k) * 2, x, k) == {"convolution"}
+    monkeypatch.setenv("CNN_ONEDNN", "0")
+    assert _targets(lambda x, k: conv()(x, k) * 3, x, k) == {"convolution"}
+    assert convolution_backend() == "XLA (turned off by CNN_ONEDNN=0)"
+
+
+def test_vmap_over_a_leading_axis_equals_lax():
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(rng.standard_normal((3, 2, 8, 8, 4)), jnp.float32)
+    k = jnp.asarray(rng.standard_normal((3, 3, 4, 5)), jnp.float32)
+
+    def per(conv):
+        return jax.jit(jax.vmap(lambda xi: conv(xi, k, (1, 1), ((1, 1), (1, 1)), dimension_numbers=NHWC)))(x)
+
+    assert _rel(per(conv_general_dilated), per(lax.conv_general_dilated)) < 1e-5
+
+
+STEP = r"""
+import json, os, sys
+import jax, numpy as np
+from cnncli.config import AugmentConfig, OptimizerConfig, ScheduleConfig
+from cnncli.kernels import convolution_backend
+from cnncli.models import create_model
+from cnncli.train.optim import build_optimizer, build_schedule
+from cnncli.train.state import init_train_state, split_model
+from cnncli.train.step import make_train_step
+parts, params, stats = split_model(create_model("resnet20", num_classes=10, input_shape=(32, 32, 3), seed=1))
+sched = build_schedule(ScheduleConfig(), 0.1, 1, 1)
+tx = build_optimizer(OptimizerConfig(lr=0.1, momentum=0.9, weight_decay=5e-3), sched)
+step = jax.jit(make_train_step(parts, tx, sched, num_classes=10, augment=AugmentConfig(random_crop_padding=4, flip=True),
+                               mean=[0.4, 0.5, 0.6], std=[0.2, 0.25, 0.3], seed=0))
+rng = np.random.default_rng(0)
+x, y = rng.integers(0, 256, (16, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, 16).astype(np.int32)
+if os.environ.get("PERTURB"):  # each weight moved by about one float32 rounding step
+    noise = np.random.default_rng(1)
+    params = jax.tree.map(lambda p: p * (1 + 1e-7 * noise.standard_normal(p.shape)).astype(np.float32), params)
+state, losses = init_train_state(params, stats, tx, ema=False), []
+for _ in range(3):
+    state, m = step(state, x, y)
+    losses.append(float(m["loss"]))
+print(json.dumps({"convolutions": convolution_backend(), "losses": losses,
+                  "params": [np.asarray(p).ravel()[:64].tolist() for p in jax.tree.leaves(state.params)]}))
+"""
+
+
+def _run(code: str, **env) -> subprocess.CompletedProcess:
+    environ = {k: v for k, v in os.environ.items() if k not in ("CNN_ONEDNN", "XLA_FLAGS")}
+    environ.update(JAX_PLATFORMS="cpu", **env)
+    return subprocess.run([sys.executable, "-c", code], env=environ, capture_output=True, text=True, timeout=300,
+                          check=False)
+
+
+def test_training_step_with_onednn_equals_xla():
+    """Three ResNet-20 steps (augmentation, BatchNorm, momentum, weight decay, lr 0.1): the losses agree
+    to 1e-4, and the weights are no further from XLA's than XLA's own from a run whose initial weights
+    moved by one float32 rounding step."""
+    import json
+
+    runs = {}
+    for name, env in (("onednn", {}), ("xla", {"CNN_ONEDNN": "0"}), ("xla_moved", {"CNN_ONEDNN": "0", "PERTURB": "1"})):
+        proc = _run(STEP, **env)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        runs[name] = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert runs["onednn"]["convolutions"].startswith("oneDNN 3.")
+    assert runs["xla"]["convolutions"].startswith("XLA")
+    np.testing.assert_allclose(runs["onednn"]["losses"][:2], runs["xla"]["losses"][:2], rtol=1e-5)
+    np.testing.assert_allclose(runs["onednn"]["losses"], runs["xla"]["losses"], rtol=1e-4)
+
+    def spread(other):
+        return np.median([np.max(np.abs(np.subtract(a, b))) / np.max(np.abs(b))
+                          for a, b in zip(runs[other]["params"], runs["xla"]["params"])])
+
+    assert 0 < spread("xla_moved") < 1e-3
+    assert spread("onednn") <= 3 * spread("xla_moved")
+
+
+def test_a_failed_build_falls_back_to_lax_and_says_why(tmp_path):
+    code = ("import jax.numpy as jnp, numpy as np; from jax import lax\n"
+            "from cnncli.kernels import conv_general_dilated, convolution_backend\n"
+            "x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 8, 8, 3)), jnp.float32)\n"
+            "k = jnp.ones((3, 3, 3, 4))\n"
+            "a = conv_general_dilated(x, k, (1, 1), ((1, 1), (1, 1)), dimension_numbers=('NHWC', 'HWIO', 'NHWC'))\n"
+            "b = lax.conv_general_dilated(x, k, (1, 1), ((1, 1), (1, 1)), dimension_numbers=('NHWC', 'HWIO', 'NHWC'))\n"
+            "print(convolution_backend()); print(bool((a == b).all()))")
+    proc = _run(code, CXX="/bin/false", XDG_CACHE_HOME=str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.splitlines() == ["XLA (building the oneDNN handlers failed: no message)", "True"]
+    assert not list((tmp_path / "cnn" / "kernels").glob("*"))  # no half-built library left behind
