@@ -24,10 +24,13 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-# "default" is what `cnn` does by itself (its XLA defaults, cnncli/xla_flags.py, included);
-# "xla-default" is XLA's own default (CNN_XLA_DEFAULTS=0); the others set XLA_FLAGS explicitly.
+# "default" is what `cnn` does by itself (its XLA defaults, cnncli/xla_flags.py, and its oneDNN
+# kernels, cnncli/kernels, included); "xla-kernels" is that without the oneDNN kernels
+# (CNN_ONEDNN=0); "xla-default" is XLA's own default for everything (CNN_XLA_DEFAULTS=0 as well);
+# the others set XLA_FLAGS explicitly.
 XLA_VARIANTS = {
     "default": None,
+    "xla-kernels": None,
     "xla-default": None,
     "ynn-off": "--xla_cpu_experimental_ynn_fusion_type=",
     "ynn-no-individual-conv": "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution",
@@ -44,10 +47,11 @@ def _run_json(cmd: list[str], env: dict[str, str]) -> dict:
 
 
 def run_cnn(model: str, batch: int, size: int | None, steps: int, dtype: str, flags: str | None,
-            cnn_defaults: bool = True) -> dict:
+            cnn_defaults: bool = True, onednn: bool = True) -> dict:
     env = dict(os.environ)
     env.pop("XLA_FLAGS", None)
     env["CNN_XLA_DEFAULTS"] = "1" if cnn_defaults else "0"
+    env["CNN_ONEDNN"] = "1" if onednn else "0"
     if flags:
         env["XLA_FLAGS"] = flags
     cmd = [sys.executable, "-m", "cnncli.cli", "bench", model, "--batch-size", str(batch), "--steps", str(steps),
@@ -87,7 +91,8 @@ def compare(args) -> dict:
             for label, kind, opt in sides:
                 print(f"[{rep + 1}/{args.repeats}] {model} b{batch}: {label} ...", file=sys.stderr, flush=True)
                 if kind == "cnn":
-                    r = run_cnn(model, batch, size, args.steps, args.dtype, XLA_VARIANTS[opt], opt != "xla-default")
+                    r = run_cnn(model, batch, size, args.steps, args.dtype, XLA_VARIANTS[opt], opt != "xla-default",
+                                onednn=opt not in ("xla-default", "xla-kernels"))
                 else:
                     r = run_torch(model, batch, size, args.steps, args.dtype, opt)
                 runs[label].append(r)

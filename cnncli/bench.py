@@ -7,9 +7,9 @@ compile time is measured apart from running time. Steady-state time is the media
 several windows of steps after a warm-up, each window ended by waiting for the device.
 
 FLOPs come two ways: `flops_per_step` is XLA's cost analysis of the compiled step (on GPU it
-leaves out the convolutions that run as cuDNN calls; where the step's convolutions are oneDNN
-calls, it is the analysis of the same step lowered with XLA's convolutions, before XLA's
-optimisations), `model_flops_per_step` is counted from
+leaves out the convolutions that run as cuDNN calls; where the step's convolutions and batch
+norms are oneDNN calls, it is the analysis of the same step lowered with XLA's own, before
+XLA's optimisations), `model_flops_per_step` is counted from
 the traced forward pass (convolutions and matrix products, x 3 for the backward pass).
 Achieved FLOP/s and MFU use the model FLOPs, MFU against the chip's dense bf16 peak.
 """
@@ -26,7 +26,7 @@ from typing import Any
 
 from cnncli.config import Config
 from cnncli.errors import ConfigError
-from cnncli.kernels import convolution_backend, xla_convolutions
+from cnncli.kernels import kernels_in_use, xla_kernels
 
 DTYPES = ("float32", "bfloat16")
 DATA_CHOICES = ("synthetic", "config")
@@ -244,7 +244,7 @@ def model_flops_per_step(parts, params, batch_stats, batch_shape: tuple[int, ...
     from cnncli.train.step import forward
 
     x = jax.ShapeDtypeStruct(batch_shape, jnp.float32)
-    with xla_convolutions():  # convolutions as lax primitives, whatever runs them
+    with xla_kernels():  # convolutions as lax primitives, whatever runs them
         closed = jax.make_jaxpr(lambda p, s, x: forward(parts, p, s, x, train=True)[0])(params, batch_stats, x)
     return 3.0 * 2.0 * _jaxpr_macs(closed.jaxpr)
 
@@ -351,18 +351,18 @@ def run_bench(req: BenchRequest, progress: Progress = lambda _msg: None) -> dict
 
     eval_times, eval_compile_s = _time_eval(req, parts, state, work, mesh, t.batch_size, t.seed, progress)
     model_flops = model_flops_per_step(parts, state.params, state.batch_stats, (t.batch_size, *work.image_shape))
-    convolutions = convolution_backend()
+    kernels = kernels_in_use()
     xla_flops = _cost_flops(train_compiled)
-    if convolutions.startswith("oneDNN"):  # XLA counts nothing inside a custom call: count XLA's own convolutions
-        with xla_convolutions():  # a fresh function, so that jax's trace cache cannot hand back the first trace
+    if kernels.startswith("oneDNN"):  # XLA counts nothing inside a custom call: count XLA's own ops
+        with xla_kernels():  # a fresh function, so that jax's trace cache cannot hand back the first trace
             xla_flops = _cost_flops(jax.jit(lambda *args: fn(*args)).lower(state, *next(batches)))
     return _report(req, cfg, work, device, step_times, eval_times, compile_s, eval_compile_s,
-                   xla_flops, model_flops, loss, convolutions)
+                   xla_flops, model_flops, loss, kernels)
 
 
 def _report(req: BenchRequest, cfg: Config, work: _Workload, device: dict, step_times: list[float],
             eval_times: list[float], compile_s: float, eval_compile_s: float, flops_per_device: float | None,
-            model_flops: float, final_loss: float, convolutions: str) -> dict[str, Any]:
+            model_flops: float, final_loss: float, kernels: str) -> dict[str, Any]:
     import jax
 
     bs = cfg.train.batch_size
@@ -401,6 +401,6 @@ def _report(req: BenchRequest, cfg: Config, work: _Workload, device: dict, step_
         "windows": len(step_times),
         "final_loss": final_loss,
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
-        "convolutions": convolutions,
+        "kernels": kernels,
         "jax_version": jax.__version__,
     }

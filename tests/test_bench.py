@@ -15,7 +15,7 @@ runner = CliRunner()
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 KEYS = ("model", "batch_size", "input_size", "dtype", "device", "compile_time_s", "step_time_ms",
-        "step_time_ms_spread", "images_per_second", "eval_images_per_second", "flops_per_step", "convolutions",
+        "step_time_ms_spread", "images_per_second", "eval_images_per_second", "flops_per_step", "kernels",
         "achieved_flops_per_second", "mfu", "xla_flags")
 
 

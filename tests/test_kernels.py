@@ -12,7 +12,12 @@ import numpy as np
 import pytest
 from jax import lax
 
-from cnncli.kernels import conv_general_dilated, convolution_backend, onednn_status, xla_convolutions
+from cnncli.kernels import (
+    conv_general_dilated,
+    kernels_in_use,
+    onednn_status,
+    xla_kernels,
+)
 
 NHWC = ("NHWC", "HWIO", "NHWC")
 ONEDNN_PLATFORM = sys.platform == "linux" and platform.machine() == "x86_64"
@@ -23,6 +28,8 @@ def onednn_here():
     """Where the wheels exist the oneDNN path must be there: a comparison of lax with itself proves nothing."""
     if not ONEDNN_PLATFORM:
         pytest.skip(f"no oneDNN wheels for {sys.platform} {platform.machine()}")
+    if jax.default_backend() != "cpu":
+        pytest.skip(f"the oneDNN kernels are for the CPU; jax runs on {jax.default_backend()}")
     usable, why = onednn_status()
     assert usable, why
     assert jax.device_count() == 1
@@ -90,11 +97,11 @@ def test_what_onednn_does_not_cover_stays_with_lax(monkeypatch):
     assert _targets(conv(), x.astype(jnp.bfloat16), k.astype(jnp.bfloat16)) == {"convolution"}
     nchw = ("NCHW", "OIHW", "NCHW")
     assert _targets(conv(dimension_numbers=nchw), jnp.ones((2, 4, 8, 8)), jnp.ones((4, 4, 3, 3))) == {"convolution"}
-    with xla_convolutions():
+    with xla_kernels():
         assert _targets(lambda x, k: conv()(x, k) * 2, x, k) == {"convolution"}
     monkeypatch.setenv("CNN_ONEDNN", "0")
     assert _targets(lambda x, k: conv()(x, k) * 3, x, k) == {"convolution"}
-    assert convolution_backend() == "XLA (turned off by CNN_ONEDNN=0)"
+    assert kernels_in_use() == "XLA (turned off by CNN_ONEDNN=0)"
 
 
 def test_vmap_over_a_leading_axis_equals_lax():
@@ -112,7 +119,7 @@ STEP = r"""
 import json, os, sys
 import jax, numpy as np
 from cnncli.config import AugmentConfig, OptimizerConfig, ScheduleConfig
-from cnncli.kernels import convolution_backend
+from cnncli.kernels import kernels_in_use
 from cnncli.models import create_model
 from cnncli.train.optim import build_optimizer, build_schedule
 from cnncli.train.state import init_train_state, split_model
@@ -131,7 +138,7 @@ state, losses = init_train_state(params, stats, tx, ema=False), []
 for _ in range(3):
     state, m = step(state, x, y)
     losses.append(float(m["loss"]))
-print(json.dumps({"convolutions": convolution_backend(), "losses": losses,
+print(json.dumps({"convolutions": kernels_in_use(), "losses": losses,
                   "params": [np.asarray(p).ravel()[:64].tolist() for p in jax.tree.leaves(state.params)]}))
 """
 
@@ -169,13 +176,60 @@ def test_training_step_with_onednn_equals_xla():
 
 def test_a_failed_build_falls_back_to_lax_and_says_why(tmp_path):
     code = ("import jax.numpy as jnp, numpy as np; from jax import lax\n"
-            "from cnncli.kernels import conv_general_dilated, convolution_backend\n"
+            "from cnncli.kernels import conv_general_dilated, kernels_in_use\n"
             "x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 8, 8, 3)), jnp.float32)\n"
             "k = jnp.ones((3, 3, 3, 4))\n"
             "a = conv_general_dilated(x, k, (1, 1), ((1, 1), (1, 1)), dimension_numbers=('NHWC', 'HWIO', 'NHWC'))\n"
             "b = lax.conv_general_dilated(x, k, (1, 1), ((1, 1), (1, 1)), dimension_numbers=('NHWC', 'HWIO', 'NHWC'))\n"
-            "print(convolution_backend()); print(bool((a == b).all()))")
+            "print(kernels_in_use()); print(bool((a == b).all()))")
     proc = _run(code, CXX="/bin/false", XDG_CACHE_HOME=str(tmp_path))
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.splitlines() == ["XLA (building the oneDNN handlers failed: no message)", "True"]
     assert not list((tmp_path / "cnn" / "kernels").glob("*"))  # no half-built library left behind
+
+
+NORM_SHAPES = [(8, 5, 6, 7), (16, 8, 8, 64), (1, 3, 3, 16)]
+
+
+def _norm_grads(shape, force_xla: bool, train: bool = True):
+    from flax import nnx
+
+    from cnncli.models.layers import BatchNorm
+
+    rng = np.random.default_rng(2)
+    x = jnp.asarray(rng.standard_normal(shape) * 3 + 1, jnp.float32)
+    t = jnp.asarray(rng.standard_normal(shape), jnp.float32)
+    norm = BatchNorm(shape[-1], momentum=0.9, epsilon=1e-5, rngs=nnx.Rngs(0))
+    norm.scale[...] = jnp.linspace(0.5, 1.5, shape[-1])
+    norm.bias[...] = jnp.linspace(-1, 1, shape[-1])
+    norm.train() if train else norm.eval()
+    graph, state = nnx.split(norm)
+
+    def loss(state, x):
+        m = nnx.merge(graph, state)
+        return jnp.sum(jnp.tanh(m(x)) * t), nnx.state(m, nnx.BatchStat)
+
+    fn = jax.value_and_grad(lambda s, x: loss(s, x), argnums=(0, 1), has_aux=True)
+    if force_xla:
+        with xla_kernels():
+            return jax.jit(fn)(state, x), jax.jit(lambda s, x: fn(s, x)).lower(state, x).as_text()
+    return jax.jit(fn)(state, x), jax.jit(fn).lower(state, x).as_text()
+
+
+@pytest.mark.parametrize("shape", NORM_SHAPES)
+def test_batch_norm_gradient_and_running_averages_equal_flax(shape):
+    (ours, text), (flax_, flax_text) = _norm_grads(shape, False), _norm_grads(shape, True)
+    assert "cnn_onednn_norm_backward" in text and "cnn_onednn" not in flax_text
+    (loss_a, stats_a), grads_a = ours
+    (loss_b, stats_b), grads_b = flax_
+    assert float(loss_a) == pytest.approx(float(loss_b), rel=1e-6)
+    for a, b in zip(jax.tree.leaves(stats_a), jax.tree.leaves(stats_b)):  # running mean and variance
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    for a, b in zip(jax.tree.leaves(grads_a), jax.tree.leaves(grads_b)):  # x, scale, bias (mean/var: zero)
+        assert a.shape == b.shape
+        if np.any(np.asarray(b)):
+            assert _rel(a, b) < 1e-5
+
+
+def test_batch_norm_outside_training_stays_with_flax():
+    assert "cnn_onednn" not in _norm_grads((4, 4, 4, 8), False, train=False)[1]

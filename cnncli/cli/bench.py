@@ -71,7 +71,7 @@ def _print_report(r: dict) -> None:
         ("XLA FLOPs / step", _si(r["flops_per_step"], "FLOP")),
         ("achieved", _si(r["achieved_flops_per_second"], "FLOP/s")),
         ("MFU", f"{r['mfu']:.1%} of {_si(r['peak_flops_per_second'], 'FLOP/s')} bf16 peak" if r["mfu"] else "-"),
-        ("convolutions", r["convolutions"]),
+        ("conv / batch norm", r["kernels"]),
         ("XLA_FLAGS", r["xla_flags"] or "-"),
     ]
     for k, v in rows:

@@ -1,9 +1,12 @@
 """Hand-picked kernels that XLA's own code generation does not match on some machines.
 
-Today one: oneDNN's convolutions on the CPU (conv.py), built on first use (build.py) from
-onednn_conv.cc. Every kernel here has a pure-XLA fallback and is tested against it.
+Today oneDNN's convolutions (conv.py) and training-mode batch norm (batchnorm.py) on the CPU,
+built on first use (build.py) from onednn.cc; when they apply is onednn.py's call. Every
+kernel here has a pure-XLA fallback and is tested against it.
 """
 
-from cnncli.kernels.conv import conv_general_dilated, convolution_backend, onednn_status, xla_convolutions
+from cnncli.kernels.batchnorm import batch_norm_train
+from cnncli.kernels.conv import conv_general_dilated
+from cnncli.kernels.onednn import kernels_in_use, onednn_status, xla_kernels
 
-__all__ = ["conv_general_dilated", "convolution_backend", "onednn_status", "xla_convolutions"]
+__all__ = ["batch_norm_train", "conv_general_dilated", "kernels_in_use", "onednn_status", "xla_kernels"]

@@ -1,4 +1,4 @@
-"""Build and load the oneDNN convolution handlers (onednn_conv.cc) on first use.
+"""Build and load the oneDNN handlers (onednn.cc) on first use.
 
 oneDNN comes from the `onednn-cpu-gomp` / `onednn-devel-cpu-gomp` wheels, which put the library
 and headers under the environment's `lib/` and `include/`; XLA's FFI headers come with jaxlib.
@@ -20,11 +20,12 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-SOURCE = Path(__file__).with_name("onednn_conv.cc")
+SOURCE = Path(__file__).with_name("onednn.cc")
 TARGETS = {  # XLA custom-call target -> symbol in the handler library
     "cnn_onednn_conv_forward": "CnnConvForward",
     "cnn_onednn_conv_backward_data": "CnnConvBackwardData",
     "cnn_onednn_conv_backward_weights": "CnnConvBackwardWeights",
+    "cnn_onednn_norm_backward": "CnnNormBackward",
 }
 
 
@@ -62,10 +63,11 @@ def _compile(compiler: str, out: Path, includes: list[Path], libdir: Path) -> No
     cmd = [compiler, "-O2", "-std=c++17", "-shared", "-fPIC", "-w", str(SOURCE), "-o", tmp,
            *(f"-I{p}" for p in includes), f"-L{libdir}", "-l:libdnnl.so.3", f"-Wl,-rpath,{libdir}"]
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=300)
         if proc.returncode != 0:
-            last = (proc.stderr.strip().splitlines() or ["no message"])[-1]
-            raise Unavailable(f"building the oneDNN handlers failed: {last}")
+            lines = proc.stderr.strip().splitlines()
+            first = next((ln for ln in lines if "error" in ln), lines[-1] if lines else "no message")
+            raise Unavailable(f"building the oneDNN handlers failed: {first.strip()[:300]}")
         os.replace(tmp, out)  # atomic: a concurrent process sees the old file or the whole new one
     finally:
         if os.path.exists(tmp):
@@ -90,7 +92,7 @@ def build_and_load() -> Handlers:
     st = libdnnl.stat()
     key = hashlib.sha256("|".join([SOURCE.read_text(), jaxlib.__version__, str(libdnnl), str(st.st_size),
                                    str(include), compiler]).encode()).hexdigest()[:16]
-    path = _cache_dir() / f"onednn_conv-{key}.so"
+    path = _cache_dir() / f"onednn-{key}.so"
     if not path.exists():
         try:
             _compile(compiler, path, [Path(jax.ffi.include_dir()), include], libdnnl.parent)

@@ -6,19 +6,13 @@ model families here use), the forward pass and both gradients are oneDNN calls j
 custom VJP; everything else, and every machine where the handlers cannot be built, gets lax's
 convolution unchanged. The choice is made while tracing, so one compiled step uses one path.
 
-`CNN_ONEDNN=0` turns the oneDNN path off; `xla_convolutions()` does so for a block (XLA's cost
-and memory analysis cannot see into a custom call, so the summary compiles without it). jax
-caches traces per function, so a function traced before must be wrapped afresh inside the block.
+The switch and the reasons are cnncli.kernels.onednn's.
 """
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import functools
-import os
-import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -26,47 +20,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from cnncli.kernels.onednn import onednn_applies
+
 _NHWC = lax.ConvDimensionNumbers(lhs_spec=(0, 3, 1, 2), rhs_spec=(3, 2, 0, 1), out_spec=(0, 3, 1, 2))
-_forced_xla: contextvars.ContextVar[bool] = contextvars.ContextVar("cnn_forced_xla", default=False)
-_lock = threading.Lock()
-_loaded: dict[str, Any] = {}  # "handlers" or "reason", set once
-
-
-@contextlib.contextmanager
-def xla_convolutions() -> Iterator[None]:
-    """Trace with lax's convolution inside the block, whatever the machine."""
-    token = _forced_xla.set(True)
-    try:
-        yield
-    finally:
-        _forced_xla.reset(token)
-
-
-def onednn_status() -> tuple[bool, str]:
-    """(usable, description): oneDNN's version when the handlers load here, else why not."""
-    if os.environ.get("CNN_ONEDNN", "1") == "0":
-        return False, "turned off by CNN_ONEDNN=0"
-    with _lock:
-        if not _loaded:
-            from cnncli.kernels.build import Unavailable, build_and_load
-
-            try:
-                _loaded["handlers"] = build_and_load()
-            except Unavailable as e:
-                _loaded["reason"] = str(e)
-    if "handlers" in _loaded:
-        return True, f"oneDNN {_loaded['handlers'].onednn_version}"
-    return False, _loaded["reason"]
-
-
-def convolution_backend() -> str:
-    """What a convolution traced now on this machine runs on, in words."""
-    if jax.default_backend() != "cpu":
-        return f"XLA ({jax.default_backend()})"
-    if jax.device_count() != 1:
-        return "XLA (oneDNN is used on one CPU device only)"
-    usable, how = onednn_status()
-    return how if usable else f"XLA ({how})"
 
 
 def _explicit_pads(padding: str | Sequence[tuple[int, int]], lhs: Any, rhs: Any,
@@ -79,8 +35,6 @@ def _explicit_pads(padding: str | Sequence[tuple[int, int]], lhs: Any, rhs: Any,
 
 def _applies(lhs, rhs, strides, lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count,
              batch_group_count, preferred_element_type) -> bool:
-    if _forced_xla.get() or os.environ.get("CNN_ONEDNN", "1") == "0":
-        return False
     if lhs.ndim != 4 or rhs.ndim != 4 or lhs.dtype != jnp.float32 or rhs.dtype != jnp.float32:
         return False
     if preferred_element_type not in (None, jnp.float32, np.dtype("float32")):
@@ -91,9 +45,7 @@ def _applies(lhs, rhs, strides, lhs_dilation, rhs_dilation, dimension_numbers, f
         return False
     if lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) != _NHWC:
         return False
-    if jax.default_backend() != "cpu" or jax.device_count() != 1:
-        return False
-    return onednn_status()[0]
+    return onednn_applies()
 
 
 def conv_general_dilated(lhs: Any, rhs: Any, window_strides: Sequence[int], padding: Any,

@@ -18,7 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from cnncli.kernels import conv_general_dilated
+from cnncli.kernels import batch_norm_train, conv_general_dilated
+from cnncli.kernels.batchnorm import applies as onednn_norm_applies
 
 # He et al. / torchvision: kaiming normal with fan_out for convolutions followed by ReLU.
 he_normal_fan_out = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
@@ -105,10 +106,18 @@ def torch_linear_init(fan_in: int) -> tuple[Any, Any]:
 
 
 class BatchNorm(nnx.BatchNorm):
-    """BatchNorm; `momentum` uses Flax's convention (PyTorch's 0.1 is 0.9 here)."""
+    """BatchNorm; `momentum` uses Flax's convention (PyTorch's 0.1 is 0.9 here).
+
+    In training on a CPU, oneDNN normalises where it applies (cnncli.kernels), with flax's
+    arithmetic: batch statistics, biased variance, running averages moved by `momentum`."""
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        y = super().__call__(x)
+        if self.use_running_average is False and onednn_norm_applies(x, self):
+            y, mean, var = batch_norm_train(x, self.scale[...], self.bias[...], self.epsilon)
+            self.mean[...] = self.momentum * self.mean[...] + (1 - self.momentum) * mean
+            self.var[...] = self.momentum * self.var[...] + (1 - self.momentum) * var
+        else:
+            y = super().__call__(x)
         _record(self, "bn", x, y)
         return y
 

@@ -1,8 +1,8 @@
 """Cross-check against the compiler: lower and compile the real training step, read XLA's figures.
 
 The state is built with `jax.eval_shape`, so nothing of the model's size is allocated: XLA
-compiles for shapes only, with XLA's own convolutions (never the oneDNN custom calls of
-cnncli.kernels, whose work XLA cannot count). What the backend does not report comes back as None, and a
+compiles for shapes only, with XLA's own convolutions and batch norm (never the oneDNN custom
+calls of cnncli.kernels, whose work XLA cannot count). What the backend does not report comes back as None, and a
 compilation that fails is reported, never raised.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from cnncli.kernels import xla_convolutions
+from cnncli.kernels import xla_kernels
 
 
 def _cost_flops(compiled: Any) -> float | None:
@@ -100,7 +100,7 @@ def compile_train_step(model: Any, *, batch_size: int, optimizer: Any, augment: 
                                                                    batch_sharding(mesh)),
                          out_shardings=(shardings, replicated(mesh)))
     try:
-        with xla_convolutions():  # a custom call's work is invisible to XLA's cost and memory analysis
+        with xla_kernels():  # a custom call's work is invisible to XLA's cost and memory analysis
             compiled = jitted.lower(parts, state, images, labels).compile()
     except Exception as exc:  # noqa: BLE001 - report any compiler failure (e.g. out of memory) instead of failing
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]

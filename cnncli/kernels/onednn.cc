@@ -1,8 +1,9 @@
-// 2-D convolution and its two gradients through oneDNN, as XLA FFI handlers for the CPU.
+// oneDNN's 2-D convolution (forward and both gradients) and the gradient of training-mode batch
+// normalisation, as XLA FFI handlers for the CPU.
 //
-// Layouts are the ones flax's Conv hands to lax.conv_general_dilated: activations NHWC,
-// weights HWIO, float32. Stride and the four paddings are attributes. Built at first use by
-// cnncli/kernels/onednn.py and called from jax through jax.ffi.ffi_call.
+// Layouts are the ones flax hands to lax: activations NHWC, weights HWIO, float32. Stride and
+// the four paddings (convolution) and epsilon (batch norm) are attributes. Built at first use by
+// cnncli/kernels/build.py and called from jax through jax.ffi.ffi_call (conv.py, batchnorm.py).
 //
 // oneDNN picks the weights' internal layout (format `any`); the HWIO weights are reordered into
 // it on each call (small next to the convolution). Primitives are built once per shape and kept.
@@ -162,7 +163,74 @@ ffi::Error BackwardWeights(F32 x, F32 dy, F32Out dw, int64_t sh, int64_t sw, int
   });
 }
 
+// ---- batch normalisation's gradient (training mode: batch statistics, biased variance) ---------
+
+struct NormPrimitives {
+  dnnl::batch_normalization_forward::primitive_desc fwd_pd;  // the backward's hint only
+  dnnl::batch_normalization_backward::primitive_desc bwd_pd;
+  dnnl::batch_normalization_backward bwd;
+};
+
+const auto kScaleShift = dnnl::normalization_flags::use_scale | dnnl::normalization_flags::use_shift;
+
+memory::desc nhwc(ffi::Span<const int64_t> d) {  // N H W C -> oneDNN's N C H W dims in nhwc order
+  return {{d[0], d[3], d[1], d[2]}, memory::data_type::f32, Tag::nhwc};
+}
+
+memory::desc channels(int64_t c) { return {{c}, memory::data_type::f32, Tag::a}; }
+
+NormPrimitives& norm_primitives(ffi::Span<const int64_t> d, float eps) {
+  static std::map<std::tuple<int64_t, int64_t, int64_t, int64_t, float>, std::unique_ptr<NormPrimitives>> cache;
+  auto key = std::make_tuple(d[0], d[1], d[2], d[3], eps);
+  auto it = cache.find(key);
+  if (it != cache.end()) return *it->second;
+  auto p = std::make_unique<NormPrimitives>();
+  auto md = nhwc(d);
+  p->fwd_pd = dnnl::batch_normalization_forward::primitive_desc(engine(), dnnl::prop_kind::forward_training, md, md,
+                                                                eps, kScaleShift);
+  p->bwd_pd = dnnl::batch_normalization_backward::primitive_desc(engine(), dnnl::prop_kind::backward, md, md, md, eps,
+                                                                 kScaleShift, p->fwd_pd);
+  p->bwd = dnnl::batch_normalization_backward(p->bwd_pd);
+  auto& ref = *p;
+  cache.emplace(key, std::move(p));
+  return ref;
+}
+
+// dx, dscale, dshift from x, dy, scale and the forward pass's batch statistics.
+ffi::Error NormBackward(F32 x, F32 dy, F32 scale, F32 mean, F32 var, F32Out dx, F32Out dscale, F32Out dshift,
+                        float eps) {
+  return run([&] {
+    auto d = x.dimensions();
+    auto& p = norm_primitives(d, eps);
+    auto& eng = engine();
+    dnnl::stream s(eng);
+    auto md = nhwc(d);
+    auto c = channels(d[3]);
+    p.bwd.execute(s, {{DNNL_ARG_SRC, memory(md, eng, x.typed_data())},
+                      {DNNL_ARG_DIFF_DST, memory(md, eng, dy.typed_data())},
+                      {DNNL_ARG_SCALE, memory(c, eng, scale.typed_data())},
+                      {DNNL_ARG_MEAN, memory(c, eng, mean.typed_data())},
+                      {DNNL_ARG_VARIANCE, memory(c, eng, var.typed_data())},
+                      {DNNL_ARG_DIFF_SRC, memory(md, eng, dx->typed_data())},
+                      {DNNL_ARG_DIFF_SCALE, memory(c, eng, dscale->typed_data())},
+                      {DNNL_ARG_DIFF_SHIFT, memory(c, eng, dshift->typed_data())}});
+    s.wait();
+  });
+}
+
 }  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(CnnNormBackward, NormBackward,
+                              ffi::Ffi::Bind()
+                                  .Arg<F32>()
+                                  .Arg<F32>()
+                                  .Arg<F32>()
+                                  .Arg<F32>()
+                                  .Arg<F32>()
+                                  .Ret<F32>()
+                                  .Ret<F32>()
+                                  .Ret<F32>()
+                                  .Attr<float>("eps"));
 
 #define CNN_CONV_ATTRS                                                                                  \
   .Attr<int64_t>("sh").Attr<int64_t>("sw").Attr<int64_t>("ph0").Attr<int64_t>("ph1").Attr<int64_t>("pw0") \
