@@ -24,13 +24,19 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-# "default" is what `cnn` does by itself (its XLA defaults, cnncli/xla_flags.py, and its oneDNN
-# kernels, cnncli/kernels, included); "xla-kernels" is that without the oneDNN kernels
-# (CNN_ONEDNN=0); "xla-default" is XLA's own default for everything (CNN_XLA_DEFAULTS=0 as well);
-# the others set XLA_FLAGS explicitly.
+# "default" is what `cnn` does by itself: its XLA flag (cnncli/xla_flags.py), its glibc huge-page
+# tunable (cnncli/entry.py) and its oneDNN kernels (cnncli/kernels). "xla-kernels" is that without
+# the oneDNN kernels, "glibc-malloc" without the tunable, "xla-default" without any of the three
+# (XLA's and glibc's own defaults); the others set XLA_FLAGS explicitly.
+VARIANT_ENV = {
+    "xla-kernels": {"CNN_ONEDNN": "0"},
+    "glibc-malloc": {"CNN_MALLOC_DEFAULTS": "0"},
+    "xla-default": {"CNN_ONEDNN": "0", "CNN_MALLOC_DEFAULTS": "0", "CNN_XLA_DEFAULTS": "0"},
+}
 XLA_VARIANTS = {
     "default": None,
     "xla-kernels": None,
+    "glibc-malloc": None,
     "xla-default": None,
     "ynn-off": "--xla_cpu_experimental_ynn_fusion_type=",
     "ynn-no-individual-conv": "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution",
@@ -46,12 +52,11 @@ def _run_json(cmd: list[str], env: dict[str, str]) -> dict:
     return json.loads(text[text.index("{"):])
 
 
-def run_cnn(model: str, batch: int, size: int | None, steps: int, dtype: str, flags: str | None,
-            cnn_defaults: bool = True, onednn: bool = True) -> dict:
-    env = dict(os.environ)
-    env.pop("XLA_FLAGS", None)
-    env["CNN_XLA_DEFAULTS"] = "1" if cnn_defaults else "0"
-    env["CNN_ONEDNN"] = "1" if onednn else "0"
+def run_cnn(model: str, batch: int, size: int | None, steps: int, dtype: str, variant: str) -> dict:
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("XLA_FLAGS", "CNN_ONEDNN", "CNN_MALLOC_DEFAULTS", "CNN_XLA_DEFAULTS", "GLIBC_TUNABLES")}
+    env.update(VARIANT_ENV.get(variant, {}))
+    flags = XLA_VARIANTS[variant]
     if flags:
         env["XLA_FLAGS"] = flags
     cmd = [sys.executable, "-m", "cnncli.cli", "bench", model, "--batch-size", str(batch), "--steps", str(steps),
@@ -61,14 +66,19 @@ def run_cnn(model: str, batch: int, size: int | None, steps: int, dtype: str, fl
     return _run_json(cmd, env)
 
 
-def run_torch(model: str, batch: int, size: int | None, steps: int, dtype: str, compiled: bool) -> dict:
+# The glibc tunable the `cnn` command relaunches itself with (cnncli/entry.py), for PyTorch's process.
+CNN_MALLOC_ENV = {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}
+
+
+def run_torch(model: str, batch: int, size: int | None, steps: int, dtype: str, compiled: bool,
+              cnn_malloc: bool = False) -> dict:
     cmd = [sys.executable, str(HERE / "torch_reference.py"), model, "--batch-size", str(batch), "--steps", str(steps),
            "--dtype", dtype, "--json"]
     if size:
         cmd += ["--input-size", str(size)]
     if compiled:
         cmd.append("--compile")
-    return _run_json(cmd, dict(os.environ))
+    return _run_json(cmd, {**os.environ, **(CNN_MALLOC_ENV if cnn_malloc else {})})
 
 
 def _parse_models(text: str, batch: int) -> list[tuple[str, int, int | None]]:
@@ -81,9 +91,13 @@ def _parse_models(text: str, batch: int) -> list[tuple[str, int, int | None]]:
 
 def compare(args) -> dict:
     sides = [(f"cnn {v}", "cnn", v) for v in args.xla_variants.split(",")]
-    sides.append(("torch eager", "torch", False))
+    sides.append(("torch eager", "torch", (False, False)))
     if args.torch_compile:
-        sides.append(("torch compiled", "torch", True))
+        sides.append(("torch compiled", "torch", (True, False)))
+    if args.torch_cnn_malloc:  # PyTorch under the same allocator settings as cnn
+        sides.append(("torch eager, cnn malloc", "torch", (False, True)))
+        if args.torch_compile:
+            sides.append(("torch compiled, cnn malloc", "torch", (True, True)))
     rows = []
     for model, batch, size in _parse_models(args.models, args.batch_size):
         runs: dict[str, list[dict]] = {label: [] for label, _, _ in sides}
@@ -91,10 +105,9 @@ def compare(args) -> dict:
             for label, kind, opt in sides:
                 print(f"[{rep + 1}/{args.repeats}] {model} b{batch}: {label} ...", file=sys.stderr, flush=True)
                 if kind == "cnn":
-                    r = run_cnn(model, batch, size, args.steps, args.dtype, XLA_VARIANTS[opt], opt != "xla-default",
-                                onednn=opt not in ("xla-default", "xla-kernels"))
+                    r = run_cnn(model, batch, size, args.steps, args.dtype, opt)
                 else:
-                    r = run_torch(model, batch, size, args.steps, args.dtype, opt)
+                    r = run_torch(model, batch, size, args.steps, args.dtype, *opt)
                 runs[label].append(r)
                 if "error" in r:
                     print(f"    failed: {r['error']}", file=sys.stderr)
@@ -137,6 +150,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    ap.add_argument("--torch-cnn-malloc", action="store_true",
+                    help="also time PyTorch under the glibc tunable cnn sets (cnncli/entry.py)")
     ap.add_argument("--xla-variants", default="default", help=f"comma list of {', '.join(XLA_VARIANTS)}")
     ap.add_argument("--torch-compile", action="store_true", help="also time torch.compile (its compile time shown)")
     ap.add_argument("--json", action="store_true")

@@ -402,5 +402,6 @@ def _report(req: BenchRequest, cfg: Config, work: _Workload, device: dict, step_
         "final_loss": final_loss,
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "kernels": kernels,
+        "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
         "jax_version": jax.__version__,
     }

@@ -43,7 +43,7 @@ def _backend_started() -> bool:
     return bool(bridge is not None and getattr(bridge, "_backends", None))
 
 
-def _cpu_will_run(environ) -> bool:
+def cpu_will_run(environ) -> bool:
     platforms = [p.strip() for p in (environ.get("JAX_PLATFORMS") or "").split(",") if p.strip()]
     if platforms:
         return platforms[0] == "cpu"
@@ -106,7 +106,7 @@ def jaxlib_knows(flag: str) -> bool:
 def apply_defaults(environ=None) -> list[str]:
     """Add cnn's default CPU flags to XLA_FLAGS where they are safe (module docstring); returns those added."""
     environ = os.environ if environ is None else environ
-    if environ.get("CNN_XLA_DEFAULTS", "1").strip() == "0" or _backend_started() or not _cpu_will_run(environ):
+    if environ.get("CNN_XLA_DEFAULTS", "1").strip() == "0" or _backend_started() or not cpu_will_run(environ):
         return []
     current = environ.get("XLA_FLAGS", "")
     added = [f"--{name}={value}" for name, value, needs, _ in CPU_DEFAULTS
@@ -114,3 +114,4 @@ def apply_defaults(environ=None) -> list[str]:
     if added:
         environ["XLA_FLAGS"] = " ".join([current.strip(), *added]).strip()
     return added
+

@@ -135,3 +135,4 @@ def test_default_flags_give_the_losses_of_xla_default():
 
     assert 0 < spread("xla_moved") < 1e-3  # the yardstick itself is rounding-sized
     assert spread("cnn") <= 3 * spread("xla_moved")
+

@@ -73,6 +73,7 @@ def _print_report(r: dict) -> None:
         ("MFU", f"{r['mfu']:.1%} of {_si(r['peak_flops_per_second'], 'FLOP/s')} bf16 peak" if r["mfu"] else "-"),
         ("conv / batch norm", r["kernels"]),
         ("XLA_FLAGS", r["xla_flags"] or "-"),
+        ("GLIBC_TUNABLES", r["glibc_tunables"] or "-"),
     ]
     for k, v in rows:
         t.add_row(f"[bold]{k}[/]", v)

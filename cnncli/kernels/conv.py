@@ -33,19 +33,25 @@ def _explicit_pads(padding: str | Sequence[tuple[int, int]], lhs: Any, rhs: Any,
     return pads if len(pads) == 2 and all(p >= 0 for pair in pads for p in pair) else None
 
 
-def _applies(lhs, rhs, strides, lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count,
-             batch_group_count, preferred_element_type) -> bool:
-    if lhs.ndim != 4 or rhs.ndim != 4 or lhs.dtype != jnp.float32 or rhs.dtype != jnp.float32:
-        return False
+def _onednn_pads(lhs, rhs, strides, padding, lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count,
+                 batch_group_count, preferred_element_type, out_sharding) -> tuple[tuple[int, int], ...] | None:
+    """The explicit paddings when this convolution may run through oneDNN, else None."""
+    if out_sharding is not None or lhs.ndim != 4 or rhs.ndim != 4:
+        return None
+    if lhs.dtype != jnp.float32 or rhs.dtype != jnp.float32:
+        return None
     if preferred_element_type not in (None, jnp.float32, np.dtype("float32")):
-        return False
-    if feature_group_count != 1 or batch_group_count != 1 or len(strides) != 2:
-        return False
+        return None
+    if feature_group_count != 1 or batch_group_count != 1 or len(strides) != 2 or min(strides) < 1:
+        return None
     if any(d != 1 for d in (*(lhs_dilation or (1, 1)), *(rhs_dilation or (1, 1)))):
-        return False
+        return None
     if lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) != _NHWC:
-        return False
-    return onednn_applies()
+        return None
+    pads = _explicit_pads(padding, lhs, rhs, strides)
+    if pads is None or min(_out_shape(lhs.shape, rhs.shape, strides, pads)) < 1:
+        return None
+    return pads if onednn_applies() else None
 
 
 def conv_general_dilated(lhs: Any, rhs: Any, window_strides: Sequence[int], padding: Any,
@@ -55,11 +61,10 @@ def conv_general_dilated(lhs: Any, rhs: Any, window_strides: Sequence[int], padd
                          out_sharding: Any = None) -> jax.Array:
     """`lax.conv_general_dilated`, through oneDNN where it applies (see the module's docstring)."""
     strides = tuple(int(s) for s in window_strides)
-    if out_sharding is None and _applies(lhs, rhs, strides, lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count,
-                batch_group_count, preferred_element_type):
-        pads = _explicit_pads(padding, lhs, rhs, strides)
-        if pads is not None and all(s > 0 for s in strides) and min(_out_shape(lhs.shape, rhs.shape, strides, pads)) > 0:
-            return _onednn_conv(lhs, rhs, strides, pads)
+    pads = _onednn_pads(lhs, rhs, strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
+                        feature_group_count, batch_group_count, preferred_element_type, out_sharding)
+    if pads is not None:
+        return _onednn_conv(lhs, rhs, strides, pads)
     return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
                                     dimension_numbers, feature_group_count, batch_group_count, precision,
                                     preferred_element_type, out_sharding=out_sharding)
@@ -67,8 +72,8 @@ def conv_general_dilated(lhs: Any, rhs: Any, window_strides: Sequence[int], padd
 
 def _attrs(strides: tuple[int, int], pads: tuple[tuple[int, int], ...]) -> dict[str, np.int64]:
     (ph0, ph1), (pw0, pw1) = pads
-    return {k: np.int64(v) for k, v in
-            dict(sh=strides[0], sw=strides[1], ph0=ph0, ph1=ph1, pw0=pw0, pw1=pw1).items()}
+    values = {"sh": strides[0], "sw": strides[1], "ph0": ph0, "ph1": ph1, "pw0": pw0, "pw1": pw1}
+    return {k: np.int64(v) for k, v in values.items()}
 
 
 def _call(target: str, shape: tuple[int, ...], a: jax.Array, b: jax.Array, strides, pads) -> jax.Array:
