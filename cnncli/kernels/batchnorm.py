@@ -24,8 +24,8 @@ from cnncli.kernels.onednn import onednn_applies
 
 
 def applies(x: Any, norm: Any) -> bool:
-    """Whether flax BatchNorm `norm`, called on `x` in training mode, may run as oneDNN calls."""
-    if x.ndim != 4 or x.dtype != jnp.float32 or norm.axis not in (-1, 3):
+    """Whether flax BatchNorm `norm`, called on `x` in training mode, may take this path."""
+    if x.ndim != 4 or x.dtype != jnp.float32 or norm.axis not in (-1, 3) or not norm.use_fast_variance:
         return False
     if norm.scale is None or norm.bias is None or norm.axis_name is not None:
         return False
