@@ -108,8 +108,9 @@ def torch_linear_init(fan_in: int) -> tuple[Any, Any]:
 class BatchNorm(nnx.BatchNorm):
     """BatchNorm; `momentum` uses Flax's convention (PyTorch's 0.1 is 0.9 here).
 
-    In training on a CPU, oneDNN normalises where it applies (cnncli.kernels), with flax's
-    arithmetic: batch statistics, biased variance, running averages moved by `momentum`."""
+    In training on a CPU its gradient is one oneDNN call where that applies (cnncli.kernels); the
+    forward pass is flax's arithmetic either way: batch statistics, biased variance, running
+    averages moved by `momentum`."""
 
     def __call__(self, x: jax.Array) -> jax.Array:
         if self.use_running_average is False and onednn_norm_applies(x, self):

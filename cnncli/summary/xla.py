@@ -2,8 +2,8 @@
 
 The state is built with `jax.eval_shape`, so nothing of the model's size is allocated: XLA
 compiles for shapes only, with XLA's own convolutions and batch norm (never the oneDNN custom
-calls of cnncli.kernels, whose work XLA cannot count). What the backend does not report comes back as None, and a
-compilation that fails is reported, never raised.
+calls of cnncli.kernels, whose work XLA cannot count). What the backend does not report comes
+back as None, and a compilation that fails is reported, never raised.
 """
 
 from __future__ import annotations
