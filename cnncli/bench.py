@@ -352,6 +352,8 @@ def run_bench(req: BenchRequest, progress: Progress = lambda _msg: None) -> dict
     eval_times, eval_compile_s = _time_eval(req, parts, state, work, mesh, t.batch_size, t.seed, progress)
     model_flops = model_flops_per_step(parts, state.params, state.batch_stats, (t.batch_size, *work.image_shape))
     kernels = kernels_in_use()
+    if kernels.startswith("oneDNN") and "cnn_onednn" not in (train_compiled.as_text() or ""):
+        kernels = "XLA (oneDNN takes float32 convolutions only)"  # e.g. a bfloat16 step on a CPU
     xla_flops = _cost_flops(train_compiled)
     if kernels.startswith("oneDNN"):  # XLA counts nothing inside a custom call: count XLA's own ops
         with xla_kernels():  # a fresh function, so that jax's trace cache cannot hand back the first trace

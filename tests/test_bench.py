@@ -50,9 +50,23 @@ def test_bench_tiny_model_gives_a_wellformed_report():
     assert r["model_flops_per_step"] == pytest.approx(3 * forward)
     if r["device"]["platform"] == "cpu":
         assert r["mfu"] is None  # no known peak for a CPU
-        # XLA:CPU counts the convolutions too (it skips the first layer's input gradient, adds the small ops).
+        # XLA:CPU counts the convolutions too (it skips the first layer's input gradient, adds the small ops);
+        # where oneDNN runs them, XLA counts the same step lowered with its own.
         assert 0.75 * 3 * forward < r["flops_per_step"] < 1.25 * 3 * forward
+        from cnncli.kernels import kernels_in_use
+
+        assert r["kernels"] == kernels_in_use()
     assert math.isfinite(r["final_loss"])
+
+
+def test_bench_names_xla_where_onednn_does_not_take_the_step():
+    import jax
+
+    if jax.default_backend() != "cpu":
+        pytest.skip("the oneDNN kernels are for the CPU")
+    r = bench_json("resnet20", "--batch-size", 4, "--input-size", 8, "--dtype", "bfloat16")
+    assert r["kernels"].startswith("XLA (")
+    assert r["flops_per_step"] > 0
 
 
 def test_bench_times_a_config_on_its_own_data(tiny_config):

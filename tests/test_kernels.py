@@ -233,3 +233,17 @@ def test_batch_norm_gradient_and_running_averages_equal_flax(shape):
 
 def test_batch_norm_outside_training_stays_with_flax():
     assert "cnn_onednn" not in _norm_grads((4, 4, 4, 8), False, train=False)[1]
+
+
+def test_a_damaged_library_is_rebuilt_not_loaded(tmp_path):
+    """Loading a truncated shared library can crash the process (SIGBUS): the build seals the file
+    with its SHA-256 and a file that does not match it is built again."""
+    code = "from cnncli.kernels import kernels_in_use; print(kernels_in_use())"
+    first = _run(code, XDG_CACHE_HOME=str(tmp_path))
+    assert first.returncode == 0 and first.stdout.strip().startswith("oneDNN"), first.stderr[-2000:]
+    (library,) = (tmp_path / "cnn" / "kernels").glob("*.so")
+    whole = library.read_bytes()
+    library.write_bytes(whole[:1000])
+    again = _run(code, XDG_CACHE_HOME=str(tmp_path))
+    assert again.returncode == 0 and again.stdout.strip().startswith("oneDNN"), again.stderr[-2000:]
+    assert len(library.read_bytes()) == len(whole)

@@ -56,6 +56,18 @@ def _cache_dir() -> Path:
     return Path(base) / "cnn" / "kernels"
 
 
+def _seal(library: Path) -> Path:
+    return library.with_suffix(".sha256")
+
+
+def _intact(library: Path) -> bool:
+    """Whether `library` is whole, as its build left it: loading a damaged one can crash the process."""
+    try:
+        return hashlib.sha256(library.read_bytes()).hexdigest() == _seal(library).read_text().strip()
+    except OSError:
+        return False
+
+
 def _compile(compiler: str, out: Path, includes: list[Path], libdir: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=out.parent, suffix=".so.tmp")
@@ -68,7 +80,9 @@ def _compile(compiler: str, out: Path, includes: list[Path], libdir: Path) -> No
             lines = proc.stderr.strip().splitlines()
             first = next((ln for ln in lines if "error" in ln), lines[-1] if lines else "no message")
             raise Unavailable(f"building the oneDNN handlers failed: {first.strip()[:300]}")
+        digest = hashlib.sha256(Path(tmp).read_bytes()).hexdigest()
         os.replace(tmp, out)  # atomic: a concurrent process sees the old file or the whole new one
+        _seal(out).write_text(digest)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -93,7 +107,7 @@ def build_and_load() -> Handlers:
     key = hashlib.sha256("|".join([SOURCE.read_text(), jaxlib.__version__, str(libdnnl), str(st.st_size),
                                    str(include), compiler]).encode()).hexdigest()[:16]
     path = _cache_dir() / f"onednn-{key}.so"
-    if not path.exists():
+    if not _intact(path):  # never built, or damaged since: build (again)
         try:
             _compile(compiler, path, [Path(jax.ffi.include_dir()), include], libdnnl.parent)
         except OSError as e:  # an unwritable cache: build into a private temporary folder instead
