@@ -114,4 +114,3 @@ def apply_defaults(environ=None) -> list[str]:
     if added:
         environ["XLA_FLAGS"] = " ".join([current.strip(), *added]).strip()
     return added
-
