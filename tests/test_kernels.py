@@ -18,6 +18,7 @@ from cnncli.kernels import (
     onednn_status,
     xla_kernels,
 )
+from tests.three_steps import run_three_steps, weight_spread
 
 NHWC = ("NHWC", "HWIO", "NHWC")
 ONEDNN_PLATFORM = sys.platform == "linux" and platform.machine() == "x86_64"
@@ -115,34 +116,6 @@ def test_vmap_over_a_leading_axis_equals_lax():
     assert _rel(per(conv_general_dilated), per(lax.conv_general_dilated)) < 1e-5
 
 
-STEP = r"""
-import json, os, sys
-import jax, numpy as np
-from cnncli.config import AugmentConfig, OptimizerConfig, ScheduleConfig
-from cnncli.kernels import kernels_in_use
-from cnncli.models import create_model
-from cnncli.train.optim import build_optimizer, build_schedule
-from cnncli.train.state import init_train_state, split_model
-from cnncli.train.step import make_train_step
-parts, params, stats = split_model(create_model("resnet20", num_classes=10, input_shape=(32, 32, 3), seed=1))
-sched = build_schedule(ScheduleConfig(), 0.1, 1, 1)
-tx = build_optimizer(OptimizerConfig(lr=0.1, momentum=0.9, weight_decay=5e-3), sched)
-step = jax.jit(make_train_step(parts, tx, sched, num_classes=10, augment=AugmentConfig(random_crop_padding=4, flip=True),
-                               mean=[0.4, 0.5, 0.6], std=[0.2, 0.25, 0.3], seed=0))
-rng = np.random.default_rng(0)
-x, y = rng.integers(0, 256, (16, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, 16).astype(np.int32)
-if os.environ.get("PERTURB"):  # each weight moved by about one float32 rounding step
-    noise = np.random.default_rng(1)
-    params = jax.tree.map(lambda p: p * (1 + 1e-7 * noise.standard_normal(p.shape)).astype(np.float32), params)
-state, losses = init_train_state(params, stats, tx, ema=False), []
-for _ in range(3):
-    state, m = step(state, x, y)
-    losses.append(float(m["loss"]))
-print(json.dumps({"convolutions": kernels_in_use(), "losses": losses,
-                  "params": [np.asarray(p).ravel()[:64].tolist() for p in jax.tree.leaves(state.params)]}))
-"""
-
-
 def _run(code: str, **env) -> subprocess.CompletedProcess:
     environ = {k: v for k, v in os.environ.items() if k not in ("CNN_ONEDNN", "XLA_FLAGS")}
     environ.update(JAX_PLATFORMS="cpu", **env)
@@ -154,24 +127,15 @@ def test_training_step_with_onednn_equals_xla():
     """Three ResNet-20 steps (augmentation, BatchNorm, momentum, weight decay, lr 0.1): the losses agree
     to 1e-4, and the weights are no further from XLA's than XLA's own from a run whose initial weights
     moved by one float32 rounding step."""
-    import json
-
-    runs = {}
-    for name, env in (("onednn", {}), ("xla", {"CNN_ONEDNN": "0"}), ("xla_moved", {"CNN_ONEDNN": "0", "PERTURB": "1"})):
-        proc = _run(STEP, **env)
-        assert proc.returncode == 0, proc.stderr[-2000:]
-        runs[name] = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert runs["onednn"]["convolutions"].startswith("oneDNN 3.")
-    assert runs["xla"]["convolutions"].startswith("XLA")
+    runs = {name: run_three_steps(**env) for name, env in
+            (("onednn", {}), ("xla", {"CNN_ONEDNN": "0"}), ("xla_moved", {"CNN_ONEDNN": "0", "PERTURB": "1"}))}
+    assert runs["onednn"]["kernels"].startswith("oneDNN 3.")
+    assert runs["xla"]["kernels"].startswith("XLA")
     np.testing.assert_allclose(runs["onednn"]["losses"][:2], runs["xla"]["losses"][:2], rtol=1e-5)
     np.testing.assert_allclose(runs["onednn"]["losses"], runs["xla"]["losses"], rtol=1e-4)
-
-    def spread(other):
-        return np.median([np.max(np.abs(np.subtract(a, b))) / np.max(np.abs(b))
-                          for a, b in zip(runs[other]["params"], runs["xla"]["params"])])
-
-    assert 0 < spread("xla_moved") < 1e-3
-    assert spread("onednn") <= 3 * spread("xla_moved")
+    yardstick = weight_spread(runs["xla_moved"], runs["xla"])
+    assert 0 < yardstick < 1e-3
+    assert weight_spread(runs["onednn"], runs["xla"]) <= 3 * yardstick
 
 
 def test_a_failed_build_falls_back_to_lax_and_says_why(tmp_path):

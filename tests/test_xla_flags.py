@@ -4,9 +4,9 @@ import os
 import subprocess
 import sys
 
-
 from cnncli import xla_flags
 from cnncli.xla_flags import CPU_DEFAULTS, apply_defaults, jaxlib_knows
+from tests.three_steps import run_three_steps, weight_spread
 
 FLAG = CPU_DEFAULTS[0][0]
 
@@ -82,57 +82,22 @@ def test_an_unknown_flag_is_never_set(tmp_path):
     assert proc.stdout.strip() == "[] None"
 
 
-STEPS = r"""
-import json, numpy as np, jax
-from cnncli.config import AugmentConfig, OptimizerConfig, ScheduleConfig
-from cnncli.models import create_model
-from cnncli.train.optim import build_optimizer, build_schedule
-from cnncli.train.state import init_train_state, split_model
-from cnncli.train.step import make_train_step
-parts, params, stats = split_model(create_model("resnet20", num_classes=10, input_shape=(32, 32, 3), seed=1))
-sched = build_schedule(ScheduleConfig(), 0.1, 1, 1)
-tx = build_optimizer(OptimizerConfig(lr=0.1, momentum=0.9, weight_decay=5e-3), sched)
-step = jax.jit(make_train_step(parts, tx, sched, num_classes=10, augment=AugmentConfig(random_crop_padding=4, flip=True),
-                               mean=[0.4, 0.5, 0.6], std=[0.2, 0.25, 0.3], seed=0))
-rng = np.random.default_rng(0)
-x, y = rng.integers(0, 256, (16, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, 16).astype(np.int32)
-import os
-if os.environ.get("PERTURB"):  # each weight moved by about one float32 rounding step
-    noise = np.random.default_rng(1)
-    params = jax.tree.map(lambda p: p * (1 + 1e-7 * noise.standard_normal(p.shape)).astype(np.float32), params)
-state, losses = init_train_state(params, stats, tx, ema=False), []
-for _ in range(3):
-    state, m = step(state, x, y)
-    losses.append(float(m["loss"]))
-print(json.dumps({"flags": __import__("os").environ.get("XLA_FLAGS", ""), "losses": losses,
-                  "params": [np.asarray(p).ravel()[:64].tolist() for p in jax.tree.leaves(state.params)]}))
-"""
-
-
 def test_default_flags_give_the_losses_of_xla_default():
     """The ResNet-20 training step (augmentation, BatchNorm, SGD with momentum and weight decay) under
     cnn's flags equals the one under XLA's own defaults within float32 rounding, as three steps at
     lr 0.1 amplify it: its losses to 1e-4 (measured: 2.2e-5 at the third), and its weights no further
     from XLA's than XLA's own are from a run whose initial weights moved by one rounding step (a
     median 2.3e-4 per leaf)."""
-    import json
-
     import numpy as np
 
-    runs = {}
-    for name, env in (("cnn", {"CNN_XLA_DEFAULTS": "1"}), ("xla", {"CNN_XLA_DEFAULTS": "0"}),
-                      ("xla_moved", {"CNN_XLA_DEFAULTS": "0", "PERTURB": "1"})):
-        proc = _fresh(STEPS, JAX_PLATFORMS="cpu", CNN_ONEDNN="0", **env)  # the flag concerns XLA's convolutions
-        assert proc.returncode == 0, proc.stderr[-2000:]
-        runs[name] = json.loads(proc.stdout.strip().splitlines()[-1])
+    # the flag concerns XLA's own convolutions: oneDNN's stay out of both sides
+    runs = {name: run_three_steps(CNN_ONEDNN="0", **env) for name, env in
+            (("cnn", {"CNN_XLA_DEFAULTS": "1"}), ("xla", {"CNN_XLA_DEFAULTS": "0"}),
+             ("xla_moved", {"CNN_XLA_DEFAULTS": "0", "PERTURB": "1"}))}
     assert (FLAG in runs["cnn"]["flags"]) == jaxlib_knows(FLAG) and FLAG not in runs["xla"]["flags"]
     np.testing.assert_allclose(runs["cnn"]["losses"][:2], runs["xla"]["losses"][:2], rtol=1e-6)
     np.testing.assert_allclose(runs["cnn"]["losses"], runs["xla"]["losses"], rtol=1e-4)
-
-    def spread(other):
-        return np.median([np.max(np.abs(np.subtract(a, b))) / np.max(np.abs(b))
-                          for a, b in zip(runs[other]["params"], runs["xla"]["params"])])
-
-    assert 0 < spread("xla_moved") < 1e-3  # the yardstick itself is rounding-sized
-    assert spread("cnn") <= 3 * spread("xla_moved")
+    yardstick = weight_spread(runs["xla_moved"], runs["xla"])
+    assert 0 < yardstick < 1e-3  # the yardstick itself is rounding-sized
+    assert weight_spread(runs["cnn"], runs["xla"]) <= 3 * yardstick
 
