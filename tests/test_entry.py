@@ -51,7 +51,7 @@ argv = relaunch_argv(os.environ)
 if argv:
     os.execv(sys.executable, argv)
 import resource, jax, jax.numpy as jnp
-f = jax.jit(lambda x: jnp.sum(jnp.sort(x, axis=0) * 2))  # a 32 MB temporary buffer per call
+f = jax.jit(lambda x: jnp.sum(jnp.cumsum(x, axis=0) * 2))  # 32 MB temporary buffers per call
 x = jax.random.normal(jax.random.key(0), (2048, 4096))
 for _ in range(3):
     f(x).block_until_ready()
@@ -70,8 +70,11 @@ def _run(args, **env):
 
 
 def test_relaunched_steps_fault_per_huge_page():
-    """glibc's own way maps each call's 32 MB buffer afresh, 8,192 faults of 4 KiB; relaunched with the
-    tunable, the kernel backs it with 2 MiB pages: a few dozen faults."""
+    """glibc's own way maps each call's temporary buffers afresh, 4 KiB per fault (24,579 faults here);
+    relaunched with the tunable, the kernel backs them with 2 MiB pages where it has them free (562 here).
+    How many it has free depends on the machine's fragmentation (for one sort, this machine faulted 19
+    times and a CI machine 529, against 8,193), so the test asks for four times fewer: none fewer would
+    mean the tunable did nothing."""
     if not _here_it_pays():
         pytest.skip("needs Linux, glibc >= 2.35 and transparent huge pages in madvise mode")
     faults = {}
@@ -81,8 +84,8 @@ def test_relaunched_steps_fault_per_huge_page():
         tunables, count = proc.stdout.split()[-2:] if name == "cnn" else ("", proc.stdout.split()[-1])
         faults[name] = float(count)
         assert tunables == (TUNABLE if name == "cnn" else "")
-    assert faults["glibc"] > 8000
-    assert faults["cnn"] < 0.05 * faults["glibc"]
+    assert faults["glibc"] > 8000  # 32 MB in 4 KiB pages at least
+    assert faults["cnn"] < 0.25 * faults["glibc"]
 
 
 def test_the_cnn_command_relaunches_itself():
