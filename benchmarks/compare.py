@@ -32,12 +32,15 @@ VARIANT_ENV = {
     "xla-kernels": {"CNN_ONEDNN": "0"},
     "glibc-malloc": {"CNN_MALLOC_DEFAULTS": "0"},
     "xla-default": {"CNN_ONEDNN": "0", "CNN_MALLOC_DEFAULTS": "0", "CNN_XLA_DEFAULTS": "0"},
+    "heap-reuse": {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1:glibc.malloc.mmap_max=0:glibc.malloc.arena_max=1:"
+                                     "glibc.malloc.trim_threshold=17179869184"},
 }
 XLA_VARIANTS = {
     "default": None,
     "xla-kernels": None,
     "glibc-malloc": None,
     "xla-default": None,
+    "heap-reuse": None,
     "ynn-off": "--xla_cpu_experimental_ynn_fusion_type=",
     "ynn-no-individual-conv": "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution",
     "ynn-dot-eltwise-reduce": "--xla_cpu_experimental_ynn_fusion_type=dot,eltwise,reduce",

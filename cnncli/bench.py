@@ -405,5 +405,6 @@ def _report(req: BenchRequest, cfg: Config, work: _Workload, device: dict, step_
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "kernels": kernels,
         "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
+        "ld_preload": os.environ.get("LD_PRELOAD", ""),  # the large-block cache (cnncli/entry.py)
         "jax_version": jax.__version__,
     }

@@ -1,21 +1,24 @@
-"""The `cnn` console script: once, relaunch under glibc's huge-page tunable where it pays; then the CLI.
+"""The `cnn` console script: once, relaunch with cnn's allocator settings where they pay; then the CLI.
 
-XLA:CPU allocates each training step's temporary buffers (206 MB for ResNet-20 at batch 128) as
-one block that glibc maps fresh from the kernel and unmaps again every step, so the step faults
-on every 4 KiB page of it (50,000 faults a step on this project's machine, about a sixth of the
-step). With `GLIBC_TUNABLES=glibc.malloc.hugetlb=1`, glibc asks for transparent huge pages on
-such blocks and the kernel faults 2 MiB at a time (about 300 faults a step; the step's time and
-the process's memory both measured in benchmarks/RESULTS.md). glibc reads its tunables only when
-a process starts, so `cnn` sets the variable and replaces itself with the same command, once
-(the same process id, a few tens of ms), when all of these hold:
+XLA:CPU allocates each training step's temporary buffers as one block (196 MB for ResNet-20 at
+batch 128) that glibc maps fresh from the kernel and unmaps again every step, so every step
+faults in and zeroes all of it anew: 50,000 faults of 4 KiB a step on this project's machine,
+a sixth of the step. Two settings, both read only when a process starts:
 
-- Linux with glibc 2.35 or later (the first with the tunable), and the kernel's transparent huge
-  pages in `madvise` mode (with `always` there is nothing to gain, with `never` nothing to have);
-- the CPU is the platform that will run (cnncli.xla_flags.cpu_will_run);
-- neither GLIBC_TUNABLES already names the tunable nor LD_PRELOAD brings another allocator;
-- CNN_MALLOC_DEFAULTS is not 0.
+- GLIBC_TUNABLES=glibc.malloc.hugetlb=1: glibc asks for transparent huge pages, and the kernel
+  faults such blocks 2 MiB at a time (about 480 faults a step). Needs glibc 2.35 or later and
+  the kernel's transparent huge pages in `madvise` mode (with `always` there is nothing to gain,
+  with `never` nothing to have).
+- LD_PRELOAD=<the large-block cache> (cnncli/native/large_blocks.c, built on first use): freed
+  blocks of 32 MiB or more stay mapped and are reused, so a step faults about once. The memory
+  kept is at most the most that was live at once. Needs glibc and a C compiler.
 
-Only the `cnn` command does this: a Python program that imports cnn runs with its own allocator.
+So `cnn` sets what applies and replaces itself with the same command, once (the same process
+id, a few tens of ms), when the CPU is the platform that will run (cnncli.xla_flags.cpu_will_run),
+CNN_MALLOC_DEFAULTS is not 0, and the user's environment has not chosen already: the tunable is
+left out where GLIBC_TUNABLES names it, and neither is set where LD_PRELOAD brings another
+allocator. Only the `cnn` command does this: a Python program that imports cnn runs with its
+own allocator. The effect on the step's time and memory is in benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -45,21 +48,35 @@ def _thp_mode() -> str | None:
     return text[text.index("[") + 1:text.index("]")] if "[" in text else None
 
 
+def _large_block_cache() -> str | None:
+    from cnncli.native.large_blocks import library
+
+    path = library()
+    return str(path) if path else None
+
+
 def relaunch_argv(environ) -> list[str] | None:
-    """The command to relaunch this process with, the tunable added to `environ`; None to go on as is."""
+    """The command to relaunch this process with, cnn's settings added to `environ`; None to go on as is."""
     from cnncli.xla_flags import cpu_will_run
 
     if environ.get("CNN_MALLOC_DEFAULTS", "1").strip() == "0" or sys.platform != "linux":
         return None
-    if "glibc.malloc.hugetlb" in environ.get("GLIBC_TUNABLES", "") or environ.get("LD_PRELOAD"):
-        return None
-    if (_glibc_version() or (0, 0)) < (2, 35) or _thp_mode() != "madvise" or not cpu_will_run(environ):
+    if environ.get("LD_PRELOAD") or environ.get("CNN_RELAUNCHED") or _glibc_version() is None:
         return None
     argv = list(getattr(sys, "orig_argv", []))
-    if not argv:
+    if not argv or not cpu_will_run(environ):
         return None
-    current = environ.get("GLIBC_TUNABLES", "")
-    environ["GLIBC_TUNABLES"] = f"{current}:{TUNABLE}" if current else TUNABLE
+    tunable = ("glibc.malloc.hugetlb" not in environ.get("GLIBC_TUNABLES", "")
+               and (_glibc_version() or (0, 0)) >= (2, 35) and _thp_mode() == "madvise")
+    preload = _large_block_cache()
+    if not tunable and not preload:
+        return None
+    if tunable:
+        current = environ.get("GLIBC_TUNABLES", "")
+        environ["GLIBC_TUNABLES"] = f"{current}:{TUNABLE}" if current else TUNABLE
+    if preload:
+        environ["LD_PRELOAD"] = preload
+    environ["CNN_RELAUNCHED"] = "1"
     return argv
 
 

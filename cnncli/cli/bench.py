@@ -74,6 +74,7 @@ def _print_report(r: dict) -> None:
         ("conv / batch norm", r["kernels"]),
         ("XLA_FLAGS", r["xla_flags"] or "-"),
         ("GLIBC_TUNABLES", r["glibc_tunables"] or "-"),
+        ("LD_PRELOAD", r["ld_preload"] or "-"),
     ]
     for k, v in rows:
         t.add_row(f"[bold]{k}[/]", v)

@@ -3,22 +3,21 @@
 oneDNN comes from the `onednn-cpu-gomp` / `onednn-devel-cpu-gomp` wheels, which put the library
 and headers under the environment's `lib/` and `include/`; XLA's FFI headers come with jaxlib.
 The handler library is compiled once with the system's C++ compiler (~6 s) into
-~/.cache/cnn/kernels/, named by a hash of everything it was built from, so an upgrade of either
-side builds a new one. Anything missing (not Linux x86-64, no compiler, no wheels, a failed
+~/.cache/cnn/kernels/ (cnncli/native/build.py: named by a hash of everything it was built from,
+so an upgrade of either side builds a new one; sealed against damage). Anything missing (not Linux x86-64, no compiler, no wheels, a failed
 build or load) is reported as a reason, never raised: the caller falls back to XLA's convolution.
 """
 
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import importlib.metadata
 import os
 import shutil
-import subprocess
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from cnncli.native.build import BuildError, build_cached
 
 SOURCE = Path(__file__).with_name("onednn.cc")
 TARGETS = {  # XLA custom-call target -> symbol in the handler library
@@ -51,43 +50,6 @@ def _dist_file(dist: str, suffix: str) -> Path:
     raise Unavailable(f"{dist} holds no {suffix}")
 
 
-def _cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "cnn" / "kernels"
-
-
-def _seal(library: Path) -> Path:
-    return library.with_suffix(".sha256")
-
-
-def _intact(library: Path) -> bool:
-    """Whether `library` is whole, as its build left it: loading a damaged one can crash the process."""
-    try:
-        return hashlib.sha256(library.read_bytes()).hexdigest() == _seal(library).read_text().strip()
-    except OSError:
-        return False
-
-
-def _compile(compiler: str, out: Path, includes: list[Path], libdir: Path) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, suffix=".so.tmp")
-    os.close(fd)
-    cmd = [compiler, "-O2", "-std=c++17", "-shared", "-fPIC", "-w", str(SOURCE), "-o", tmp,
-           *(f"-I{p}" for p in includes), f"-L{libdir}", "-l:libdnnl.so.3", f"-Wl,-rpath,{libdir}"]
-    try:
-        proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=300)
-        if proc.returncode != 0:
-            lines = proc.stderr.strip().splitlines()
-            first = next((ln for ln in lines if "error" in ln), lines[-1] if lines else "no message")
-            raise Unavailable(f"building the oneDNN handlers failed: {first.strip()[:300]}")
-        digest = hashlib.sha256(Path(tmp).read_bytes()).hexdigest()
-        os.replace(tmp, out)  # atomic: a concurrent process sees the old file or the whole new one
-        _seal(out).write_text(digest)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def build_and_load() -> Handlers:
     """Compile (once) and load the handler library; raises Unavailable with the reason."""
     import platform
@@ -104,18 +66,14 @@ def build_and_load() -> Handlers:
     if not compiler:
         raise Unavailable("no C++ compiler (g++) to build the oneDNN handlers")
     st = libdnnl.stat()
-    key = hashlib.sha256("|".join([SOURCE.read_text(), jaxlib.__version__, str(libdnnl), str(st.st_size),
-                                   str(include), compiler]).encode()).hexdigest()[:16]
-    path = _cache_dir() / f"onednn-{key}.so"
-    if not _intact(path):  # never built, or damaged since: build (again)
-        try:
-            _compile(compiler, path, [Path(jax.ffi.include_dir()), include], libdnnl.parent)
-        except OSError as e:  # an unwritable cache: build into a private temporary folder instead
-            path = Path(tempfile.mkdtemp(prefix="cnn-kernels-")) / path.name
-            try:
-                _compile(compiler, path, [Path(jax.ffi.include_dir()), include], libdnnl.parent)
-            except OSError:
-                raise Unavailable(f"cannot build the oneDNN handlers: {e}") from None
+    cmd = [compiler, "-O2", "-std=c++17", "-shared", "-fPIC", "-w", str(SOURCE), f"-I{jax.ffi.include_dir()}",
+           f"-I{include}", f"-L{libdnnl.parent}", "-l:libdnnl.so.3", f"-Wl,-rpath,{libdnnl.parent}"]
+    try:
+        path = build_cached("kernels", "onednn", [SOURCE.read_text(), jaxlib.__version__, str(libdnnl),
+                                                  str(st.st_size), str(include), compiler], cmd,
+                            "the oneDNN handlers")
+    except BuildError as e:
+        raise Unavailable(str(e)) from None
     try:
         ctypes.CDLL(str(libdnnl), mode=ctypes.RTLD_GLOBAL)
         lib = ctypes.CDLL(str(path))
