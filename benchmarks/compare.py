@@ -24,13 +24,17 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-# "default" is what `cnn` does by itself: its XLA flag (cnncli/xla_flags.py), its glibc huge-page
-# tunable (cnncli/entry.py) and its oneDNN kernels (cnncli/kernels). "xla-kernels" is that without
-# the oneDNN kernels, "glibc-malloc" without the tunable, "xla-default" without any of the three
-# (XLA's and glibc's own defaults); the others set XLA_FLAGS explicitly.
+# "default" is what `cnn` does by itself: its XLA flag (cnncli/xla_flags.py), its allocator
+# settings (cnncli/entry.py: glibc's huge-page tunable and the large-block cache) and its oneDNN
+# kernels (cnncli/kernels). "xla-kernels" is that without the oneDNN kernels, "huge-pages-only"
+# with the tunable but not the cache, "glibc-malloc" with neither, "xla-default" without any of
+# them (XLA's and glibc's own defaults); "heap-reuse" replaces the cache with glibc's heap (no
+# mmap, one arena, no trimming: as fast, but its resident memory creeps up); the ynn-* variants
+# set XLA_FLAGS explicitly.
 VARIANT_ENV = {
     "xla-kernels": {"CNN_ONEDNN": "0"},
     "glibc-malloc": {"CNN_MALLOC_DEFAULTS": "0"},
+    "huge-pages-only": {"CNN_MALLOC_DEFAULTS": "0", "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"},
     "xla-default": {"CNN_ONEDNN": "0", "CNN_MALLOC_DEFAULTS": "0", "CNN_XLA_DEFAULTS": "0"},
     "heap-reuse": {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1:glibc.malloc.mmap_max=0:glibc.malloc.arena_max=1:"
                                      "glibc.malloc.trim_threshold=17179869184"},
@@ -39,6 +43,7 @@ XLA_VARIANTS = {
     "default": None,
     "xla-kernels": None,
     "glibc-malloc": None,
+    "huge-pages-only": None,
     "xla-default": None,
     "heap-reuse": None,
     "ynn-off": "--xla_cpu_experimental_ynn_fusion_type=",
@@ -57,7 +62,8 @@ def _run_json(cmd: list[str], env: dict[str, str]) -> dict:
 
 def run_cnn(model: str, batch: int, size: int | None, steps: int, dtype: str, variant: str) -> dict:
     env = {k: v for k, v in os.environ.items()
-           if k not in ("XLA_FLAGS", "CNN_ONEDNN", "CNN_MALLOC_DEFAULTS", "CNN_XLA_DEFAULTS", "GLIBC_TUNABLES")}
+           if k not in ("XLA_FLAGS", "CNN_ONEDNN", "CNN_MALLOC_DEFAULTS", "CNN_XLA_DEFAULTS", "GLIBC_TUNABLES",
+                        "LD_PRELOAD", "CNN_RELAUNCHED")}
     env.update(VARIANT_ENV.get(variant, {}))
     flags = XLA_VARIANTS[variant]
     if flags:
@@ -69,8 +75,13 @@ def run_cnn(model: str, batch: int, size: int | None, steps: int, dtype: str, va
     return _run_json(cmd, env)
 
 
-# The glibc tunable the `cnn` command relaunches itself with (cnncli/entry.py), for PyTorch's process.
-CNN_MALLOC_ENV = {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}
+
+def cnn_malloc_env() -> dict[str, str]:
+    """What the `cnn` command relaunches itself with (cnncli/entry.py), for PyTorch's process."""
+    from cnncli.native.large_blocks import library
+
+    path = library()
+    return {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1", **({"LD_PRELOAD": str(path)} if path else {})}
 
 
 def run_torch(model: str, batch: int, size: int | None, steps: int, dtype: str, compiled: bool,
@@ -81,7 +92,7 @@ def run_torch(model: str, batch: int, size: int | None, steps: int, dtype: str, 
         cmd += ["--input-size", str(size)]
     if compiled:
         cmd.append("--compile")
-    return _run_json(cmd, {**os.environ, **(CNN_MALLOC_ENV if cnn_malloc else {})})
+    return _run_json(cmd, {**os.environ, **(cnn_malloc_env() if cnn_malloc else {})})
 
 
 def _parse_models(text: str, batch: int) -> list[tuple[str, int, int | None]]:

@@ -64,8 +64,8 @@ def relaunch_argv(environ) -> list[str] | None:
     if environ.get("LD_PRELOAD") or environ.get("CNN_RELAUNCHED") or _glibc_version() is None:
         return None
     argv = list(getattr(sys, "orig_argv", []))
-    if not argv or not cpu_will_run(environ):
-        return None
+    if not argv or set(sys.argv[1:]) <= {"--help", "-h"} or not cpu_will_run(environ):
+        return None  # (help computes nothing: no relaunch to pay for)
     tunable = ("glibc.malloc.hugetlb" not in environ.get("GLIBC_TUNABLES", "")
                and (_glibc_version() or (0, 0)) >= (2, 35) and _thp_mode() == "madvise")
     preload = _large_block_cache()

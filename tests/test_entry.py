@@ -19,6 +19,7 @@ def suitable(monkeypatch):
     monkeypatch.setattr(entry, "_large_block_cache", lambda: "/cache/large-blocks.so")
     monkeypatch.setattr(xla_flags, "cpu_will_run", lambda environ: True)
     monkeypatch.setattr(sys, "orig_argv", ["python", "/venv/bin/cnn", "train", "x.yaml"], raising=False)
+    monkeypatch.setattr(sys, "argv", ["/venv/bin/cnn", "train", "x.yaml"])
 
 
 def test_relaunch_only_where_it_pays(suitable, monkeypatch):
@@ -49,6 +50,10 @@ def test_relaunch_only_where_it_pays(suitable, monkeypatch):
         m.setattr(entry, "_thp_mode", lambda: "never")
         m.setattr(entry, "_large_block_cache", lambda: None)
         assert relaunch_argv({}) is None  # nothing to gain
+    for args in ([], ["--help"], ["-h"]):  # help alone computes nothing
+        with monkeypatch.context() as m:
+            m.setattr(sys, "argv", ["/venv/bin/cnn", *args])
+            assert relaunch_argv({}) is None
     monkeypatch.setattr(xla_flags, "cpu_will_run", lambda environ: False)  # a GPU will run
     assert relaunch_argv({}) is None
 
@@ -61,6 +66,7 @@ def _here_it_pays() -> bool:
 FAULTS = r"""
 import os, sys
 from cnncli.entry import relaunch_argv
+sys.argv = ["cnn", "train"]  # as `cnn train` would: help alone does not relaunch
 argv = relaunch_argv(os.environ)
 if argv:
     os.execv(sys.executable, argv)

@@ -16,7 +16,8 @@ libc = ctypes.CDLL(None)
 vp, sz = ctypes.c_void_p, ctypes.c_size_t
 for name, res, args in (("malloc", vp, [sz]), ("calloc", vp, [sz, sz]), ("realloc", vp, [vp, sz]),
                         ("free", None, [vp]), ("malloc_usable_size", sz, [vp]),
-                        ("posix_memalign", ctypes.c_int, [ctypes.POINTER(vp), sz, sz])):
+                        ("posix_memalign", ctypes.c_int, [ctypes.POINTER(vp), sz, sz]),
+                        ("reallocarray", vp, [vp, sz, sz])):
     getattr(libc, name).restype, getattr(libc, name).argtypes = res, args
 M = 1 << 20
 
@@ -38,6 +39,9 @@ ctypes.memset(c, 5, 50 * M)
 d = libc.realloc(c, 150 * M)
 print("realloc_keeps", d != c and same(d, 50 * M, 5) and libc.malloc_usable_size(d) >= 150 * M)
 p = vp()
+e = libc.reallocarray(d, 200, M)
+print("reallocarray_keeps", e != d and same(e, 50 * M, 5))
+d = e
 print("aligned", libc.posix_memalign(ctypes.byref(p), 1 << 16, 40 * M) == 0 and p.value % (1 << 16) == 0)
 small = libc.malloc(100)
 print("small_is_glibcs", small is not None and abs(small - a) > (1 << 42) // 2 and libc.malloc_usable_size(small) >= 100)

@@ -11,6 +11,8 @@
 // range cannot be reserved or its table is full, is glibc's.
 //
 // free() tells the blocks apart by address (one range check), so glibc's never reach this code.
+// The entry points are the ones glibc's manual lists for replacing malloc; valloc and pvalloc stay
+// glibc's (their blocks go back to glibc through the same check).
 
 #define _GNU_SOURCE
 #include <dlfcn.h>
@@ -183,6 +185,15 @@ void *realloc(void *p, size_t size) {
   memcpy(q, p, old);
   give(p);
   return q;
+}
+
+void *reallocarray(void *p, size_t n, size_t each) {
+  size_t size;
+  if (__builtin_mul_overflow(n, each, &size)) {
+    errno = ENOMEM;
+    return NULL;
+  }
+  return realloc(p, size);
 }
 
 static void *aligned(size_t alignment, size_t size) {
