@@ -83,3 +83,15 @@ def test_without_the_preload_libc_gives_fresh_blocks():
                           capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "reused False" in proc.stdout and "calloc_zero False" in proc.stdout
+
+
+def test_no_cache_without_a_compiler_or_a_writable_folder(tmp_path, monkeypatch):
+    """Then `cnn` goes on with glibc's allocator: None, no exception, nothing half-built left."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("CC", "/bin/false")
+    assert library() is None
+    assert not list((tmp_path / "cache").rglob("*.so*"))
+    monkeypatch.delenv("CC")
+    (tmp_path / "file").write_text("a file where the folder should be")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "file"))
+    assert library() is None

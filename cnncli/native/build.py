@@ -57,9 +57,11 @@ def compile_sealed(cmd: list[str], out: Path, what: str) -> None:
             os.unlink(tmp)
 
 
-def build_cached(kind: str, name: str, key_parts: list[str], cmd: list[str], what: str) -> Path:
+def build_cached(kind: str, name: str, key_parts: list[str], cmd: list[str], what: str,
+                 temporary_fallback: bool = True) -> Path:
     """The library `name`-<hash of key_parts>.so, built with `cmd` unless an intact one is cached.
-    An unwritable cache builds into a private temporary folder instead."""
+    An unwritable cache builds into a private temporary folder instead (left behind: one per
+    process), or raises BuildError without `temporary_fallback`."""
     key = hashlib.sha256("|".join(key_parts).encode()).hexdigest()[:16]
     path = cache_dir(kind) / f"{name}-{key}.so"
     if intact(path):
@@ -67,6 +69,8 @@ def build_cached(kind: str, name: str, key_parts: list[str], cmd: list[str], wha
     try:
         compile_sealed(cmd, path, what)
     except OSError as e:
+        if not temporary_fallback:
+            raise BuildError(f"cannot build {what}: {e}") from None
         path = Path(tempfile.mkdtemp(prefix=f"cnn-{kind}-")) / path.name
         try:
             compile_sealed(cmd, path, what)

@@ -1,7 +1,8 @@
 """The large-block cache (large_blocks.c), built on first use for the `cnn` command to preload.
 
 `library()` gives the path of the compiled cache, or None where it cannot be had: not Linux,
-no C compiler, a failed build. Then `cnn` runs with glibc's allocator alone, as before.
+no C compiler, a failed build, an unwritable ~/.cache. Then `cnn` runs with glibc's allocator
+alone, as before.
 """
 
 from __future__ import annotations
@@ -30,6 +31,6 @@ def library() -> Path | None:
     cmd = [compiler, "-O2", "-shared", "-fPIC", "-w", str(SOURCE), "-ldl", "-lpthread"]
     try:
         return build_cached("malloc", FILE_PREFIX, [SOURCE.read_text(), compiler], cmd,
-                            "the large-block cache")
+                            "the large-block cache", temporary_fallback=False)  # not a folder per command
     except (BuildError, OSError, subprocess.SubprocessError):
         return None
