@@ -75,7 +75,6 @@ def run_cnn(model: str, batch: int, size: int | None, steps: int, dtype: str, va
     return _run_json(cmd, env)
 
 
-
 def cnn_malloc_env() -> dict[str, str]:
     """What the `cnn` command relaunches itself with (cnncli/entry.py), for PyTorch's process."""
     from cnncli.native.large_blocks import library

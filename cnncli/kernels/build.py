@@ -4,8 +4,9 @@ oneDNN comes from the `onednn-cpu-gomp` / `onednn-devel-cpu-gomp` wheels, which 
 and headers under the environment's `lib/` and `include/`; XLA's FFI headers come with jaxlib.
 The handler library is compiled once with the system's C++ compiler (~6 s) into
 ~/.cache/cnn/kernels/ (cnncli/native/build.py: named by a hash of everything it was built from,
-so an upgrade of either side builds a new one; sealed against damage). Anything missing (not Linux x86-64, no compiler, no wheels, a failed
-build or load) is reported as a reason, never raised: the caller falls back to XLA's convolution.
+so an upgrade of either side builds a new one; sealed against damage). Anything missing (not
+Linux x86-64, no compiler, no wheels, a failed build or load) is reported as a reason, never
+raised: the caller falls back to XLA's convolution.
 """
 
 from __future__ import annotations
