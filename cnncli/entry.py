@@ -61,13 +61,14 @@ def relaunch_argv(environ) -> list[str] | None:
 
     if environ.get("CNN_MALLOC_DEFAULTS", "1").strip() == "0" or sys.platform != "linux":
         return None
-    if environ.get("LD_PRELOAD") or environ.get("CNN_RELAUNCHED") or _glibc_version() is None:
+    glibc = _glibc_version()
+    if environ.get("LD_PRELOAD") or environ.get("CNN_RELAUNCHED") or glibc is None:
         return None
     argv = list(getattr(sys, "orig_argv", []))
     if not argv or set(sys.argv[1:]) <= {"--help", "-h"} or not cpu_will_run(environ):
         return None  # (help computes nothing: no relaunch to pay for)
     tunable = ("glibc.malloc.hugetlb" not in environ.get("GLIBC_TUNABLES", "")
-               and (_glibc_version() or (0, 0)) >= (2, 35) and _thp_mode() == "madvise")
+               and glibc >= (2, 35) and _thp_mode() == "madvise")
     preload = _large_block_cache()
     if not tunable and not preload:
         return None

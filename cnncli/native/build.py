@@ -20,7 +20,7 @@ class BuildError(Exception):
     """Why a library could not be built (one line)."""
 
 
-def cache_dir(kind: str) -> Path:
+def _cache_dir(kind: str) -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "cnn" / kind
 
@@ -37,14 +37,17 @@ def intact(library: Path) -> bool:
         return False
 
 
-def compile_sealed(cmd: list[str], out: Path, what: str) -> None:
+def _compile_sealed(cmd: list[str], out: Path, what: str) -> None:
     """Run `cmd` + ["-o", <temporary>] and move the result to `out`; OSError if `out`'s folder
-    cannot be written, BuildError if the compiler fails."""
+    cannot be written, BuildError if the compiler fails or hangs."""
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=out.parent, suffix=".so.tmp")
     os.close(fd)
     try:
-        proc = subprocess.run([*cmd, "-o", tmp], check=False, capture_output=True, text=True, timeout=300)
+        try:
+            proc = subprocess.run([*cmd, "-o", tmp], check=False, capture_output=True, text=True, timeout=300)
+        except subprocess.TimeoutExpired:
+            raise BuildError(f"building {what} took over 300 s") from None
         if proc.returncode != 0:
             lines = proc.stderr.strip().splitlines()
             first = next((ln for ln in lines if "error" in ln), lines[-1] if lines else "no message")
@@ -63,17 +66,17 @@ def build_cached(kind: str, name: str, key_parts: list[str], cmd: list[str], wha
     An unwritable cache builds into a private temporary folder instead (left behind: one per
     process), or raises BuildError without `temporary_fallback`."""
     key = hashlib.sha256("|".join(key_parts).encode()).hexdigest()[:16]
-    path = cache_dir(kind) / f"{name}-{key}.so"
+    path = _cache_dir(kind) / f"{name}-{key}.so"
     if intact(path):
         return path
     try:
-        compile_sealed(cmd, path, what)
+        _compile_sealed(cmd, path, what)
     except OSError as e:
         if not temporary_fallback:
             raise BuildError(f"cannot build {what}: {e}") from None
         path = Path(tempfile.mkdtemp(prefix=f"cnn-{kind}-")) / path.name
         try:
-            compile_sealed(cmd, path, what)
+            _compile_sealed(cmd, path, what)
         except OSError:
             raise BuildError(f"cannot build {what}: {e}") from None
     return path

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -32,5 +31,5 @@ def library() -> Path | None:
     try:
         return build_cached("malloc", FILE_PREFIX, [SOURCE.read_text(), compiler], cmd,
                             "the large-block cache", temporary_fallback=False)  # not a folder per command
-    except (BuildError, OSError, subprocess.SubprocessError):
+    except (BuildError, OSError):
         return None
