@@ -29,6 +29,7 @@ import json
 import os
 import re
 import shutil
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -153,6 +154,7 @@ class CheckpointManager:
         self._intact: set[int] = set()  # steps verified by this manager
         self._metrics: dict[int, dict] = {}  # metrics of the steps saved by this manager
         self._closed = False
+        self._write_failed_once = False  # a failed save may leave temporaries behind until close()
         if not read_only:
             self._clean_temporaries()
         metric = lambda m: m[best_metric]
@@ -174,10 +176,14 @@ class CheckpointManager:
         """Is `new` a better `best_metric` value than `old`? (strict: a tie is not an improvement)."""
         return improves(new, old, self.best_mode, strict=strict)
 
-    def _clean_temporaries(self) -> None:
+    def _clean_temporaries(self) -> bool:
+        """Remove the leftovers of unfinished saves; whether there were any."""
+        found = False
         if self.directory.exists():
             for tmp in self.directory.glob("*.orbax-checkpoint-tmp*"):
                 shutil.rmtree(tmp, ignore_errors=True)
+                found = True
+        return found
 
     # -- writing ------------------------------------------------------------------------
 
@@ -211,11 +217,27 @@ class CheckpointManager:
         try:
             self._finish_pending()
         except Exception:
-            with contextlib.suppress(Exception):
-                self._mgr.close()
+            self._release()
             raise
+        self._release()
+
+    def _release(self) -> None:
         with contextlib.suppress(Exception):
             self._mgr.close()
+        if self._write_failed_once and not self.read_only:
+            self._clean_temporaries_until_settled()
+
+    def _clean_temporaries_until_settled(self, quiet_s: float = 0.3, limit_s: float = 3.0) -> None:
+        """After a failed save: Orbax stops tracking a save once one of its writes fails, while that save's
+        other array writes (tensorstore's own threads) may still run and recreate its temporary
+        directory. Clean until none has reappeared for `quiet_s` (at most `limit_s`)."""
+        start = calm = time.monotonic()
+        while time.monotonic() - start < limit_s:
+            if self._clean_temporaries():
+                calm = time.monotonic()
+            elif time.monotonic() - calm >= quiet_s:
+                return
+            time.sleep(0.05)
 
     def _finish_pending(self) -> None:
         try:
@@ -236,24 +258,41 @@ class CheckpointManager:
         try:
             seal(step_dir)
         except OSError as exc:
-            self._write_failed(int(step_dir.name), exc)
+            self._write_failed(int(step_dir.name), exc, what=f"the checksums of checkpoint {step_dir}")
         self._intact.add(int(step_dir.name))
 
-    def _write_failed(self, step: int | None, exc: Exception) -> None:
-        """Re-raise a failed write as one line naming the checkpoint and the last complete one."""
+    def _write_failed(self, step: int | None, exc: Exception, what: str | None = None) -> None:
+        """Re-raise a failed write as one line naming what failed and the last complete checkpoint.
+
+        Which one that is is read from the disk after the failure: Orbax may have completed the step
+        whose checksums could not be written, and no step whose save failed is named."""
         reason = _io_reason(exc)
         if reason is None:
             raise exc
         self._pending = []
+        self._write_failed_once = True
+        with contextlib.suppress(Exception):
+            self._mgr.wait_until_finished()  # Orbax's own writers of this save end before its files go
         if not self.read_only:
-            self._clean_temporaries()
+            self._clean_temporaries()  # also gives the space back, for status.json
         with contextlib.suppress(Exception):
             self._mgr.reload()  # forget the step that was never written
-        last = next((s for s in reversed(self._step_dirs()) if s != step and self.damage(s) is None), None)
-        what = f"checkpoint {self.directory / str(step)}" if step is not None else f"a checkpoint in {self.directory}"
+        last = self._newest_intact()
+        if what is None:
+            what = f"checkpoint {self.directory / str(step)}" if step is not None else f"a checkpoint in {self.directory}"
         kept = (f"the last complete checkpoint is {self.directory / str(last)} (intact)" if last is not None
-                else "no complete checkpoint was written before it")
+                else "no checkpoint is complete")
         raise CheckpointError(f"could not write {what}: {reason}; {kept}") from None
+
+    def _newest_intact(self) -> int | None:
+        return next((s for s in reversed(self._step_dirs()) if self.damage(s) is None), None)
+
+    def last_complete_step(self) -> int | None:
+        """The newest checkpoint whole on disk, once the saves in flight have ended (one that fails is
+        not counted): the checkpoint a run that failed on a write can be resumed from."""
+        with contextlib.suppress(Exception):
+            self._finish_pending()
+        return self._newest_intact()
 
     # -- reading ------------------------------------------------------------------------
 

@@ -24,6 +24,7 @@ open the same run twice do not refuse themselves.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -51,8 +52,11 @@ def _reason(exc: OSError) -> str:
     return exc.strerror or str(exc)
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    """Write via a temporary file and rename, so readers never see half a file; one-line error on failure."""
+def _write_atomic(path: Path, text: str, *, in_place_when_full: bool = False) -> None:
+    """Write via a temporary file and rename, so readers never see half a file; one-line error on failure.
+
+    `in_place_when_full`: where the disk has no room for the temporary, overwrite the file in the
+    space it already holds, if the new text fits there (a run's last status on a full disk)."""
     tmp = path.with_name(path.name + ".tmp")
     try:
         tmp.write_text(text)
@@ -60,7 +64,29 @@ def _write_atomic(path: Path, text: str) -> None:
     except OSError as exc:
         with contextlib.suppress(OSError):
             tmp.unlink()
+        if in_place_when_full and exc.errno in (errno.ENOSPC, errno.EDQUOT) and _overwrite_in_place(path, text):
+            return
         raise WriteError(f"could not write {path}: {_reason(exc)}") from None
+
+
+def _overwrite_in_place(path: Path, text: str) -> bool:
+    """Overwrite `path` with `text` without asking the disk for a block: only where the file's allocated
+    blocks hold all of it (then the write cannot run out of space half-way). Whether it was written."""
+    data = text.encode()
+    try:
+        fd = os.open(path, os.O_WRONLY)
+    except OSError:
+        return False
+    try:
+        if len(data) > os.fstat(fd).st_blocks * 512:
+            return False
+        os.pwrite(fd, data, 0)
+        os.ftruncate(fd, len(data))
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
 
 
 class RunDir:
@@ -269,7 +295,8 @@ class RunDir:
         if not isinstance(current, dict):
             current = {}
         current.update(fields, status=status, updated=time.strftime("%Y-%m-%dT%H:%M:%S"))
-        self.write_json("status.json", current)
+        # a failed run's status matters most when the disk is full: then it overwrites the old one in place
+        _write_atomic(self.path / "status.json", json.dumps(current, indent=2) + "\n", in_place_when_full=True)
 
 
 def _in_use(path: Path, owner: dict | None) -> RunDirError:

@@ -108,6 +108,33 @@ def test_full_disk_write_is_one_line(tmp_path):
         subprocess.run(["umount", str(mnt)], check=False)
 
 
+def test_a_failed_status_is_written_on_a_disk_full_to_the_last_block(tmp_path):
+    """No room for status.json's temporary: the status is overwritten in the blocks it already has, so a
+    run that failed on a full disk does not go on saying "running"; other files still fail in one line."""
+    mnt = _tiny_fs(tmp_path)
+    run = None
+    try:
+        run = RunDir.create(mnt / "run")
+        run.set_status("running", pid=1, step=0)
+        with pytest.raises(OSError):
+            (mnt / "fill").write_bytes(b"x" * 400_000)  # the disk is now full to the last block
+        with pytest.raises(WriteError, match="No space left"):
+            run.write_json("other.json", {"a": 1})
+        reason = "could not write checkpoint 4: No space left on device; the last complete checkpoint is 2"
+        run.set_status("failed", reason=reason, step=5)
+        status = run.read_json("status.json")
+        assert status["status"] == "failed" and status["reason"] == reason and status["pid"] == 1
+        assert not (mnt / "run" / "status.json.tmp").exists()
+        too_big = "x" * 8192  # more than the file's blocks hold: refused, the old status left whole
+        with pytest.raises(WriteError, match="No space left"):
+            run.set_status("failed", reason=too_big)
+        assert run.read_json("status.json") == status
+    finally:
+        if run is not None:
+            run.release()  # its lock file is open: the file system could not be unmounted
+        subprocess.run(["umount", str(mnt)], check=False)
+
+
 def test_read_only_filesystem(tmp_path):
     mnt = _tiny_fs(tmp_path)
     try:

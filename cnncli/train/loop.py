@@ -69,7 +69,7 @@ def train_and_evaluate(cfg: Config, run_path: str | Path, *, resume: bool = Fals
             raise
         except OSError as exc:
             if exc.errno in WRITE_ERRNOS:
-                raise write_error(exc, run, manager.latest_step()) from None
+                raise write_error(exc, run, manager.last_complete_step()) from None
             raise
         except Exception as exc:
             failure = peer_failure(exc)
