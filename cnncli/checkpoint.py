@@ -225,7 +225,10 @@ class CheckpointManager:
         with contextlib.suppress(Exception):
             self._mgr.close()
         if self._write_failed_once and not self.read_only:
-            self._clean_temporaries_until_settled()
+            import jax
+
+            if jax.process_index() == 0:  # the others may outlive its lock, and a resume's first save
+                self._clean_temporaries_until_settled()
 
     def _clean_temporaries_until_settled(self, quiet_s: float = 0.3, limit_s: float = 3.0) -> None:
         """After a failed save: Orbax stops tracking a save once one of its writes fails, while that save's

@@ -70,18 +70,22 @@ def _write_atomic(path: Path, text: str, *, in_place_when_full: bool = False) ->
 
 
 def _overwrite_in_place(path: Path, text: str) -> bool:
-    """Overwrite `path` with `text` without asking the disk for a block: only where the file's allocated
-    blocks hold all of it (then the write cannot run out of space half-way). Whether it was written."""
+    """Overwrite the JSON file `path` with the JSON `text` without asking the disk for a block: only where
+    the file's allocated blocks hold all of it. Padded with spaces to the old length, so that one write
+    leaves valid JSON and no truncation follows. Whether all of it was written."""
     data = text.encode()
     try:
         fd = os.open(path, os.O_WRONLY)
     except OSError:
         return False
     try:
-        if len(data) > os.fstat(fd).st_blocks * 512:
+        st = os.fstat(fd)
+        data += b" " * max(0, st.st_size - len(data))
+        if len(data) > st.st_blocks * 512:
             return False
-        os.pwrite(fd, data, 0)
-        os.ftruncate(fd, len(data))
+        if os.pwrite(fd, data, 0) != len(data):  # a copy-on-write file system may still run out
+            return False
+        os.fsync(fd)
         return True
     except OSError:
         return False

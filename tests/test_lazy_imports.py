@@ -66,3 +66,28 @@ print('ok')
 """
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
+
+
+def test_threads_first_using_a_stand_in_at_once_import_the_module_once():
+    code = """
+import sys, threading
+from cnncli.cli import lazy_imports
+lazy_imports.install()
+from rich.markdown import Markdown
+barrier = threading.Barrier(8)
+made, errors = [], []
+def first_use():
+    barrier.wait()
+    try:
+        made.append(Markdown('x'))
+    except Exception as exc:
+        errors.append(repr(exc))
+threads = [threading.Thread(target=first_use) for _ in range(8)]
+[t.start() for t in threads]; [t.join() for t in threads]
+real = sys.modules['rich.markdown'].Markdown
+assert not errors, errors
+assert len(made) == 8 and all(type(m) is real for m in made)
+print('ok')
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr

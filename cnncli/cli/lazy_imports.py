@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+import threading
 import types
 
 DEFERRED = {"rich.markdown": "Markdown", "rich.traceback": "Traceback"}
@@ -31,10 +32,15 @@ class _DeferredModule(types.ModuleType):
         return getattr(_load(self.__name__), attr)
 
 
+_LOADING = threading.RLock()  # two threads' first uses must not import the module twice
+
+
 def _load(name: str) -> types.ModuleType:
-    if isinstance(sys.modules.get(name), _DeferredModule):
-        del sys.modules[name]
-    return importlib.import_module(name)  # also rebinds the parent package's attribute to it
+    with _LOADING:
+        current = sys.modules.get(name)
+        if isinstance(current, _DeferredModule):
+            del sys.modules[name]
+        return importlib.import_module(name)  # also rebinds the parent package's attribute to it
 
 
 class _DeferredClassMeta(type):
