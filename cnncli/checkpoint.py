@@ -282,7 +282,8 @@ class CheckpointManager:
             self._mgr.reload()  # forget the step that was never written
         last = self._newest_intact()
         if what is None:
-            what = f"checkpoint {self.directory / str(step)}" if step is not None else f"a checkpoint in {self.directory}"
+            what = (f"checkpoint {self.directory / str(step)}" if step is not None
+                    else f"a checkpoint in {self.directory}")
         kept = (f"the last complete checkpoint is {self.directory / str(last)} (intact)" if last is not None
                 else "no checkpoint is complete")
         raise CheckpointError(f"could not write {what}: {reason}; {kept}") from None

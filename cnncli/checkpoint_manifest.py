@@ -53,7 +53,11 @@ def _manifest_damage(step_dir: Path) -> str | None:
         actual = p.stat().st_size
         if actual != size:
             return f"{rel} has {actual} bytes, {size} were written"
-        if digest(p) != sha:
+        try:
+            matches = digest(p) == sha
+        except OSError as exc:  # a failing disk: the step cannot be trusted, and saying so is no traceback
+            return f"{rel} is unreadable ({exc.strerror or exc})"
+        if not matches:
             return f"{rel} does not match its checksum"
     return None
 

@@ -1,5 +1,6 @@
 import contextlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -219,6 +220,29 @@ def test_checkpoint_without_manifest_still_checked_structurally(tmp_path):
     got = mgr.restore_latest_intact(zeros_like(tiny_tree(0)[0]))
     assert got.step == 1 and str(ck / "2") in got.skipped[0]
     assert_tree_equal(got.model, tiny_tree(1)[0])
+
+
+def test_a_file_the_disk_cannot_read_is_damage_not_a_traceback(tmp_path, monkeypatch):
+    """An I/O error while checking a step's checksums (a failing disk) makes the step damaged, so the
+    newest readable step is used and a full-disk message can still name one."""
+    import errno
+
+    import cnncli.checkpoint_manifest as manifest
+
+    ck = tmp_path / "ck"
+    save_steps(ck, [1, 2])
+    real = manifest.digest
+
+    def failing_disk(path):
+        if path.is_relative_to(ck / "2"):
+            raise OSError(errno.EIO, os.strerror(errno.EIO), str(path))
+        return real(path)
+
+    monkeypatch.setattr(manifest, "digest", failing_disk)
+    mgr = CheckpointManager(ck, read_only=True)
+    assert "is unreadable (Input/output error)" in mgr.damage(2)
+    got = mgr.restore_latest_intact(zeros_like(tiny_tree(0)[0]))
+    assert got.step == 1 and str(ck / "2") in got.skipped[0]
 
 
 def test_all_damaged_and_refused_meta(tmp_path):

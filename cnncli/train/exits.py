@@ -97,7 +97,7 @@ def one_line(exc: BaseException) -> str:
 
 def write_error(exc: OSError, run: RunDir, last_good: int | None) -> WriteError:
     where = exc.filename or run.path
-    good = f"the last complete checkpoint is {run.checkpoints / str(last_good)}" if last_good is not None \
+    good = f"the last complete checkpoint is {run.checkpoints / str(last_good)} (intact)" if last_good is not None \
         else "no checkpoint is complete"
     return WriteError(f"could not write {where}: {os.strerror(exc.errno) if exc.errno else exc}; {good}")
 
