@@ -1,8 +1,8 @@
 """Defer the two rich modules that Typer's help imports but cnn's help never uses.
 
 `typer.rich_utils`, which renders every `--help` and usage error, imports `rich.markdown` and
-`rich.traceback` at its top. They bring markdown_it and pygments with them: about 70 ms of the
-0.26 s that `cnn --help` took on this project's 2-core machine, more than a third of it. cnn's
+`rich.traceback` at its top. They bring markdown_it and pygments with them: about 85 ms of the
+0.26 s that `cnn --help` took on this project's 2-core machine, a third of it. cnn's
 help uses the "rich" markup mode, never "markdown", and Typer's pretty tracebacks are off
 (cli/app.py), so neither module is needed to print help or an error.
 
