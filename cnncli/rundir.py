@@ -282,9 +282,10 @@ class RunDir:
         except (OSError, ValueError) as exc:
             raise RunDirError(f"{p}: unreadable JSON ({str(exc)[:200]})") from None
 
-    def write_json(self, name: str, obj: Any) -> None:
-        """Atomic JSON write; a WriteError (one line: what, where, why) if the disk refuses it."""
-        _write_atomic(self.path / name, json.dumps(obj, indent=2) + "\n")
+    def write_json(self, name: str, obj: Any, *, in_place_when_full: bool = False) -> None:
+        """Atomic JSON write; a WriteError (one line: what, where, why) if the disk refuses it
+        (`in_place_when_full`: see _write_atomic)."""
+        _write_atomic(self.path / name, json.dumps(obj, indent=2) + "\n", in_place_when_full=in_place_when_full)
 
     def write_text(self, name: str, text: str) -> None:
         """Atomic text write (e.g. config.yaml); a WriteError if the disk refuses it."""
@@ -300,7 +301,7 @@ class RunDir:
             current = {}
         current.update(fields, status=status, updated=time.strftime("%Y-%m-%dT%H:%M:%S"))
         # a failed run's status matters most when the disk is full: then it overwrites the old one in place
-        _write_atomic(self.path / "status.json", json.dumps(current, indent=2) + "\n", in_place_when_full=True)
+        self.write_json("status.json", current, in_place_when_full=True)
 
 
 def _in_use(path: Path, owner: dict | None) -> RunDirError:
