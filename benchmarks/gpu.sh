@@ -7,7 +7,9 @@
 #   benchmarks/gpu.sh                    # there: no network; reads .whl/
 #   benchmarks/gpu.sh --cpu              # rehearsal on a CPU machine: tiny sizes, same steps
 #
-# Environment: OUT (output folder), BUDGET_S (seconds for the whole script, default 450).
+# Environment: OUT (output folder), BUDGET_S (seconds for the whole script, default 450), PARTS (below),
+# VARIANTS (XLA_FLAGS to compare, one set per line), RESULTS_DIR (where gpu_results.py writes
+# gpu-<date>.json; default: only $OUT).
 set -u
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -15,12 +17,12 @@ WHEELS=$ROOT/.whl
 PY=${PYTHON:-python3}
 
 if [ "${1:-}" = "--fetch-wheels" ]; then
-    # Missing on the GPU image (see the device notes): grain and its native record reader, tensorboardX;
-    # flax only as a fallback when the machine's is older than pyproject asks.
+    # Missing on the GPU image (see the device notes): grain and its native record reader, tensorboardX,
+    # and the test extra's import-linter.
     "$PY" -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
         --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
         --platform manylinux2014_x86_64 --platform manylinux1_x86_64 -d "$WHEELS" \
-        grain==0.2.18 array-record==0.8.6 portpicker==1.6.0 tensorboardX==2.6.5 flax==0.12.8
+        grain==0.2.18 array-record==0.8.6 portpicker==1.6.0 tensorboardX==2.6.5 import-linter==2.17 grimp==3.20
     exit $?
 fi
 
@@ -68,9 +70,11 @@ from importlib import metadata
 from packaging.requirements import Requirement
 
 wheels, site = sys.argv[1], sys.argv[2]
-reqs = [Requirement(r) for r in tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]]
+project = tomllib.load(open("pyproject.toml", "rb"))["project"]
+reqs = [Requirement(r) for r in project["dependencies"] + project.get("optional-dependencies", {}).get("test", [])]
+reqs = [r for r in reqs if r.marker is None or r.marker.evaluate()]
 carried = {re.sub(r"[-_.]+", "-", os.path.basename(w).split("-")[0]).lower(): w for w in glob.glob(f"{wheels}/*.whl")}
-extra = {"grain": ["array-record", "portpicker"]}  # grain's needs that the image lacks
+extra = {"grain": ["array-record", "portpicker"], "import-linter": ["grimp"]}  # needs the image lacks
 todo = []
 for r in reqs:
     try:
@@ -106,28 +110,61 @@ fi
 "${CNN[@]}" --help > /dev/null 2>&1 && say "cnn runs" || say "cnn does not start"
 
 # ---- the measurements -----------------------------------------------------------------------------------
-NOAUG=$OUT/noaug.yaml  # the bench's ResNet-50 step without augmentation: the reference's exact work
+# PARTS picks what runs (default: all, in this order); each part's stdout lands in $OUT/<part>.txt.
+#   tests     the whole fast test suite on the accelerator (pytest-xdist where installed)
+#   profile   benchmarks/gpu_profile.py: cnn bench's step under jax.profiler, top device ops
+#   variants  cnn bench under each XLA_FLAGS of $VARIANTS (one per line), JSON per variant
+#   bench     cnn bench (the real step, augmentation on device), then the PyTorch reference, eager and compiled
+#   real      an ImageNet-like JPEG folder made here, packed, and trained from (steady images/s)
+PARTS=${PARTS:-tests profile bench real}
+NOAUG=$OUT/noaug.yaml  # the bench's step without augmentation: the reference's exact work
 if [ "$CPU" = 1 ]; then
     export JAX_PLATFORMS=cpu
     MODEL=resnet20; SIZE=(--input-size 16); BS=16; STEPS=3
     TESTS=(tests/test_bench.py -k "bad_input or wellformed")
-    TRAIN_STEPS=10
+    REAL=(--classes 2 --per-class 24 --size 64 --steps 6 --batch-size 8 --model resnet18 --input-size 32)
+    XDIST=()
 else
-    export JAX_PLATFORMS=cuda
+    export JAX_PLATFORMS=cuda XLA_PYTHON_CLIENT_PREALLOCATE=false
     MODEL=resnet50; SIZE=(); BS=256; STEPS=60
-    TESTS=(tests/test_bench.py tests/test_models.py tests/test_optim.py tests/test_train.py)
-    TRAIN_STEPS=300
+    TESTS=(tests)
+    REAL=(--classes 100 --per-class 40 --size 400 --steps 160 --batch-size 256 --model resnet50 --input-size 224)
+    XDIST=()
+    "$PY" -c "import xdist" 2>/dev/null && XDIST=(-n "${TEST_WORKERS:-12}")
 fi
-printf 'model: {name: %s}\noptimizer: {name: sgd, lr: 0.1, momentum: 0.9, weight_decay: 0.0001}\n' "$MODEL" > "$NOAUG"
-part bench 150 "${CNN[@]}" bench "$MODEL" --dtype bfloat16 --batch-size $BS "${SIZE[@]}" --steps $STEPS --format json
-part torch_eager 60 "$PY" benchmarks/torch_reference.py "$MODEL" --batch-size $BS --steps $STEPS --dtype bfloat16 --json
-part torch_compiled 130 "$PY" benchmarks/torch_reference.py "$MODEL" --batch-size $BS --steps $STEPS \
-    --dtype bfloat16 --compile --json
-part bench_noaug 100 "${CNN[@]}" bench "$NOAUG" --dtype bfloat16 --batch-size $BS "${SIZE[@]}" --steps $STEPS \
-    --format json
-part train_digits 90 "${CNN[@]}" train configs/digits_resnet20.yaml --run-dir /tmp/cnn-run-digits --force \
-    --set train.steps=$TRAIN_STEPS --set train.log_every_steps=50 --set train.eval_every_steps=100 \
-    --set train.checkpoint_every_steps=100 --set output.tensorboard=false --format json
-part tests 200 "$PY" -m pytest -q -m "not slow" -p no:cacheprovider "${TESTS[@]}"
-rm -f "$NOAUG"
+has() { case " $PARTS " in *" $1 "*) return 0;; esac; return 1; }
+
+if has tests; then
+    part tests "${TESTS_LIMIT:-240}" "$PY" -m pytest -q -rfEs -p no:cacheprovider "${XDIST[@]}" \
+        --junitxml="$OUT/junit.xml" "${TESTS[@]}"
+fi
+if has profile; then
+    part profile 120 "$PY" benchmarks/gpu_profile.py "$MODEL" --dtype bfloat16 --batch-size $BS "${SIZE[@]}" \
+        --steps 10 --out /tmp/cnn-profile
+fi
+if has variants; then
+    i=0
+    while IFS= read -r flags; do
+        [ -z "$flags" ] && continue
+        i=$((i + 1))
+        echo "variant $i: $flags" >> "$LOG"
+        XLA_FLAGS="$flags" part "variant$i" 80 "${CNN[@]}" bench "$MODEL" --dtype bfloat16 --batch-size $BS \
+            "${SIZE[@]}" --steps $STEPS --format json
+    done <<< "${VARIANTS:-}"
+fi
+if has bench; then
+    printf 'model: {name: %s}\noptimizer: {name: sgd, lr: 0.1, momentum: 0.9, weight_decay: 0.0001}\n' "$MODEL" \
+        > "$NOAUG"
+    part bench 150 "${CNN[@]}" bench "$MODEL" --dtype bfloat16 --batch-size $BS "${SIZE[@]}" --steps $STEPS \
+        --format json
+    part torch_eager 60 "$PY" benchmarks/torch_reference.py "$MODEL" --batch-size $BS --steps $STEPS \
+        --dtype bfloat16 --json
+    part torch_compiled 130 "$PY" benchmarks/torch_reference.py "$MODEL" --batch-size $BS --steps $STEPS \
+        --dtype bfloat16 --compile --json
+    rm -f "$NOAUG"
+fi
+if has real; then
+    part real 200 "$PY" benchmarks/real_data.py --work /tmp/cnn-real "${REAL[@]}" --cnn "${CNN[*]}"
+fi
+"$PY" benchmarks/gpu_results.py "$OUT" ${RESULTS_DIR:+--results "$RESULTS_DIR"} 2>&1 | tee -a "$LOG"
 say "done"

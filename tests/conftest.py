@@ -2,8 +2,16 @@ import os
 
 import pytest
 
-# Tests run on the CPU; keep XLA from grabbing every core for its thread pools at once.
+# Tests run on the CPU unless JAX_PLATFORMS names an accelerator (benchmarks/gpu.sh runs them on a GPU).
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+if os.environ["JAX_PLATFORMS"].split(",")[0].strip() not in ("", "cpu"):
+    # The suite asserts exact equivalences (one batch against accumulated micro-batches, a resumed run
+    # against an uninterrupted one). On a GPU, float32 convolutions round through TF32 by default and some
+    # reductions use atomics; the tests pin full float32 and deterministic reductions, in this process and
+    # in the `cnn` processes they start, as a user who needs reproducible runs would.
+    os.environ.setdefault("JAX_DEFAULT_MATMUL_PRECISION", "highest")
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_gpu_deterministic_ops=true").strip()
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # several test workers share one card
 
 import cnncli  # noqa: F401 E402 - cnn's XLA defaults (cnncli/xla_flags.py) before any test starts jax
 

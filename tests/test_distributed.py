@@ -13,7 +13,9 @@ import pytest
 def _train(tmp_path, name, devices, tiny_config, *extra):
     # oneDNN's convolutions run on one device only: both sides use XLA's, so that only the data
     # parallelism differs (oneDNN against XLA is tests/test_kernels.py's business)
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", CNN_ONEDNN="0")
+    # several CPU devices stand in for several accelerators, also where the suite runs on one GPU
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", CNN_ONEDNN="0",
+               JAX_PLATFORMS="cpu")
     run = tmp_path / name
     proc = subprocess.run([sys.executable, "-m", "cnncli.cli", "train", str(tiny_config), "--run-dir", str(run),
                            "--set", "train.log_every_steps=1", *extra], env=env, capture_output=True, text=True)
@@ -24,7 +26,7 @@ def test_two_devices_match_one(tiny_config, tmp_path):
     one, run1 = _train(tmp_path, "one", 1, tiny_config)
     two, run2 = _train(tmp_path, "two", 2, tiny_config)
     assert one.returncode == 0 and two.returncode == 0, two.stderr
-    assert "2 cpu device(s)" in two.stderr
+    assert "2 x cpu (cpu)" in two.stderr
 
     def losses(run):
         return [r["loss"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
@@ -128,7 +130,7 @@ print(json.dumps(out))
 
 
 def test_shard_params_same_losses_less_memory_per_device(tiny_config):
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
     proc = subprocess.run([sys.executable, "-c", SHARDED_PROBE, str(tiny_config)], env=env, capture_output=True,
                           text=True, timeout=600, check=False)
     assert proc.returncode == 0, proc.stderr

@@ -38,6 +38,9 @@ def bench(
     def progress(msg: str) -> None:
         typer.echo(msg, err=True)
 
+    from cnncli.accelerators import warn_if_idle
+
+    warn_if_idle(progress)
     report = run_bench(req, progress)
     if format == Format.json:
         print_json(report)

@@ -38,8 +38,10 @@ def eval_cmd(
     = None,
 ) -> None:
     """Evaluate trained models: loss, top-1/top-5 accuracy and error, per-class metrics, confusion matrix."""
+    from cnncli.accelerators import warn_if_idle
     from cnncli.evaluate import evaluate_models
 
+    warn_if_idle(lambda line: typer.echo(line, err=True))
     report = evaluate_models(paths, split=split, which=checkpoint, batch_size=batch_size, overrides=overrides,
                              tta=None if tta == Tta.none else tta.value, data_path=data_path, load=load_model)
     if output is not None:

@@ -68,6 +68,10 @@ def train(
     distributed.initialize(distributed.cluster_spec(cfg.distributed, coordinator=coordinator,
                                                     num_processes=num_processes, process_id=process_id,
                                                     auto=cluster_auto))
+    if distributed.is_primary():
+        from cnncli.accelerators import warn_if_idle
+
+        warn_if_idle(lambda line: typer.echo(line, err=True))
     if cache:
         _enable_compilation_cache()
     from cnncli.train.loop import train_and_evaluate

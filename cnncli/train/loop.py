@@ -219,8 +219,8 @@ class Training:
         self.console.print(
             f"[bold]{self.cfg.model.name}[/] on {self.cfg.data.source}: {sizes['train']} train / {sizes['val']} val "
             f"/ {sizes['test']} test images {s.data.image_shape}, {s.total_steps} steps "
-            f"({s.total_steps / self.spe:.3g} epochs of {self.spe}), {s.mesh.devices.size} "
-            f"{s.mesh.devices.flat[0].platform} device(s)")
+            f"({s.total_steps / self.spe:.3g} epochs of {self.spe}), {s.mesh.devices.size} x "
+            f"{s.mesh.devices.flat[0].device_kind} ({s.mesh.devices.flat[0].platform})")
         topo = self.topology
         self.console.print(f"{topo['processes']} process(es) x {topo['local_devices']} device(s) = {topo['devices']} "
                            f"device(s); global batch {topo['global_batch']}, {topo['per_device_batch']} per device")
