@@ -48,6 +48,7 @@ part() {
     say "$name (limit ${limit} s): $*"
     timeout -k 5 "$limit" "$@" > "$OUT/$name.txt" 2>> "$LOG"
     local rc=$?
+    grep -E "(FAILED|ERROR) " "$OUT/$name.txt" | head -n 40 >> "$LOG"
     tail -n 30 "$OUT/$name.txt" >> "$LOG"
     say "$name: exit $rc"
 }
@@ -126,7 +127,7 @@ if [ "$CPU" = 1 ]; then
     XDIST=()
 else
     export JAX_PLATFORMS=cuda XLA_PYTHON_CLIENT_PREALLOCATE=false
-    MODEL=resnet50; SIZE=(); BS=256; STEPS=60
+    MODEL=resnet50; SIZE=(); BS=256; STEPS=${STEPS:-60}
     TESTS=(tests)
     REAL=(--classes 100 --per-class 40 --size 400 --steps 160 --batch-size 256 --model resnet50 --input-size 224)
     XDIST=()
@@ -135,7 +136,7 @@ fi
 has() { case " $PARTS " in *" $1 "*) return 0;; esac; return 1; }
 
 if has tests; then
-    part tests "${TESTS_LIMIT:-240}" "$PY" -m pytest -q -rfEs -p no:cacheprovider "${XDIST[@]}" \
+    part tests "${TESTS_LIMIT:-240}" "$PY" -m pytest -v --tb=short -rfEs -p no:cacheprovider "${XDIST[@]}" \
         --junitxml="$OUT/junit.xml" "${TESTS[@]}"
 fi
 if has profile; then
