@@ -22,6 +22,7 @@ import typer  # noqa: E402
 from cnncli.cli import train, evaluate, predict, summarize, show, models, data, runs, plot  # noqa: F401, I001
 from cnncli.cli import bench  # noqa: F401, E402
 from cnncli.cli import weights  # noqa: F401, E402
+from cnncli.cli import report  # noqa: F401, E402
 from cnncli.cli.app import _state, app
 from cnncli.errors import CnnError
 

@@ -91,6 +91,7 @@ def train(
         print_json(summary)
     else:
         _print_train_summary(summary, console)
+        console.print(f"as a page: cnn report {summary['run_dir']} -o {summary['run_dir']}.html", highlight=False)
 
 
 def _resumed(resume: Path, overrides):

@@ -50,26 +50,31 @@ def _load_checkpoint_model(path: str | Path, which: str, overrides: list[str] | 
     return load_checkpoint_model(path, which, overrides)
 
 
+def subject_of(loaded: Any) -> Subject:
+    """The Subject of a restored run (cnncli.evaluate.LoadedModel): its evaluation graph, real parameters
+    and BatchNorm statistics, and the run's data statistics."""
+    from flax import nnx
+
+    p = loaded.parts
+    model = nnx.merge(p.eval_graph, loaded.params, loaded.batch_stats, p.rng_state)
+    m = loaded.config.model
+    c = m.in_channels
+    mean = loaded.mean if loaded.mean is not None else [UNTRAINED_MEAN] * c
+    std = loaded.std if loaded.std is not None else [UNTRAINED_STD] * c
+    return Subject(model, m.name, str(loaded.run_path), (m.input_size, m.input_size, c),
+                   list(loaded.class_names), list(mean), list(std), loaded.config.data.source == "folder")
+
+
 def load_subject(target: str | Path, *, which: str = "best", overrides: list[str] | None = None,
                  input_size: int | None = None, channels: int | None = None,
                  num_classes: int | None = None) -> Subject:
     """A run directory / checkpoint step directory, or a registered model name (untrained)."""
-    from flax import nnx
-
     path = Path(target)
     if path.exists():
         if input_size is not None or channels is not None or num_classes is not None:
             raise ConfigError("--input-size, --channels and --num-classes apply to a model name, not to a run "
                               f"({path}); a run's model has the shape it was trained with")
-        loaded = _load_checkpoint_model(path, which, overrides)
-        p = loaded.parts
-        model = nnx.merge(p.eval_graph, loaded.params, loaded.batch_stats, p.rng_state)
-        m = loaded.config.model
-        c = m.in_channels
-        mean = loaded.mean if loaded.mean is not None else [UNTRAINED_MEAN] * c
-        std = loaded.std if loaded.std is not None else [UNTRAINED_STD] * c
-        return Subject(model, m.name, str(loaded.run_path), (m.input_size, m.input_size, c),
-                       list(loaded.class_names), list(mean), list(std), loaded.config.data.source == "folder")
+        return subject_of(_load_checkpoint_model(path, which, overrides))
     from cnncli.models import create_model, list_models
 
     if str(target) not in list_models():

@@ -258,6 +258,20 @@ def _md_table(header: list[str], rows: list[list[str]], right_from: int = 1) -> 
     return out
 
 
+LAYER_HEADER = ["layer", "type", "kernel", "output", "RF", "jump", "activations", "params", "MACs"]
+
+
+def layer_cells(s: dict[str, Any], expand: bool) -> list[tuple[list[str], bool]]:
+    """(cells under LAYER_HEADER, indented) per displayed row: exact numbers; an expanded block's own
+    numbers left blank (its layers carry them)."""
+    out = []
+    for r in display_rows(s, expand):
+        numbers = ["", "", ""] if r.get("header") else [f"{r[k]:,}" for k in ("activations", "params", "macs")]
+        out.append(([r["name"], r["type"], _kernel(r), _shape(r["output_shape"]), _field(r.get("receptive_field")),
+                     _field(r.get("effective_stride")), *numbers], bool(r["indent"])))
+    return out
+
+
 def to_markdown(summaries: list[dict[str, Any]], *, expand: bool = False) -> str:
     """Markdown: a comparison table for several models, then each model's layer table and totals."""
     lines: list[str] = []
@@ -266,14 +280,9 @@ def to_markdown(summaries: list[dict[str, Any]], *, expand: bool = False) -> str
     for s in summaries:
         lines.append(f"## {s['model']} (input {_shape(s['input_shape'])}, {s['num_classes']} classes)")
         lines.append("")
-        rows = []
-        for r in display_rows(s, expand):
-            name = ("&nbsp;&nbsp;" + r["name"]) if r["indent"] else r["name"]
-            numbers = ["", "", ""] if r.get("header") else [f"{r[k]:,}" for k in ("activations", "params", "macs")]
-            rows.append([name, r["type"], _kernel(r), _shape(r["output_shape"]), _field(r.get("receptive_field")),
-                         _field(r.get("effective_stride")), *numbers])
-        lines += _md_table(["layer", "type", "kernel", "output", "RF", "jump", "activations", "params", "MACs"],
-                           rows, 4)
+        rows = [["&nbsp;&nbsp;" + cells[0] if indent else cells[0], *cells[1:]]
+                for cells, indent in layer_cells(s, expand)]
+        lines += _md_table(LAYER_HEADER, rows, 4)
         lines.append("")
         lines += [f"  {label.strip()} {text}" if label.startswith(" ") else f"- **{label}** {text}"
                   for label, text in totals_items(s)]

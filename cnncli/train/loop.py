@@ -21,6 +21,7 @@ from cnncli.config import Config
 from cnncli.errors import TrainingError, TrainingInterrupted
 from cnncli.rundir import RunDir
 from cnncli.train.clock import Every, RunClock, cache_hits
+from cnncli.train.environment import run_environment
 from cnncli.train.exits import WRITE_ERRNOS, SignalCatcher, one_line, write_error
 from cnncli.train.logbook import TrainLog, epoch_line
 from cnncli.train.setup import TrainingSetup, build_training, model_tree, restore_training, train_tree
@@ -156,7 +157,8 @@ class Training:
                                f"(epoch {self.start_step / self.spe:.2f})")
         run.set_status("running", started=time.strftime("%Y-%m-%dT%H:%M:%S"), pid=os.getpid(),
                        host=socket.gethostname(), total_steps=self.setup.total_steps, steps_per_epoch=self.spe,
-                       model=cfg.model.name, dataset=cfg.data.source, reason=None, cluster=self.topology)
+                       model=cfg.model.name, dataset=cfg.data.source, reason=None, cluster=self.topology,
+                       environment=run_environment())
 
     def _report_state_memory(self) -> None:
         """Bytes of the train state on the fullest device: printed and stored under status.json's `cluster`."""
