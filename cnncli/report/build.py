@@ -109,8 +109,6 @@ def _write(output: Path, text: str) -> Path:
         tmp.write_text(text, encoding="utf-8")
         os.replace(tmp, output)
     except OSError as exc:
-        with_tmp = tmp.exists()
-        if with_tmp:
-            tmp.unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise WriteError(f"could not write {output}: {exc.strerror or exc}") from None
     return output

@@ -15,7 +15,7 @@ from cnncli.report import html as h
 from cnncli.report.evaluation import SplitView, confused_pairs, example_file
 from cnncli.report.sections import value
 
-EXAMPLE_DPI = 56  # the Grad-CAM strips: three 2.2-inch panels each, many of them
+EXAMPLE_DPI = 64  # the Grad-CAM strips: three 2.2-inch panels each, many of them
 
 
 def evaluation(view: SplitView, results: dict[str, Any] | None) -> str:
