@@ -31,7 +31,8 @@ def key_figures(facts: list[RunFacts]) -> str:
         r, res = f.row, f.results or {}
         cells = [h.esc(label), h.esc(r["model"] or "-"), h.esc(r["dataset"] or "-"),
                  f'<span class="status-{h.esc(r["status"])}">{h.esc(r["status"])}</span>',
-                 h.esc(h.number(r["epochs_done"], ".2f")), value(f"{label}.runs.best_val_accuracy", r["best_val_accuracy"]),
+                 h.esc(h.number(r["epochs_done"], ".2f")),
+                 value(f"{label}.runs.best_val_accuracy", r["best_val_accuracy"]),
                  *(value(f"{label}.results.{k}", res.get(k)) for k in ("accuracy", "top5_accuracy", "loss")),
                  h.esc(duration(r["wall_time_s"])), value(f"{label}.runs.images_per_sec", r["images_per_sec"], ",.0f")]
         rows.append("<tr>" + "".join(f"<td{' class=num' if i >= 4 else ''}>{c}</td>" for i, c in enumerate(cells))

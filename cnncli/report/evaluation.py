@@ -55,10 +55,12 @@ def confused_pairs(cm: Any, class_names: list[str], limit: int = 10) -> list[dic
     most frequent first (ties: by true class, then predicted class)."""
     cm = np.asarray(cm, np.int64)
     support = cm.sum(axis=1)
-    cells = [(int(cm[i, j]), i, j) for i in range(cm.shape[0]) for j in range(cm.shape[1]) if i != j and cm[i, j]]
-    cells.sort(key=lambda c: (-c[0], c[1], c[2]))
-    return [{"true": class_names[i], "predicted": class_names[j], "count": n, "share": n / support[i]}
-            for n, i, j in cells[:limit]]
+    off = cm.copy()
+    np.fill_diagonal(off, 0)
+    rows, cols = np.nonzero(off)
+    order = np.lexsort((cols, rows, -off[rows, cols]))[:limit]
+    return [{"true": class_names[i], "predicted": class_names[j], "count": int(off[i, j]),
+             "share": float(off[i, j] / support[i])} for i, j in zip(rows[order], cols[order])]
 
 
 def pick_examples(view: SplitView, wrong: int, right: int) -> tuple[list[int], list[int]]:

@@ -43,7 +43,7 @@ def evaluation(view: SplitView, results: dict[str, Any] | None) -> str:
     pair_table = h.table(["true class", "predicted as", "examples", "share of the true class"],
                          [(p["true"], p["predicted"], p["count"], f"{p['share']:.1%}") for p in pairs],
                          numeric_from=2) if pairs else h.note("no confusions: every test example is right")
-    return (intro + f'<div class="figs"><figure>{cm[len("<figure>"):-len("</figure>")]}</figure>'
+    return (intro + f'<div class="figs">{cm}'
             f"<div><h3>per class</h3>{per_class}{macro}</div><div><h3>most confused pairs</h3>{pair_table}</div>"
             "</div>")
 
