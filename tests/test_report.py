@@ -294,3 +294,45 @@ def test_comparison_page_with_an_ensemble_only_where_test_sets_agree(trained, tm
     res = cnn("report", run, other, "-o", out)
     assert res.exit_code == 0, res.output
     assert "no ensemble: ensemble members" in Page(out.read_text()).plain
+
+
+FOLDER_CONFIG = """\
+model: {{name: resnet20, width: 0.25}}
+data: {{source: folder, path: {path}, image_size: 16, channels: 1, num_workers: 0}}
+optimizer: {{lr: 0.05}}
+train: {{steps: 4, batch_size: 16, log_every_steps: 2, eval_every_steps: 2, seed: 1}}
+output: {{tensorboard: false, export: null}}
+"""
+
+
+@pytest.mark.slow
+def test_an_image_folder_run_shows_its_files(tmp_path):
+    """A file-backed run: the examples are its image files, read as `cnn show` and `cnn predict` read them."""
+    from cnncli.config import DataConfig
+    from cnncli.data.pipeline import prepare_dataset
+    from cnncli.predict import predict_images
+
+    digits = prepare_dataset(DataConfig(source="digits", image_size=16))
+    root = tmp_path / "images"
+    for split in ("train", "val", "test"):
+        x, y = digits.split(split)
+        for i, (img, label) in enumerate(zip(x[:40], y[:40])):
+            (root / split / str(label)).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(img[..., 0], "L").save(root / split / str(label) / f"{i:05d}.png")
+    (tmp_path / "folder.yaml").write_text(FOLDER_CONFIG.format(path=root))
+    run = tmp_path / "run"
+    assert cnn("train", tmp_path / "folder.yaml", "--run-dir", run).exit_code == 0
+    out = tmp_path / "folder.html"
+    res = cnn("report", run, "-o", out, "--examples", "2")
+    assert res.exit_code == 0, res.output
+    text = out.read_text()
+    parsed = Page(text)
+    assert_self_contained(text, parsed)
+    assert all(decoded(u) for u in parsed.images)
+    results = json.loads((run / "results.json").read_text())
+    assert parsed.values["results.accuracy"] == results["accuracy"] and results["num_examples"] == 40
+    shown = re.findall(r"test #(\d+) \((\d)/(\d{5}\.png)\)", parsed.plain)
+    assert shown
+    for index, label, name in shown:
+        top = predict_images(run, [root / "test" / label / name], top_k=1)[0]["predictions"][0]
+        assert parsed.values[f"test.{index}.probability"] == pytest.approx(top["probability"], abs=1e-5)

@@ -48,11 +48,19 @@ def evaluation(view: SplitView, results: dict[str, Any] | None) -> str:
             "</div>")
 
 
+def _file_words(view: SplitView, index: int) -> str:
+    """` (class/file.png)` for an image-folder run's example: the file it is."""
+    if not view.file_backed:
+        return ""
+    path = Path(str(view.images[index]))
+    return f" ({h.esc(path.parent.name + '/' + path.name)})"
+
+
 def _card(view: SplitView, index: int, picture: tuple[Any, dict[str, Any]], right: bool) -> str:
     fig, data = picture
     true, pred = int(view.labels[index]), int(view.predictions[index])
     p = float(view.probs[index, pred])
-    caption = (f"test #{index}: true <b>{h.esc(view.class_names[true])}</b>, predicted "
+    caption = (f"test #{index}{_file_words(view, index)}: true <b>{h.esc(view.class_names[true])}</b>, predicted "
                f"<b>{h.esc(view.class_names[pred])}</b> with p = "
                + value(f"test.{index}.probability", p, ".3f")
                + (f", p(true) = {float(view.probs[index, true]):.3f}" if not right else "")
