@@ -175,3 +175,16 @@ def test_tree_errors(tree):
         load_source(DataConfig(source="folder", path=str(root)))
     with pytest.raises(DataError, match=r"folder: dataset not found in .*nowhere: expected an ImageFolder tree"):
         load_source(DataConfig(source="folder", path=str(root / "nowhere")))
+
+
+def test_a_decompression_bomb_warning_is_one_note_not_pils_raw_warning(tree, monkeypatch, recwarn):
+    from PIL import Image
+
+    root, _ = tree
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 150)  # the 16x16 JPEG (256) is past it, below twice it
+    src = load_source(DataConfig(source="folder", path=str(root)))
+    big = [n for n in src.notes if "decompression-bomb" in n]
+    assert len(big) == 1 and big[0].startswith("1 image(s) exceed PIL's decompression-bomb limit of 150 pixels")
+    assert big[0].endswith("j.jpg")
+    decode_image(str(root / "train/cat/j.jpg"), 8, 3)  # decoding it warns no more either
+    assert not [w for w in recwarn if issubclass(w.category, Image.DecompressionBombWarning)]

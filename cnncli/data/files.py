@@ -24,28 +24,48 @@ WINDOW_IMAGES = 1 << 18
 GRAY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
 
 
-def _open_converted(path, channels: int | None, draft_size: int | None = None):
-    """The file as a loaded PIL image in mode "L" (channels 1) or "RGB" (channels 3; None: the file's
-    own, 1 for GRAY_MODES); one-line DataError naming the file when it cannot be read."""
+def _converted(im, channels: int | None, draft_size: int | None = None):
+    """An open PIL image loaded in mode "L" (channels 1) or "RGB" (channels 3; None: the file's own,
+    1 for GRAY_MODES). An image already in that mode is not copied."""
+    from PIL import Image
+
+    if channels is None:
+        channels = 1 if im.mode in GRAY_MODES else 3
+    mode = "RGB" if channels == 3 else "L"
+    if draft_size is not None:  # JPEG only: let the decoder downscale by 1/2, 1/4 or 1/8, staying >= it
+        im.draft(mode, (draft_size, draft_size))
+    if im.mode.startswith("I;16"):  # 16-bit grayscale: keep the top 8 bits rather than clip
+        im = Image.fromarray((np.asarray(im).astype(np.uint32) >> 8).astype(np.uint8), "L")
+    if im.mode == mode:
+        im.load()
+        return im
+    return im.convert(mode)
+
+
+def _read_failure(path, exc: Exception) -> DataError:
+    """The one-line DataError for a file PIL could not read."""
+    if isinstance(exc, FileNotFoundError):
+        return DataError(f"image file not found: {path}")
+    if isinstance(exc, IsADirectoryError):
+        return DataError(f"{path} is a directory, expected an image file")
+    reason = str(exc).splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return DataError(f"{path}: cannot read the image ({reason})")
+
+
+def _with_image(path, channels: int | None, use, draft_size: int | None = None):
+    """`use(image)` on the file opened and converted (see `_converted`), while it is open; one-line
+    DataError naming the file when it cannot be read."""
+    import warnings
+
     from PIL import Image
 
     try:
-        with Image.open(path) as im:
-            if channels is None:
-                channels = 1 if im.mode in GRAY_MODES else 3
-            mode = "RGB" if channels == 3 else "L"
-            if draft_size is not None:  # JPEG only: let the decoder downscale by 1/2, 1/4 or 1/8, staying >= it
-                im.draft(mode, (draft_size, draft_size))
-            if im.mode.startswith("I;16"):  # 16-bit grayscale: keep the top 8 bits rather than clip
-                im = Image.fromarray((np.asarray(im).astype(np.uint32) >> 8).astype(np.uint8), "L")
-            return im.convert(mode)
-    except FileNotFoundError:
-        raise DataError(f"image file not found: {path}") from None
-    except IsADirectoryError:
-        raise DataError(f"{path} is a directory, expected an image file") from None
+        with warnings.catch_warnings():  # a decompression-bomb warning is the folder scan's to report, once
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                return use(_converted(im, channels, draft_size))
     except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError, ...
-        reason = str(exc).splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DataError(f"{path}: cannot read the image ({reason})") from None
+        raise _read_failure(path, exc) from None
 
 
 def read_image(path, channels: int | None = None) -> np.ndarray:
@@ -54,29 +74,46 @@ def read_image(path, channels: int | None = None) -> np.ndarray:
     C is `channels` (1 or 3), or when None the file's own: 1 for grayscale files, 3 otherwise.
     Any mode (palette, RGBA, CMYK, 16-bit, grayscale) is converted as `decode_image` does.
     """
-    arr = np.asarray(_open_converted(path, channels), np.uint8)
+    arr = _with_image(path, channels, lambda im: np.array(im, np.uint8))
     return arr[..., None] if arr.ndim == 2 else arr
 
 
-def decode_image(path: str, image_size: int, channels: int) -> np.ndarray:
-    """One image file -> uint8 [image_size, image_size, channels]: what the file-backed loader feeds.
+def centre_square(img, size: int):
+    """A PIL image's centre square (side = its shorter side) resized to size x size.
 
-    The shorter side is resized to `image_size` (bilinear, antialiased), then the centre is
-    cropped. Any mode (palette, RGBA, CMYK, 16-bit, grayscale) is converted to `channels`.
-    Raises DataError naming the file when it cannot be decoded.
+    One resampling pass over the square only (the box), never over the discarded margins:
+    area averaging (BOX) when it shrinks, which is both the cheaper and the right filter for a
+    reduction, and antialiased bilinear when it enlarges.
     """
     from PIL import Image
 
-    img = _open_converted(path, channels, draft_size=image_size)
     w, h = img.size
-    scale = image_size / min(w, h)
-    new = (max(image_size, round(w * scale)), max(image_size, round(h * scale)))
-    if new != (w, h):
-        img = img.resize(new, Image.BILINEAR)
-    left, top = (new[0] - image_size) // 2, (new[1] - image_size) // 2
-    img = img.crop((left, top, left + image_size, top + image_size))
-    arr = np.asarray(img, np.uint8)
-    return arr[..., None] if channels == 1 else arr
+    side = min(w, h)
+    left, top = (w - side) // 2, (h - side) // 2
+    if side == size:
+        return img if w == h else img.crop((left, top, left + side, top + side))
+    resample = Image.BOX if side > size else Image.BILINEAR
+    return img.resize((size, size), resample, box=(left, top, left + side, top + side))
+
+
+def decode_image(path: str, image_size: int, channels: int, out: np.ndarray | None = None) -> np.ndarray:
+    """One image file -> uint8 [image_size, image_size, channels]: what the file-backed loader feeds.
+
+    The centre square (shorter side) is resized to `image_size` (`centre_square`); a JPEG is
+    first decoded at the smallest DCT scale (1/2, 1/4, 1/8) that keeps the square at least
+    `image_size` (PIL's draft: libjpeg-turbo's DCT-domain downscaling). Any mode (palette, RGBA,
+    CMYK, 16-bit, grayscale) is converted to `channels`. Written into `out` when given (no extra
+    copy). Raises DataError naming the file when it cannot be decoded.
+    """
+    def finish(img):
+        arr = np.asarray(centre_square(img, image_size))
+        arr = arr[..., None] if arr.ndim == 2 else arr
+        if out is None:
+            return np.array(arr, np.uint8)
+        out[...] = arr
+        return out
+
+    return _with_image(path, channels, finish, draft_size=image_size)
 
 
 class PathTable:
@@ -108,7 +145,7 @@ class _BatchDecoder:
         bad = []
         for row, i in enumerate(idx):
             try:
-                out[row] = decode_image(self.paths[int(i)], self.image_size, self.channels)
+                decode_image(self.paths[int(i)], self.image_size, self.channels, out=out[row])
             except DataError as exc:
                 if not self.skip_corrupt:
                     raise DataError(f"{exc}; fix or remove it, or set data.skip_corrupt: true to skip unreadable "

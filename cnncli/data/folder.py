@@ -26,13 +26,20 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 _LAYOUT = "train/<class>/*.jpg|jpeg|png|bmp|webp and val/<class>/... (test/<class>/... optional)"
 
 
+class _Large(str):
+    """An image mode, from a file larger than PIL's decompression-bomb warning limit."""
+
+
 def _probe(path: Path) -> str | Exception:
-    """The image mode from the file's header, or the exception that opening it raised."""
+    """The image mode from the file's header (a `_Large` one past PIL's decompression-bomb warning
+    limit: reported once in the scan's notes, not as PIL's raw warning), or the exception opening it raised."""
     from PIL import Image
 
     try:
         with Image.open(path) as im:
-            return im.mode
+            w, h = im.size
+            limit = Image.MAX_IMAGE_PIXELS
+            return _Large(im.mode) if limit is not None and w * h > limit else im.mode
     except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError, ...
         return exc
 
@@ -87,7 +94,14 @@ def load_folder(directory: Path | None, skip_corrupt: bool = False, threads: int
                             + (f"; not in train: {', '.join(extra)}" if extra else ""))
 
     every = [f for split in scanned.values() for files in split.values() for f in files]
-    with ThreadPoolExecutor(threads) as pool:  # header reads are I/O bound
+    import warnings
+
+    from PIL import Image
+
+    # header reads are I/O bound; PIL's raw decompression-bomb warning gives way to one note (filters are
+    # process-wide, so set here, around the threads)
+    with warnings.catch_warnings(), ThreadPoolExecutor(threads) as pool:
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         probes = dict(zip(every, pool.map(_probe, every)))
     bad = [f for f, p in probes.items() if isinstance(p, Exception)]
     if bad and not skip_corrupt:
@@ -113,7 +127,12 @@ def load_folder(directory: Path | None, skip_corrupt: bool = False, threads: int
     if ignored:
         notes.append("ignored files that are not images (" + ", ".join(IMAGE_EXTENSIONS) + "): "
                      + ", ".join(f"{n} {kind}" for kind, n in sorted(ignored.items())))
-    modes = collections.Counter(p for p in probes.values() if isinstance(p, str))
+    large = [f for f, p in probes.items() if isinstance(p, _Large)]
+    if large:
+        notes.append(f"{len(large)} image(s) exceed PIL's decompression-bomb limit of {Image.MAX_IMAGE_PIXELS:,} "
+                     "pixels and are decoded anyway (check they are genuine): "
+                     + ", ".join(str(f) for f in large[:3]) + (", ..." if len(large) > 3 else ""))
+    modes = collections.Counter(str(p) for p in probes.values() if isinstance(p, str))
     if len(modes) > 1:
         notes.append("mixed image modes (" + ", ".join(f"{m}: {n}" for m, n in sorted(modes.items()))
                      + ") are converted to the configured channels")
