@@ -138,7 +138,8 @@ class _EvalContext:
         key = json.dumps([dataclasses.asdict(loaded.config.model), list(mean), list(std), batch_size])
         if key not in self._evaluators:
             self._evaluators[key] = Evaluator(loaded.parts, num_classes=loaded.config.model.num_classes, mean=mean,
-                                              std=std, mesh=self.mesh, batch_size=batch_size)
+                                              std=std, mesh=self.mesh, batch_size=batch_size,
+                                              input_size=loaded.config.model.input_size)
         return self._evaluators[key]
 
 
@@ -186,8 +187,8 @@ def evaluate_member(path: str | Path, *, split: str = "test", which: str = "best
     params, stats = replicate(ctx.mesh, (loaded.params, loaded.batch_stats))
     if data.file_backed:  # image files: decoded batch by batch on the host
         def views(mirror: bool):
-            return ev.run_batches(params, stats, _decoded_batches(ctx.mesh, x, y, data.image_shape, cfg.data, bs,
-                                                                  mirror), with_logits=True)
+            return ev.run_batches(params, stats, _decoded_batches(ctx.mesh, data, split, cfg.data, bs, mirror),
+                                  with_logits=True)
     else:  # in memory: on the device once, as during training
         dev_y = replicate(ctx.mesh, jnp.asarray(y))
 
@@ -206,15 +207,12 @@ def evaluate_member(path: str | Path, *, split: str = "test", which: str = "best
     return MemberResult(report, log_probs, np.asarray(y), names)
 
 
-def _decoded_batches(mesh, paths: np.ndarray, labels: np.ndarray, image_shape, data_cfg, batch_size: int,
-                     mirror: bool):
+def _decoded_batches(mesh, data, split: str, data_cfg, batch_size: int, mirror: bool):
     """(images, labels, mask) on the mesh for a file-backed split: padded, masked last batch."""
-    from cnncli.data.files import FileBatchLoader
+    from cnncli.data.pipeline import host_loader
 
-    size, _, channels = image_shape
-    loader = FileBatchLoader(paths, labels, image_size=size, channels=channels, num_workers=data_cfg.num_workers,
-                             skip_corrupt=data_cfg.skip_corrupt)
-    return file_eval_batches(mesh, loader, len(labels), batch_size, mirror=mirror)
+    loader = host_loader(data, split, num_workers=data_cfg.num_workers, skip_corrupt=data_cfg.skip_corrupt)
+    return file_eval_batches(mesh, loader, len(data.split(split)[1]), batch_size, mirror=mirror)
 
 
 def evaluate_run(path: str | Path, *, split: str = "test", which: str = "best", batch_size: int | None = None,

@@ -10,33 +10,111 @@ import typer
 from cnncli.cli.app import Format, SetOption, app, cli_errors, print_json
 
 
+_PACK_FORMATS = ("raw", "jpeg")
+
+
 @app.command()
 @cli_errors
 def data(
-    config: Annotated[Path, typer.Argument(help="YAML experiment file.", show_default=False)],
+    config: Annotated[Path, typer.Argument(help="YAML experiment file (or the word `pack`, then the YAML file).",
+                                           show_default=False)],
+    pack_config: Annotated[Optional[Path], typer.Argument(help="With `pack`: the YAML experiment file.",
+                                                          show_default=False)] = None,
     overrides: SetOption = None,
     grid: Annotated[Optional[Path], typer.Option(help="Write a PNG of sample images before/after augmentation.")]
     = None,
     samples: Annotated[int, typer.Option(min=1, max=64, help="Images in the --grid.")] = 16,
-    format: Annotated[Format, typer.Option("--format")] = Format.table,
+    bench: Annotated[bool, typer.Option("--bench", help="Time the host side of the training input pipeline.")]
+    = False,
+    workers: Annotated[Optional[int], typer.Option(min=0, max=1024, help="Loader worker processes for --bench "
+                                                   "and pack (default: data.num_workers).")] = None,
+    seconds: Annotated[float, typer.Option(min=0.1, max=3600, help="How long --bench measures.")] = 10.0,
+    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="pack: the directory to create.")]
+    = None,
+    max_side: Annotated[int, typer.Option(min=8, max=4096, help="pack: images stored as squares of this side "
+                                          "(the centre square; image files only).")] = 256,
+    quality: Annotated[int, typer.Option(min=1, max=100, help="pack: JPEG quality with --format jpeg.")] = 90,
+    format: Annotated[Optional[str], typer.Option("--format", help="table|json (default table); pack: raw|jpeg "
+                                                  "(default raw).", show_default=False)] = None,
 ) -> None:
-    """Summarise the dataset: source, splits, classes and counts, image shape, pixel mean/std."""
+    """Summarise the dataset: source, splits, classes and counts, image shape, pixel mean/std.
+
+    `cnn data CONFIG --bench` times the host side of the training pipeline (images/s per worker);
+    `cnn data pack CONFIG -o DIR` writes the dataset once into a pack that `data.source: packed` reads.
+    """
     from cnncli.config import load_config, resolve_data_shape
+    from cnncli.errors import ConfigError
+
+    if str(config) == "pack" and pack_config is not None and not config.is_file():
+        if format not in (None, *_PACK_FORMATS):
+            raise ConfigError(f"--format {format}: a pack stores raw or jpeg images")
+        if output is None:
+            raise ConfigError("cnn data pack needs -o DIR, the directory to create")
+        _pack(resolve_data_shape(load_config(pack_config, overrides)).data, output, max_side, format or "raw",
+              quality, workers)
+        return
+    if pack_config is not None:
+        raise ConfigError(f"unexpected argument {pack_config}: did you mean `cnn data pack {pack_config}`?")
+    if format not in (None, Format.table.value, Format.json.value):
+        raise ConfigError(f"--format {format}: expected table or json")
+    as_json = format == Format.json.value
+    cfg = resolve_data_shape(load_config(config, overrides))
+    if bench:
+        from cnncli.data.throughput import measure_host_pipeline
+
+        report = measure_host_pipeline(cfg.data, batch_size=cfg.train.batch_size, seed=cfg.train.seed,
+                                       workers=workers, seconds=seconds)
+        print_json(report) if as_json else _print_bench(report)
+        return
     from cnncli.data.describe import describe_dataset
     from cnncli.data.pipeline import prepare_dataset
 
     # a fixed model input size/channels decides the conversion, as in training
-    data_cfg = resolve_data_shape(load_config(config, overrides)).data
+    data_cfg = cfg.data
     dataset = prepare_dataset(data_cfg)
     summary = describe_dataset(dataset)
     if grid is not None:
         from cnncli.data.preview import save_augmentation_grid
 
         summary["grid"] = str(save_augmentation_grid(dataset, data_cfg, grid, samples=samples))
-    if format == Format.json:
+    if as_json:
         print_json(summary)
     else:
         _print_summary(summary)
+
+
+def _pack(data_cfg, out: Path, side: int, image_format: str, quality: int, workers: int | None) -> None:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from cnncli.data.pack import pack_dataset
+
+    with Progress(TextColumn("packing {task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeRemainingColumn(), transient=False) as bar:
+        tasks: dict[str, int] = {}
+
+        def progress(split: str, done: int, total: int) -> None:
+            if split not in tasks:
+                tasks[split] = bar.add_task(split, total=total)
+            bar.update(tasks[split], completed=done)
+
+        manifest = pack_dataset(data_cfg, out, side=side, image_format=image_format, quality=quality,
+                                workers=workers, progress=progress)
+    counts = ", ".join(f"{s} {v['count']:,}" for s, v in manifest["splits"].items())
+    size = sum(p.stat().st_size for p in out.iterdir())
+    print(f"wrote {out}: {counts} images, {manifest['side']}x{manifest['side']}x{manifest['channels']} "
+          f"{manifest['image_format']}, {size / 2**20:,.1f} MiB; train from it with data.source: packed, "
+          f"data.path: {out}")
+
+
+def _print_bench(r: dict) -> None:
+    if r["images_per_second"] is None:
+        print(f"{r['source']}: {r['bound']}")
+        return
+    print(f"{r['source']} training split, batch {r['batch_size']}, {'x'.join(map(str, r['batch_shape']))} uint8 "
+          f"batches, {r['workers']} worker(s) on {r['cpus']} CPUs:")
+    print(f"  {r['images_per_second']:,.0f} images/s ({r['per_worker']:,.0f} per worker) over {r['seconds']:.1f} s, "
+          f"{r['batches']} batches; start-up {r['startup_seconds']:.1f} s")
+    print(f"  bound by {r['bound']}")
 
 
 def _print_summary(s: dict) -> None:

@@ -43,6 +43,23 @@ def _cifar100(d) -> Shape:
     return 32, 3, 20 if d.label == "coarse" else 100
 
 
+def _packed(d) -> Shape:
+    """What the pack at data.path was made for, from its small manifest (Nones without one): the input
+    size of the config it was packed from (not the stored side), its channels and classes."""
+    import json
+    from pathlib import Path
+
+    try:
+        m = json.loads((Path(d.path).expanduser() / "manifest.json").read_text()) if d.path else None
+    except (OSError, ValueError):
+        m = None
+    if not isinstance(m, dict):
+        return None, None, None
+    size, channels, classes = m.get("image_size"), m.get("channels"), m.get("class_names")
+    return (size if isinstance(size, int) else None, channels if isinstance(channels, int) else None,
+            len(classes) if isinstance(classes, list) and classes else None)
+
+
 def _synthetic(d) -> Shape:
     return d.image_size or 32, d.channels or 3, d.num_classes
 
@@ -58,6 +75,8 @@ _TABLE = (
     # images of any size: decoded to 224 (the ImageNet models' input), RGB unless data.channels says
     Source("folder", "cnncli.data.folder:load_folder_source", (None, 3, None), default_size=224, file_backed=True),
     Source("npz", "cnncli.data.npz:load_npz_source", (None, None, None)),
+    # written once by `cnn data pack` (ArrayRecord): every split, at the input size it was packed for
+    Source("packed", "cnncli.data.packed:load_packed_source", _packed, file_backed=True),
     Source("synthetic", "cnncli.data.sources:load_synthetic", _synthetic),
 )
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import numpy as np
 
@@ -26,10 +27,11 @@ class SourceData:
     description: str = ""
     path: str | None = None
     notes: list[str] = dataclasses.field(default_factory=list)
+    packed: Any = None  # `packed` source: the opened cnncli.data.packed.PackedStore; splits hold row numbers
 
     @property
     def file_backed(self) -> bool:
-        return is_path_array(self.train[0])
+        return self.packed is not None or is_path_array(self.train[0])
 
 
 @dataclasses.dataclass
@@ -56,11 +58,20 @@ class Dataset:
     notes: list[str] = dataclasses.field(default_factory=list)
     decoded_shape: tuple[int, int, int] | None = None  # file-backed only: (size, size, channels)
     stats_from: str = "train"  # how mean/std were obtained: "train", "sample of N", "config", "none"
+    packed: Any = None  # `packed` source: the PackedStore whose records x_* number
+    stored_shape: tuple[int, int, int] | None = None  # `packed`: the batches' (side, side, channels)
 
     @property
     def file_backed(self) -> bool:
-        """True when the splits hold file paths rather than pixels."""
-        return is_path_array(self.x_train)
+        """True when the splits are loaded batch by batch on the host (image files, or a pack's records)
+        rather than held as pixels."""
+        return self.packed is not None or is_path_array(self.x_train)
+
+    @property
+    def batch_shape(self) -> tuple[int, int, int]:
+        """The (H, W, C) of the uint8 batches the step receives: a pack's stored side, which the step
+        crops/resizes to `image_shape` on the device; otherwise `image_shape` itself."""
+        return tuple(int(v) for v in self.stored_shape) if self.stored_shape else self.image_shape
 
     @property
     def image_shape(self) -> tuple[int, int, int]:

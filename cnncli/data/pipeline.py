@@ -85,6 +85,8 @@ def prepare_dataset(cfg: DataConfig, src: SourceData | None = None) -> Dataset:
     """Load the source, hold out the missing splits (seeded), convert size/channels, compute stats."""
     if src is None:
         src = load_source(cfg)
+    if src.packed is not None:
+        return _prepare_packed(cfg, src)
     x_train, y_train = src.train
     num_classes = len(src.class_names)
     rng = np.random.default_rng(cfg.split_seed)
@@ -158,6 +160,43 @@ def _prepare_file_backed(cfg: DataConfig, parts, size: int, num_classes: int, co
         how = f"train (seeded sample of {len(sample)} images)"
     return Dataset(*splits["train"], *splits["val"], *splits["test"], mean=mean, std=std, stats_from=how,
                    decoded_shape=(size, size, channels), **common)
+
+
+def _prepare_packed(cfg: DataConfig, src: SourceData) -> Dataset:
+    """A pack's splits as stored (its split assignment is the one made when packing), trained at
+    data.image_size or the size it was packed for; mean/std as measured when packing."""
+    store = src.packed
+    m = store.manifest
+    channels = store.channels
+    if cfg.channels is not None and cfg.channels != channels:
+        raise DataError(f"packed: {src.path} stores {channels}-channel images but data.channels is {cfg.channels}; "
+                        f"pack the dataset again with data.channels: {cfg.channels}")
+    size = cfg.image_size or m.get("image_size") or store.side
+    num_classes = len(src.class_names)
+    splits = {name: (x, check_labels(y, num_classes, f"packed {name} split"))
+              for name, (x, y) in zip(("train", "val", "test"), (src.train, src.val, src.test))}
+    mean, std, how = _normalisation(cfg, channels, lambda: (m["mean"], m["std"]))
+    if how == "train":
+        how = f"train, measured when packing ({m['stats_from']})"
+    return Dataset(*splits["train"], *splits["val"], *splits["test"], class_names=list(src.class_names),
+                   mean=mean, std=std, source=cfg.source, split_info=dict(m["split_info"]),
+                   description=src.description, path=src.path, notes=list(src.notes),
+                   decoded_shape=(size, size, channels), stats_from=how, packed=store,
+                   stored_shape=(store.side, store.side, channels))
+
+
+def host_loader(data: Dataset, split: str, *, num_workers: int = 0, skip_corrupt: bool = False,
+                prefetch: int = 2) -> FileBatchLoader:
+    """The loader that turns index batches of a file-backed split into uint8 batches of `data.batch_shape`:
+    the pack's records for `packed`, image files decoded to `image_shape` otherwise."""
+    if data.packed is not None:
+        from cnncli.data.packed import PackedBatchLoader
+
+        return PackedBatchLoader(data.packed, split, num_workers=num_workers, prefetch=prefetch)
+    x, y = data.split(split)
+    size, _, channels = data.image_shape
+    return FileBatchLoader(x, y, image_size=size, channels=channels, num_workers=num_workers, prefetch=prefetch,
+                           skip_corrupt=skip_corrupt)
 
 
 def decoded_stats(paths: np.ndarray, indices: np.ndarray, size: int, channels: int, num_workers: int = 0,

@@ -15,15 +15,12 @@ def sample_images(data: Dataset, indices: np.ndarray, num_workers: int = 0) -> n
     """uint8 [n, H, W, C] training images, decoding them first for a file-backed dataset."""
     if not data.file_backed:
         return data.x_train[indices]
-    from cnncli.data.files import FileBatchLoader
+    from cnncli.data.pipeline import host_loader
 
-    size, _, channels = data.image_shape
-    loader = FileBatchLoader(data.x_train, data.y_train, image_size=size, channels=channels,
-                             num_workers=num_workers)
-    return next(iter(loader.iterate([indices])))[0]
+    return next(iter(host_loader(data, "train", num_workers=num_workers).iterate([indices])))[0]
 
 
-def augmented(images: np.ndarray, cfg: DataConfig, mean, std, seed: int = 0) -> np.ndarray:
+def augmented(images: np.ndarray, cfg: DataConfig, mean, std, seed: int = 0, size: int | None = None) -> np.ndarray:
     """The training augmentation (with a fixed key), un-normalised back to [0, 1] floats for display."""
     import jax
     import jax.numpy as jnp
@@ -31,7 +28,7 @@ def augmented(images: np.ndarray, cfg: DataConfig, mean, std, seed: int = 0) -> 
     from cnncli.data.augment import augment_train
 
     m, s = jnp.asarray(mean, jnp.float32), jnp.asarray(std, jnp.float32)
-    x = augment_train(jax.random.key(seed), jnp.asarray(images), cfg.augment, m, s)
+    x = augment_train(jax.random.key(seed), jnp.asarray(images), cfg.augment, m, s, size)
     return np.clip(np.asarray(x * s + m), 0.0, 1.0)
 
 
@@ -45,7 +42,7 @@ def save_augmentation_grid(data: Dataset, cfg: DataConfig, out: Path, samples: i
         raise DataError("the training split is empty: nothing to show")
     idx = np.sort(np.random.default_rng(seed).choice(len(data.y_train), n, replace=False))
     before = sample_images(data, idx, cfg.num_workers)
-    after = augmented(before, cfg, data.mean, data.std, seed)
+    after = augmented(before, cfg, data.mean, data.std, seed, data.image_shape[0])
     cols = min(8, n)
     pairs = -(-n // cols)
     fig = Figure(figsize=(1.6 * cols, 3.4 * pairs))

@@ -18,7 +18,8 @@ class Evaluator:
     """Jit-compiled evaluation of one model graph: over device-resident uint8 splits (`run`) or
     over batches the host decodes and places (`run_batches`, for file-backed data)."""
 
-    def __init__(self, parts: Any, *, num_classes: int, mean, std, mesh, batch_size: int):
+    def __init__(self, parts: Any, *, num_classes: int, mean, std, mesh, batch_size: int,
+                 input_size: int | None = None):
         import jax
 
         from cnncli.distributed import batch_sharding, check_batch_size
@@ -26,7 +27,7 @@ class Evaluator:
 
         check_batch_size(batch_size, mesh, "train.eval_batch_size")
         self.mesh, self.batch_size, self.num_classes = mesh, batch_size, num_classes
-        step = make_eval_step(parts, num_classes=num_classes, mean=mean, std=std)
+        step = make_eval_step(parts, num_classes=num_classes, mean=mean, std=std, input_size=input_size)
 
         def indexed(params, batch_stats, data_x, data_y, idx, mask):
             return step(params, batch_stats, data_x[idx], data_y[idx], mask)

@@ -2,8 +2,8 @@
 
 - `ArrayFeed`: in-memory datasets live on the device as uint8; the host sends only an index
   vector per step, and the jitted step gathers and augments the batch.
-- `FileFeed`: file-backed datasets (image folders) are decoded on the host by Grain workers,
-  ahead of the step, in exactly the order the index stream gives; the step augments on device.
+- `FileFeed`: file-backed datasets (image folders, packs) are decoded / read on the host by Grain
+  workers, ahead of the step, in exactly the order the index stream gives; the step augments on device.
 
 Both feed the same pure train step and evaluate through the same `Evaluator`. Under several
 processes each one decodes / places only its own rows of every global batch.
@@ -70,13 +70,11 @@ class FileFeed:
 
     def __init__(self, data: Dataset, mesh, step_fn: Callable, evaluator: Any, *, num_workers: int,
                  skip_corrupt: bool):
-        from cnncli.data.files import FileBatchLoader
+        from cnncli.data.pipeline import host_loader
 
         self.mesh, self.evaluator = mesh, evaluator
         self.sizes = data.sizes()
-        size, _, channels = data.image_shape
-        self.loaders = {s: FileBatchLoader(data.split(s)[0], data.split(s)[1], image_size=size, channels=channels,
-                                           num_workers=num_workers, skip_corrupt=skip_corrupt)
+        self.loaders = {s: host_loader(data, s, num_workers=num_workers, skip_corrupt=skip_corrupt)
                         for s in ("train", "val", "test")}
         self._step = jax.jit(step_fn, donate_argnums=(0,))
 

@@ -123,9 +123,9 @@ def build_training(cfg: Config, init: Callable[[dict, int], tuple[dict, dict]] |
     step_fn = make_train_step(
         parts, tx, schedule, num_classes=cfg.model.num_classes, augment=cfg.data.augment, mean=data.mean,
         std=data.std, seed=t.seed, label_smoothing=t.label_smoothing, grad_accum_steps=t.grad_accum_steps,
-        ema_decay=t.ema_decay, stop_on_nonfinite=t.on_nonfinite == "stop")
+        ema_decay=t.ema_decay, stop_on_nonfinite=t.on_nonfinite == "stop", input_size=data.image_shape[0])
     evaluator = Evaluator(parts, num_classes=cfg.model.num_classes, mean=data.mean, std=data.std, mesh=mesh,
-                          batch_size=t.eval_batch_size or t.batch_size)
+                          batch_size=t.eval_batch_size or t.batch_size, input_size=data.image_shape[0])
     state_sharding = state_shardings(mesh, state, shard=t.shard_params)
     feed = make_feed(data, mesh, step_fn, evaluator, cfg, state_sharding if t.shard_params else None)
     return TrainingSetup(cfg, data, mesh, parts, tx, schedule, state, stream, total, plateau, evaluator, feed,

@@ -35,15 +35,16 @@ def forward(parts: ModelParts, params, batch_stats, x, *, train: bool, dropout_k
 
 def make_train_step(parts: ModelParts, tx: optax.GradientTransformation, schedule: Callable, *, num_classes: int,
                     augment: AugmentConfig, mean, std, seed: int, label_smoothing: float = 0.0,
-                    grad_accum_steps: int = 1, ema_decay: float | None = None, stop_on_nonfinite: bool = True
-                    ) -> Callable[[TrainState, jax.Array, jax.Array], tuple[TrainState, dict]]:
+                    grad_accum_steps: int = 1, ema_decay: float | None = None, stop_on_nonfinite: bool = True,
+                    input_size: int | None = None) -> Callable[[TrainState, jax.Array, jax.Array], tuple[TrainState, dict]]:
     """Build train_step(state, images_uint8, labels) -> (state, metrics).
 
     The step's randomness (augmentation, dropout) is fold_in(seed, step): a resumed run
     draws exactly what an uninterrupted one would. A step whose loss or gradient norm is
     not finite leaves the state unchanged and is counted; with `stop_on_nonfinite`, no update
     is applied after the first such step either, so the state stays at the last good step
-    until the loop notices and stops.
+    until the loop notices and stops. `input_size`: the model's input side, when the batches come
+    larger (a pack's stored side) and are cropped/resized to it here, on the device.
     """
     mean = jnp.asarray(mean, jnp.float32)
     std = jnp.asarray(std, jnp.float32)
@@ -59,7 +60,7 @@ def make_train_step(parts: ModelParts, tx: optax.GradientTransformation, schedul
     def train_step(state: TrainState, images: jax.Array, labels: jax.Array):
         key = jax.random.fold_in(base_key, state.step)
         aug_key, drop_key = jax.random.split(key)
-        x = augment_train(aug_key, images, augment, mean, std)
+        x = augment_train(aug_key, images, augment, mean, std, input_size)
         if grad_accum_steps == 1:
             (loss, (logits, new_stats)), grads = grad_fn(state.params, state.batch_stats, x, labels, drop_key)
             correct = jnp.sum(jnp.argmax(logits, -1) == labels)
@@ -110,16 +111,17 @@ def make_train_step(parts: ModelParts, tx: optax.GradientTransformation, schedul
     return train_step
 
 
-def make_eval_step(parts: ModelParts, *, num_classes: int, mean, std) -> Callable:
+def make_eval_step(parts: ModelParts, *, num_classes: int, mean, std, input_size: int | None = None) -> Callable:
     """Build eval_step(params, batch_stats, images_uint8, labels, mask) -> per-batch sums and logits.
 
-    Masked (padding) examples contribute nothing to the sums.
+    Masked (padding) examples contribute nothing to the sums. Batches larger than `input_size`
+    (a pack's stored side) are resized to it on the device.
     """
     mean = jnp.asarray(mean, jnp.float32)
     std = jnp.asarray(std, jnp.float32)
 
     def eval_step(params, batch_stats, images, labels, mask):
-        x = preprocess_eval(images, mean, std)
+        x = preprocess_eval(images, mean, std, input_size)
         logits, _ = forward(parts, params, batch_stats, x, train=False)
         loss = cross_entropy(logits, labels, num_classes)
         k = min(5, num_classes)

@@ -1,0 +1,201 @@
+"""`cnn data pack`: a config's dataset written once into a pack (`cnncli.data.packed` reads it).
+
+Every split as the config prepares it (its split assignment, class names), each image stored as
+a `side` x `side` square: the centre square of an image file (what the `folder` source trains
+on, at a higher resolution), or an in-memory source's images at their prepared size.
+
+Writing is atomic and resumable. Everything goes into `DIR.tmp-<key>` next to DIR, where the key
+is a hash of what is being packed; shards of SHARD_IMAGES images are written to a temporary
+name, renamed, then recorded by a small sidecar; an interrupted pack rerun with the same config
+keeps the shards already recorded. The manifest is written last, the sidecars removed, and the
+directory renamed to DIR: a directory named DIR is always a whole pack.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from cnncli.data.packed import FORMAT, MANIFEST, SPLITS, VERSION, WRITER_OPTIONS, file_crc32
+from cnncli.data.pipeline import prepare_dataset
+from cnncli.errors import DataError
+
+if TYPE_CHECKING:
+    from cnncli.config import DataConfig
+    from cnncli.data.dataset import Dataset
+
+SHARD_IMAGES = 1024  # images per ArrayRecord file: the unit of resumption
+DECODE_BATCH = 64
+
+Progress = Callable[[str, int, int], None]  # (split, images done, images in the split)
+
+
+def _write_json(path: Path, value) -> None:
+    tmp = path.with_name(path.name + ".partial")
+    tmp.write_text(json.dumps(value))
+    os.replace(tmp, path)
+
+
+def _encode(image: np.ndarray, image_format: str, quality: int) -> bytes:
+    if image_format == "raw":
+        return image.tobytes()
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(buf, "JPEG", quality=quality)
+    return buf.getvalue()
+
+
+class _Images:
+    """The stored squares of one split, batch by batch, with the rows that could not be decoded left out."""
+
+    def __init__(self, data: Dataset, split: str, side: int, workers: int, skip_corrupt: bool):
+        self.x, self.y = data.split(split)
+        self.files = data.file_backed
+        if self.files:
+            from cnncli.data.files import FileBatchLoader
+
+            self.loader = FileBatchLoader(self.x, self.y, image_size=side, channels=data.image_shape[2],
+                                          num_workers=workers, skip_corrupt=skip_corrupt)
+
+    def batches(self, rows: list[np.ndarray]):
+        """For each index vector: (uint8 images, int32 labels) of its decodable rows, in order."""
+        if not self.files:
+            for idx in rows:
+                yield self.x[idx], self.y[idx]
+            return
+        seen = 0
+        for idx, (images, labels) in zip(rows, self.loader.iterate(rows)):
+            keep = np.ones(len(idx), bool)
+            if len(self.loader.corrupt_files) > seen:
+                bad = set(self.loader.corrupt_files[seen:])
+                seen = len(self.loader.corrupt_files)
+                keep = np.array([str(self.x[i]) not in bad for i in idx])
+            yield images[keep], labels[keep]
+
+
+def _pack_split(stage: Path, split: str, images: _Images, n: int, fmt: str, quality: int,
+                progress: Progress | None) -> None:
+    """Every shard of one split not yet recorded in `stage`."""
+    from array_record.python.array_record_module import ArrayRecordWriter
+
+    shards = [np.arange(s, min(s + SHARD_IMAGES, n)) for s in range(0, n, SHARD_IMAGES)]
+    todo = [k for k in range(len(shards)) if not (stage / f"{split}-{k:05d}.json").is_file()]
+    done = sum(len(shards[k]) for k in range(len(shards)) if k not in todo)
+    if progress:
+        progress(split, done, n)
+    rows = [shards[k][i : i + DECODE_BATCH] for k in todo for i in range(0, len(shards[k]), DECODE_BATCH)]
+    batches = images.batches(rows)
+    for k in todo:
+        name = f"{split}-{k:05d}.array_record"
+        tmp = stage / (name + ".partial")
+        writer = ArrayRecordWriter(str(tmp), WRITER_OPTIONS)
+        labels, hist = [], np.zeros((0,), np.int64)
+        for _ in range(-(-len(shards[k]) // DECODE_BATCH)):
+            x, y = next(batches)
+            for image in x:
+                writer.write(_encode(np.ascontiguousarray(image), fmt, quality))
+            labels += [int(v) for v in y]
+            if split == "train":  # per-channel histograms: the exact mean/std of the stored pixels
+                h = np.stack([np.bincount(x[..., c].reshape(-1), minlength=256) for c in range(x.shape[-1])])
+                hist = h if hist.size == 0 else hist + h
+            done += len(y)
+            if progress:
+                progress(split, done, n)
+        writer.close()
+        os.replace(tmp, stage / name)
+        _write_json(stage / f"{split}-{k:05d}.json", {
+            "file": name, "count": len(labels), "bytes": (stage / name).stat().st_size,
+            "crc32": file_crc32(stage / name), "labels": labels, "hist": hist.tolist()})
+
+
+def _stats(hist: np.ndarray) -> tuple[list[float], list[float]]:
+    values = np.arange(256) / 255.0
+    mean, std = [], []
+    for counts in hist.astype(np.float64):
+        m = counts @ values / counts.sum()
+        v = max(counts @ (values - m) ** 2 / counts.sum(), 0.0)
+        mean.append(float(m))
+        std.append(float(np.sqrt(v)) if v > 0 else 1.0)
+    return mean, std
+
+
+def _finish(stage: Path, head: dict, splits: dict[str, int]) -> dict:
+    """Labels files and the manifest from the sidecars; the sidecars removed once the manifest is down."""
+    manifest = dict(head, splits={})
+    sidecars = []
+    hist = None
+    for split, n in splits.items():
+        shards = []
+        for k in range(-(-n // SHARD_IMAGES)):
+            sidecars.append(stage / f"{split}-{k:05d}.json")
+            shards.append(json.loads(sidecars[-1].read_text()))
+        labels = np.asarray([v for s in shards for v in s["labels"]], np.int32)
+        if split == "train":
+            hist = sum(np.asarray(s["hist"], np.int64) for s in shards if s["hist"])
+        np.save(stage / f"{split}-labels.npy", labels)
+        lab = f"{split}-labels.npy"
+        manifest["splits"][split] = {
+            "count": int(len(labels)),
+            "shards": [{k: s[k] for k in ("file", "count", "bytes", "crc32")} for s in shards],
+            "labels": {"file": lab, "bytes": (stage / lab).stat().st_size, "crc32": file_crc32(stage / lab)}}
+        if len(labels) == 0:
+            raise DataError(f"pack: no image of the {split} split could be decoded")
+    manifest["mean"], manifest["std"] = _stats(hist)
+    manifest["stats_from"] = f"all {manifest['splits']['train']['count']} training images as stored"
+    _write_json(stage / MANIFEST, manifest)
+    for p in sidecars:
+        p.unlink()
+    return manifest
+
+
+def pack_dataset(cfg: DataConfig, out: Path, *, side: int = 256, image_format: str = "raw", quality: int = 90,
+                 workers: int | None = None, progress: Progress | None = None) -> dict:
+    """Write the dataset of the (shape-resolved) `data:` config `cfg` as a pack at `out`; its manifest."""
+    import fcntl
+
+    if cfg.source == "packed":
+        raise DataError("data.source is already packed: pack the config of the original dataset")
+    if out.exists():
+        raise DataError(f"{out} exists; choose a new output directory (a pack is never written over)")
+    if not out.parent.is_dir():
+        raise DataError(f"{out.parent} is not a directory")
+    # the mean/std are measured on the stored pixels below, not on a decoded sample here
+    data = prepare_dataset(dataclasses.replace(cfg, mean=[0.0], std=[1.0]))
+    channels = data.image_shape[2]
+    if not data.file_backed:
+        side = data.image_shape[0]  # in-memory sources: stored as prepared
+    head = {"format": FORMAT, "version": VERSION, "source": cfg.source, "path": data.path,
+            "description": data.description, "class_names": list(data.class_names), "image_size": data.image_shape[0],
+            "side": side, "channels": channels, "image_format": image_format,
+            "quality": quality if image_format == "jpeg" else None, "split_info": data.split_info,
+            "notes": list(data.notes)}
+    sizes = data.sizes()
+    key = hashlib.sha256(json.dumps([head, sizes], sort_keys=True).encode()).hexdigest()[:12]
+    stage = out.with_name(f"{out.name}.tmp-{key}")
+    stage.mkdir(exist_ok=True)
+    lock = open(stage / ".lock", "w")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        raise DataError(f"another `cnn data pack` is writing {stage}") from None
+    try:
+        if not (stage / MANIFEST).is_file():
+            nworkers = cfg.num_workers if workers is None else workers
+            for split in SPLITS:
+                images = _Images(data, split, side, nworkers, cfg.skip_corrupt)
+                _pack_split(stage, split, images, sizes[split], image_format, quality, progress)
+            _finish(stage, head, sizes)
+        (stage / ".lock").unlink()
+        os.replace(stage, out)
+    finally:
+        lock.close()
+    return json.loads((out / MANIFEST).read_text())

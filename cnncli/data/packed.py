@@ -1,0 +1,171 @@
+"""The `packed` source: a dataset written once by `cnn data pack` into ArrayRecord files, read by Grain.
+
+A pack is a directory:
+
+    manifest.json                 written last: format, stored side, channels, classes, splits, checksums
+    <split>-NNNNN.array_record    one record per image (group_size 1, uncompressed: random access)
+    <split>-labels.npy            int32 labels of the split, in record order
+
+Every image is stored as the same `side` x `side` square (the centre square, as the `folder`
+source sees it), `raw` (the uint8 pixels) or `jpeg` (encoded at the pack's quality). The host
+only reads (raw) or decodes (jpeg) a record; the training step crops, resizes and flips on the
+device (`cnncli.data.augment`), from the stored side to the model's input size.
+
+Opening a pack checks every file against the manifest's size and CRC-32, so damage done after
+packing is found before training starts, not in the middle of an epoch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from cnncli.data.dataset import SourceData
+from cnncli.data.files import FileBatchLoader
+from cnncli.data.locate import missing_dataset, source_location
+from cnncli.errors import DataError
+
+if TYPE_CHECKING:
+    from cnncli.config import DataConfig
+
+MANIFEST = "manifest.json"
+FORMAT = "cnn-pack"
+VERSION = 1
+SPLITS = ("train", "val", "test")
+WRITER_OPTIONS = "group_size:1,uncompressed"  # one record per chunk: each image is read alone
+
+
+def file_crc32(path: Path, chunk: int = 1 << 22) -> int:
+    """CRC-32 of a file's bytes (zlib releases the GIL on large buffers: threads check files in parallel)."""
+    crc = 0
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            crc = zlib.crc32(block, crc)
+    return crc
+
+
+@dataclasses.dataclass(frozen=True)
+class PackedStore:
+    """An opened, verified pack: where it is and what its manifest says."""
+
+    root: Path
+    manifest: dict
+
+    @property
+    def side(self) -> int:
+        return int(self.manifest["side"])
+
+    @property
+    def channels(self) -> int:
+        return int(self.manifest["channels"])
+
+    @property
+    def image_format(self) -> str:
+        return self.manifest["image_format"]
+
+    def shard_paths(self, split: str) -> list[str]:
+        return [str(self.root / s["file"]) for s in self.manifest["splits"][split]["shards"]]
+
+    def labels(self, split: str) -> np.ndarray:
+        return np.load(self.root / self.manifest["splits"][split]["labels"]["file"]).astype(np.int32)
+
+
+def open_pack(root: Path, *, verify: bool = True) -> PackedStore:
+    """The pack at `root`, its files checked against the manifest (sizes always, CRC-32 when `verify`)."""
+    manifest_path = root / MANIFEST
+    if not manifest_path.is_file():
+        staging = sorted(root.parent.glob(f"{root.name}.tmp-*")) if root.parent.is_dir() else []
+        hint = (f"; {staging[0]} is an unfinished pack: rerun `cnn data pack` with the same config to finish it"
+                if staging else "; write one with `cnn data pack CONFIG -o DIR`")
+        raise DataError(f"packed: {root} is not a pack (no {MANIFEST}){hint}")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise DataError(f"packed: cannot read {manifest_path} ({exc})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
+        raise DataError(f"packed: {manifest_path} is not a {FORMAT} version {VERSION} manifest")
+    files = [(s["file"], s["bytes"], s["crc32"]) for split in manifest["splits"].values()
+             for s in [*split["shards"], split["labels"]]]
+    for name, size, _ in files:
+        p = root / name
+        if not p.is_file() or p.stat().st_size != size:
+            raise DataError(f"packed: {p} is missing or not the size the manifest records ({size:,} bytes); "
+                            "the pack is damaged: pack it again")
+    if verify:
+        with ThreadPoolExecutor(4) as pool:
+            crcs = list(pool.map(lambda f: file_crc32(root / f[0]), files))
+        for (name, _, expected), crc in zip(files, crcs):
+            if crc != expected:
+                raise DataError(f"packed: {root / name} fails its checksum (CRC-32 {crc:08x}, manifest {expected:08x}); "
+                                "the pack is damaged: pack it again")
+    return PackedStore(root, manifest)
+
+
+def load_packed_source(cfg: DataConfig) -> SourceData:
+    """The `packed` source: every split of the pack at `data.path`, as stored (no split is held out again)."""
+    root = source_location(cfg)
+    if root is None or not root.exists():
+        raise missing_dataset("packed", root, f"a directory written by `cnn data pack` ({MANIFEST} and "
+                              "*.array_record files)", "write it with `cnn data pack CONFIG -o DIR`")
+    store = open_pack(root)
+    m = store.manifest
+    splits = {}
+    for split in SPLITS:
+        labels = store.labels(split)
+        splits[split] = (np.arange(len(labels), dtype=np.int64), labels)
+    desc = (f"pack of {m['description'] or m['source']} ({m['image_format']}, {store.side}x{store.side}x"
+            f"{store.channels} stored)")
+    return SourceData(splits["train"], splits["val"], splits["test"], list(m["class_names"]), desc,
+                      path=str(root), notes=list(m.get("notes", [])), packed=store)
+
+
+class _RecordDecoder:
+    """index vector -> (uint8 [B, side, side, C], int32 labels, no corrupt rows): reads records of one split."""
+
+    def __init__(self, store: PackedStore, split: str, labels: np.ndarray):
+        from grain.sources import ArrayRecordDataSource
+
+        self.source = ArrayRecordDataSource(store.shard_paths(split))
+        self.shape = (store.side, store.side, store.channels)
+        self.jpeg = store.image_format == "jpeg"
+        self.labels = labels
+
+    def __call__(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        idx = np.asarray(idx)
+        out = np.empty((len(idx), *self.shape), np.uint8)
+        for row, i in enumerate(idx):
+            record = self.source[int(i)]
+            if self.jpeg:
+                decode_jpeg_into(record, out[row])
+            else:
+                out[row] = np.frombuffer(record, np.uint8).reshape(self.shape)
+        return out, self.labels[idx], np.zeros(0, np.int64)
+
+
+def decode_jpeg_into(record: bytes, out: np.ndarray) -> None:
+    """A stored JPEG square decoded into `out` ([side, side, C])."""
+    import io
+
+    from PIL import Image
+
+    with Image.open(io.BytesIO(record)) as im:
+        arr = np.asarray(im)
+    out[...] = arr[..., None] if arr.ndim == 2 else arr
+
+
+class PackedBatchLoader(FileBatchLoader):
+    """FileBatchLoader's Grain driver (workers, order, prefetch) over a pack's records instead of files."""
+
+    def __init__(self, store: PackedStore, split: str, *, num_workers: int = 0, prefetch: int = 2):
+        if num_workers < 0 or prefetch < 0:
+            raise DataError(f"need num_workers >= 0 and prefetch >= 0, got {num_workers}, {prefetch}")
+        self.paths = None  # nothing is ever corrupt: the pack was checked when opened
+        self.num_workers, self.prefetch = num_workers, prefetch
+        self.corrupt_files: list[str] = []
+        self._decode = _RecordDecoder(store, split, store.labels(split))
