@@ -114,6 +114,8 @@ def _print_bench(r: dict) -> None:
           f"batches, {r['workers']} worker(s) on {r['cpus']} CPUs:")
     print(f"  {r['images_per_second']:,.0f} images/s ({r['per_worker']:,.0f} per worker) over {r['seconds']:.1f} s, "
           f"{r['batches']} batches; start-up {r['startup_seconds']:.1f} s")
+    if r.get("images_per_worker_cpu_second"):
+        print(f"  {r['images_per_worker_cpu_second']:,.0f} images per CPU second of the reading (a core to itself)")
     print(f"  bound by {r['bound']}")
 
 

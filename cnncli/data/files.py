@@ -141,7 +141,7 @@ class _BatchDecoder:
 
     def __call__(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         idx = np.asarray(idx)
-        out = np.zeros((len(idx), self.image_size, self.image_size, self.channels), np.uint8)
+        out = np.empty((len(idx), self.image_size, self.image_size, self.channels), np.uint8)
         bad = []
         for row, i in enumerate(idx):
             try:
@@ -150,7 +150,8 @@ class _BatchDecoder:
                 if not self.skip_corrupt:
                     raise DataError(f"{exc}; fix or remove it, or set data.skip_corrupt: true to skip unreadable "
                                     "images") from None
-                bad.append(int(i))  # the row stays black; the loader records the file
+                out[row] = 0  # the row is black; the loader records the file
+                bad.append(int(i))
         return out, self.labels[idx], np.asarray(bad, np.int64)
 
 
@@ -163,13 +164,16 @@ def _absl_flags_ready() -> None:
 
 
 def _plain_copy(a) -> np.ndarray:
-    """Copy an array out of a worker's shared-memory block and unlink the block now.
+    """Copy an array out of a worker's shared-memory block and unlink the block now (an array made
+    in this process is returned as it is).
 
     Grain would unlink it later from a background thread, which at interpreter exit may
     never run (the resource tracker then warns about leaked shared memory).
     """
-    out = np.array(a, copy=True)
     shm = getattr(a, "shm", None)
+    if shm is None:
+        return a
+    out = np.array(a, copy=True)
     if shm is not None and getattr(a, "_unlink_on_del", False):
         a._unlink_on_del = False  # its __del__ still closes the mapping
         try:
@@ -189,6 +193,8 @@ class FileBatchLoader:
     `corrupt_files` lists files that failed to decode during iteration when `skip_corrupt` is
     set (their rows are left black); without it, such a file raises DataError naming it.
     """
+
+    threads_not_processes = False  # workers are Grain processes (decoding holds the GIL)
 
     def __init__(self, paths: np.ndarray, labels: np.ndarray, *, image_size: int, channels: int,
                  num_workers: int = 0, prefetch: int = 2, skip_corrupt: bool = False):
@@ -229,11 +235,12 @@ class FileBatchLoader:
 
         if len(batches) == 0:
             return
-        ds = grain.MapDataset.source(batches).map(self._decode)
         workers = min(self.num_workers, len(batches))
-        if workers == 0:
-            threads = 1 if self.prefetch else 0
-            ids = ds.to_iter_dataset(grain.ReadOptions(num_threads=threads, prefetch_buffer_size=self.prefetch))
+        ds = grain.MapDataset.source(batches).map(self._decode)
+        if workers == 0 or self.threads_not_processes:
+            threads = max(workers, 1 if self.prefetch else 0)
+            ids = ds.to_iter_dataset(grain.ReadOptions(num_threads=threads,
+                                                       prefetch_buffer_size=max(self.prefetch, threads)))
         else:
             _absl_flags_ready()
             ids = ds.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)).mp_prefetch(

