@@ -13,7 +13,15 @@ Variants alternate in blocks of steps (compile and warm-up excluded) so that loa
 other processes hits them alike; the median block gives the step time. Ratios come from
 one run of this script.
 
+Part 3 (`--host`) sets the two ways of feeding image files side by side, as `cnn data --bench`
+measures them: the `folder` source (500x375 JPEGs decoded, centre square resized to 224) and the
+same images packed by `cnn data pack` (256x256 raw, and JPEG), read for a 224 model input that
+the step crops on the device. Per worker: images/s of wall time, and images per CPU second (what
+a worker with a core of its own reaches; the figure that survives a shared machine), and the
+step rate that many workers would feed (ResNet-50 bf16 on one H200: 6,567 images/s, RESULTS.md).
+
     python benchmarks/data_pipeline.py [--n 20000] [--files 320] [--steps 5] [--blocks 9] [--batch 128]
+    python benchmarks/data_pipeline.py --host [--files 400] [--seconds 10] [--workers 1]
 """
 
 from __future__ import annotations
@@ -132,6 +140,53 @@ def decode_throughput(folder: Path, batch: int, num_batches: int, size: int, wor
               flush=True)
 
 
+# ----------------------------------------------------------------------------- part 3
+
+GPU_STEP_RATE = 6567  # ResNet-50, batch 256, bf16, one H200 (RESULTS.md)
+
+
+def natural_jpegs(root: Path, files: int, rng: np.random.Generator) -> None:
+    """500x375 quality-90 JPEGs of 1/f-like content (sums of smooth noise at five scales), four classes,
+    one in eight to val: closer to photographs' entropy (and decode cost) than one smooth blob."""
+    from PIL import Image
+
+    for i in range(files):
+        d = root / ("val" if (i // 4) % 8 == 0 else "train") / f"class_{i % 4}"
+        d.mkdir(parents=True, exist_ok=True)
+        acc = np.zeros((375, 500, 3), np.float32)
+        for side, amp in ((4, 90), (12, 50), (40, 25), (125, 12), (375, 6)):
+            small = rng.normal(0, 1, (side, max(1, side * 4 // 3), 3)).astype(np.float32)
+            acc += amp * np.stack([np.asarray(Image.fromarray(small[..., c]).resize((500, 375), Image.BICUBIC))
+                                   for c in range(3)], -1)
+        Image.fromarray(np.clip(acc + 128 + 20 * (i % 4), 0, 255).astype(np.uint8)).save(d / f"{i}.jpg", quality=90)
+
+
+def host_side_by_side(root: Path, files: int, seconds: float, workers: int, batch: int) -> None:
+    from cnncli.config import DataConfig
+    from cnncli.data.pack import pack_dataset
+    from cnncli.data.throughput import measure_host_pipeline
+
+    t0 = time.perf_counter()
+    natural_jpegs(root / "jpegs", files, np.random.default_rng(0))
+    print(f"wrote {files} JPEGs in {time.perf_counter() - t0:.1f} s")
+    folder = DataConfig(source="folder", path=str(root / "jpegs"), image_size=224)
+    paths = {"folder (JPEG -> 224)": folder}
+    for fmt in ("raw", "jpeg"):
+        t0 = time.perf_counter()
+        pack_dataset(folder, root / f"pack_{fmt}", side=256, image_format=fmt, workers=workers)
+        print(f"packed {fmt} in {time.perf_counter() - t0:.1f} s")
+        paths[f"packed 256 {fmt}"] = DataConfig(source="packed", path=str(root / f"pack_{fmt}"))
+    print(f"\n{'path':<22} {'workers':>7} {'img/s':>8} {'per worker':>11} {'per CPU-s':>10} "
+          f"{'workers for GPU':>16}")
+    for name, cfg in paths.items():
+        for w in sorted({0, workers}):
+            r = measure_host_pipeline(cfg, batch_size=batch, workers=w, seconds=seconds)
+            cpu = r.get("images_per_worker_cpu_second") or float("nan")
+            print(f"{name:<22} {w:>7} {r['images_per_second']:>8,.0f} {r['per_worker']:>11,.0f} {cpu:>10,.0f} "
+                  f"{GPU_STEP_RATE / cpu:>16.1f}", flush=True)
+    print(f"(workers for GPU: workers with a core each to feed {GPU_STEP_RATE:,} img/s, from images per CPU second)")
+
+
 # ----------------------------------------------------------------------------- part 2
 
 
@@ -237,8 +292,15 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2, help="Grain workers for the folder source")
     ap.add_argument("--decode-batches", type=int, default=40, help="batches of 32 files in the decode test")
     ap.add_argument("--model", default="resnet20")
+    ap.add_argument("--host", action="store_true", help="part 3 only: folder against packed, host side")
+    ap.add_argument("--seconds", type=float, default=10.0, help="part 3: seconds measured per path")
     args = ap.parse_args()
     import os
+
+    if args.host:
+        with tempfile.TemporaryDirectory() as tmp:
+            host_side_by_side(Path(tmp), args.files, args.seconds, args.workers, 32)
+        return
 
     print(f"{os.cpu_count()} CPUs; n={args.n}, files={args.files}, batch={args.batch}")
     with tempfile.TemporaryDirectory() as tmp:

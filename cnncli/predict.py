@@ -4,8 +4,8 @@ An image goes through what the eval pipeline does to a dataset image. For a mode
 on in-memory arrays (digits, MNIST, CIFAR, npz): decoded with PIL, converted to the model's
 channels (cnncli.data.pipeline.convert_channels), resized so that its shorter side is the
 model's input size (bilinear, antialiased, as cnncli.data.pipeline.resize_images) and
-centre-cropped. For a model trained on an image folder: cnncli.data.files.decode_image, the
-folder loader's own decoding. Either way the uint8 result goes through the same compiled
+centre-cropped. For a model trained on an image folder (or a pack of one): cnncli.data.files.decode_image,
+the folder loader's own decoding. Either way the uint8 result goes through the same compiled
 evaluation step (uint8 -> /255 -> (x - mean) / std with data.json's stats).
 """
 
@@ -80,7 +80,7 @@ def predict_images(path: str | Path, images: Sequence[str | Path], *, top_k: int
     if loaded.mean is None or loaded.std is None:
         raise DataError(f"{loaded.run_path / 'data.json'} is missing or has no mean/std; "
                         "cannot normalise images as in training")
-    x = prepare_images(images, m.input_size, m.in_channels, folder=loaded.config.data.source == "folder",
+    x = prepare_images(images, m.input_size, m.in_channels, folder=loaded.config.data.source in ("folder", "packed"),
                        pixels=pixels)
     mesh = make_mesh()
     n_dev = mesh.devices.size

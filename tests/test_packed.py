@@ -80,6 +80,18 @@ def test_pack_stores_centre_squares_split_assignment_and_exact_stats(photos, tmp
     assert not list(tmp_path.glob("pack.tmp-*"))  # the staging directory became the pack
 
 
+def test_an_in_memory_source_packs_as_prepared(tmp_path):
+    cfg = DataConfig(source="digits", image_size=8)
+    manifest = pack_dataset(cfg, tmp_path / "pack", side=256)
+    data = prepare_dataset(cfg)
+    assert manifest["side"] == 8 and manifest["channels"] == 1  # stored at the prepared size, not --max-side
+    store = open_pack(tmp_path / "pack")
+    for split in ("train", "val", "test"):
+        x, y = records(store, split)
+        assert np.array_equal(x, data.split(split)[0]) and np.array_equal(y, data.split(split)[1])
+    assert np.allclose(manifest["mean"], data.mean) and np.allclose(manifest["std"], data.std)
+
+
 def test_jpeg_pack_holds_the_raw_squares_as_pils_jpeg(photos, tmp_path):
     pack_dataset(folder_cfg(photos), tmp_path / "raw", side=32)
     manifest = pack_dataset(folder_cfg(photos), tmp_path / "jpeg", side=32, image_format="jpeg", quality=95)
@@ -233,6 +245,9 @@ def test_a_larger_pack_cropped_on_the_device_reaches_the_folders_accuracy(tmp_pa
     assert res.exit_code == 0, res.output
     _, packed = train(tmp_path, "packed", "packed", tmp_path / "pack", steps=150, every=150)
     assert packed["num_examples"] == folder["num_examples"]
+    res = CliRunner().invoke(app, ["eval", str(tmp_path / "run_packed"), "--format", "json"])
+    assert res.exit_code == 0, res.output  # `cnn eval` reads the pack again through the run's config
+    assert abs(json.loads(res.output)["accuracy"] - packed["accuracy"]) < 1e-9
     assert folder["accuracy"] > 0.5 and abs(packed["accuracy"] - folder["accuracy"]) <= 0.05, (folder, packed)
 
 

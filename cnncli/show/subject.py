@@ -62,7 +62,7 @@ def subject_of(loaded: Any) -> Subject:
     mean = loaded.mean if loaded.mean is not None else [UNTRAINED_MEAN] * c
     std = loaded.std if loaded.std is not None else [UNTRAINED_STD] * c
     return Subject(model, m.name, str(loaded.run_path), (m.input_size, m.input_size, c),
-                   list(loaded.class_names), list(mean), list(std), loaded.config.data.source == "folder")
+                   list(loaded.class_names), list(mean), list(std), loaded.config.data.source in ("folder", "packed"))
 
 
 def load_subject(target: str | Path, *, which: str = "best", overrides: list[str] | None = None,
