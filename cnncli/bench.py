@@ -331,7 +331,7 @@ def run_bench(req: BenchRequest, progress: Progress = lambda _msg: None) -> dict
     step_fn = make_train_step(
         parts, tx, schedule, num_classes=work.num_classes, augment=cfg.data.augment, mean=work.mean, std=work.std,
         seed=t.seed, label_smoothing=t.label_smoothing, grad_accum_steps=t.grad_accum_steps,
-        ema_decay=t.ema_decay, stop_on_nonfinite=t.on_nonfinite == "stop")
+        ema_decay=t.ema_decay, stop_on_nonfinite=t.on_nonfinite == "stop", input_size=work.image_shape[0])
     state = replicate(mesh, init_train_state(params, batch_stats, tx, ema=t.ema_decay is not None))
     fn, batches = _batches(cfg, work, mesh, step_fn)
 
