@@ -1,6 +1,7 @@
 """Packs: `cnn data pack` writes a dataset once into ArrayRecord files; `data.source: packed` reads it."""
 
 import json
+import re
 import zlib
 
 import numpy as np
@@ -164,8 +165,21 @@ def test_pack_refusals_name_the_problem(photos, tmp_path):
     with pytest.raises(DataError, match=r"broken.png: cannot open image"):
         pack_dataset(folder_cfg(photos), tmp_path / "pack")
     assert not list(tmp_path.glob("pack*"))  # refused before anything was written
+    broken = (photos / "train" / "cat" / "broken.png").read_bytes()
+    (photos / "train" / "cat" / "broken.png").unlink()
+    victim = next(p for p in prepare_dataset(folder_cfg(photos)).split("train")[0] if p.endswith(".png"))
+    whole = open(victim, "rb").read()
+    open(victim, "wb").write(whole[: len(whole) // 2])  # opens, fails to decode: in the first shard written
+    with pytest.raises(DataError, match=re.escape(victim) + r": cannot read the image .*data.skip_corrupt"):
+        pack_dataset(folder_cfg(photos), tmp_path / "pack")
+    assert not list(tmp_path.glob("pack*"))  # failed in the first shard: nothing to resume, nothing left
+    (photos / "train" / "cat" / "broken.png").write_bytes(broken)
     manifest = pack_dataset(folder_cfg(photos, skip_corrupt=True), tmp_path / "pack", side=32)
-    assert any("skipped 1 unreadable image" in n for n in manifest["notes"])
+    assert any("skipped 1 unreadable image" in n for n in manifest["notes"])  # found by the scan
+    assert any(n.startswith("left out 1 image(s) that could not be decoded") and n.endswith(victim)
+               for n in manifest["notes"])
+    stored = sum(s["count"] for s in manifest["splits"].values())
+    assert stored == 13  # of 14 readable files: the truncated one is not stored (as black)
     with pytest.raises(DataError, match=r"already packed"):
         pack_dataset(DataConfig(source="packed", path=str(tmp_path / "pack")), tmp_path / "again")
 

@@ -18,6 +18,7 @@ import hashlib
 import io
 import json
 import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -60,6 +61,7 @@ class _Images:
     def __init__(self, data: Dataset, split: str, side: int, workers: int, skip_corrupt: bool):
         self.x, self.y = data.split(split)
         self.files = data.file_backed
+        self.dropped: list[str] = []  # files the scan could open but not decode (data.skip_corrupt)
         if self.files:
             from cnncli.data.files import FileBatchLoader
 
@@ -79,6 +81,7 @@ class _Images:
                 bad = set(self.loader.corrupt_files[seen:])
                 seen = len(self.loader.corrupt_files)
                 keep = np.array([str(self.x[i]) not in bad for i in idx])
+                self.dropped += sorted(bad)
             yield images[keep], labels[keep]
 
 
@@ -98,7 +101,7 @@ def _pack_split(stage: Path, split: str, images: _Images, n: int, fmt: str, qual
         name = f"{split}-{k:05d}.array_record"
         tmp = stage / (name + ".partial")
         writer = ArrayRecordWriter(str(tmp), WRITER_OPTIONS)
-        labels, hist = [], np.zeros((0,), np.int64)
+        labels, hist, dropped = [], np.zeros((0,), np.int64), len(images.dropped)
         for _ in range(-(-len(shards[k]) // DECODE_BATCH)):
             x, y = next(batches)
             for image in x:
@@ -114,7 +117,8 @@ def _pack_split(stage: Path, split: str, images: _Images, n: int, fmt: str, qual
         os.replace(tmp, stage / name)
         _write_json(stage / f"{split}-{k:05d}.json", {
             "file": name, "count": len(labels), "bytes": (stage / name).stat().st_size,
-            "crc32": file_crc32(stage / name), "labels": labels, "hist": hist.tolist()})
+            "crc32": file_crc32(stage / name), "labels": labels, "hist": hist.tolist(),
+            "dropped": images.dropped[dropped:]})
 
 
 def _stats(hist: np.ndarray) -> tuple[list[float], list[float]]:
@@ -149,6 +153,10 @@ def _finish(stage: Path, head: dict, splits: dict[str, int]) -> dict:
             "labels": {"file": lab, "bytes": (stage / lab).stat().st_size, "crc32": file_crc32(stage / lab)}}
         if len(labels) == 0:
             raise DataError(f"pack: no image of the {split} split could be decoded")
+    dropped = [f for p in sidecars for f in json.loads(p.read_text()).get("dropped", [])]
+    if dropped:
+        manifest["notes"] = [*manifest["notes"], f"left out {len(dropped)} image(s) that could not be decoded "
+                             "(data.skip_corrupt): " + ", ".join(dropped[:5]) + (", ..." if len(dropped) > 5 else "")]
     manifest["mean"], manifest["std"] = _stats(hist)
     manifest["stats_from"] = f"all {manifest['splits']['train']['count']} training images as stored"
     _write_json(stage / MANIFEST, manifest)
@@ -190,9 +198,14 @@ def pack_dataset(cfg: DataConfig, out: Path, *, side: int = 256, image_format: s
     try:
         if not (stage / MANIFEST).is_file():
             nworkers = cfg.num_workers if workers is None else workers
-            for split in SPLITS:
-                images = _Images(data, split, side, nworkers, cfg.skip_corrupt)
-                _pack_split(stage, split, images, sizes[split], image_format, quality, progress)
+            try:
+                for split in SPLITS:
+                    images = _Images(data, split, side, nworkers, cfg.skip_corrupt)
+                    _pack_split(stage, split, images, sizes[split], image_format, quality, progress)
+            except DataError:
+                if not list(stage.glob("*.json")):  # nothing recorded to resume from: leave no trace
+                    shutil.rmtree(stage)
+                raise
             _finish(stage, head, sizes)
         (stage / ".lock").unlink()
         os.replace(stage, out)
