@@ -103,8 +103,8 @@ def open_pack(root: Path, *, verify: bool = True) -> PackedStore:
             crcs = list(pool.map(lambda f: file_crc32(root / f[0]), files))
         for (name, _, expected), crc in zip(files, crcs):
             if crc != expected:
-                raise DataError(f"packed: {root / name} fails its checksum (CRC-32 {crc:08x}, manifest {expected:08x}); "
-                                "the pack is damaged: pack it again")
+                raise DataError(f"packed: {root / name} fails its checksum (CRC-32 {crc:08x}, manifest "
+                                f"{expected:08x}); the pack is damaged: pack it again")
     return PackedStore(root, manifest)
 
 
