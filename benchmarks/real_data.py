@@ -83,6 +83,8 @@ def main() -> int:
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--steps", type=int, default=160)
     ap.add_argument("--dtype", default="bfloat16")
+    ap.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
+                    help="data.num_workers of the run, and the pack's decode workers")
     ap.add_argument("--no-pack", action="store_true")
     ap.add_argument("--cnn", default="cnn", help="the cnn command, as a shell word list")
     a = ap.parse_args()
@@ -98,7 +100,7 @@ def main() -> int:
     config = a.work / "real.yaml"
     config.write_text(json.dumps({
         "model": {"name": a.model, "input_size": a.input_size, "dtype": a.dtype},
-        "data": {"source": "folder", "path": str(images), "image_size": a.input_size,
+        "data": {"source": "folder", "path": str(images), "image_size": a.input_size, "num_workers": a.workers,
                  "augment": {"random_resized_crop": True, "flip": True}},
         "optimizer": {"name": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 1e-4},
         "train": {"steps": a.steps, "batch_size": a.batch_size, "log_every_steps": max(1, a.steps // 8),
@@ -109,7 +111,8 @@ def main() -> int:
     if not a.no_pack:
         pack = a.work / "packed"
         start = time.perf_counter()
-        proc = _run([*cnn, "data", "pack", str(config), "-o", str(pack), "--max-side", "256"], log)
+        proc = _run([*cnn, "data", "pack", str(config), "-o", str(pack), "--max-side", "256",
+                     "--workers", str(a.workers)], log)
         out["pack_s"] = time.perf_counter() - start
         if proc.returncode == 0:
             source = ["--set", "data.source=packed", "--set", f"data.path={pack}"]
