@@ -78,9 +78,10 @@ class RunClock:
     """Wall, compile and steady training time of a run, across resumes.
 
     The steady window opens after the first (compiling) step of a process; `window_rate()`
-    closes it, returning the images/s since it opened (None when no image was timed), and
-    opens the next. `skip()` restarts the window without counting the time since it
-    opened, for time spent evaluating or checkpointing.
+    closes it, returning the images/s of the steps since it opened (None when no image was
+    timed), and opens the next. `pause()` ... `resume()` brackets time that is not training
+    (evaluating, checkpointing): the window keeps its images and the time it ran before the
+    pause, and counts on from the resume.
     """
 
     def __init__(self, saved: dict[str, Any] | None = None, started: float | None = None):
@@ -96,8 +97,10 @@ class RunClock:
         steady = saved.get("steady") or {}
         self.steady_images = int(steady.get("images", 0))
         self.steady_seconds = float(steady.get("seconds", 0.0))
-        self._window_start: float | None = None
+        self._window_start: float | None = None  # None: no window open, or paused
+        self._window_open = False
         self._window_images = 0
+        self._window_seconds = 0.0  # the window's time before its last pause
 
     def wall(self) -> float:
         """Seconds of wall time of the whole run: earlier processes plus this one so far."""
@@ -110,7 +113,8 @@ class RunClock:
         now = time.perf_counter()
         self.first_step_s = now - self._start
         self._first_step_compile = seconds
-        self._window_start, self._window_images = now, 0
+        self._window_open = True
+        self._window_start, self._window_images, self._window_seconds = now, 0, 0.0
 
     @property
     def compile_s(self) -> float:
@@ -122,25 +126,33 @@ class RunClock:
 
     def stepped(self, images: int) -> None:
         """A timed step of `images` images was dispatched."""
-        if self._window_start is not None:
+        if self._window_open:
             self._window_images += images
 
     def window_rate(self) -> float | None:
         """Images/s of the steps since the window opened (None if none were timed); opens the next."""
-        if self._window_start is None:
+        if not self._window_open:
             return None
         now = time.perf_counter()
+        seconds = self._window_seconds + (now - self._window_start if self._window_start is not None else 0.0)
         rate = None
-        if self._window_images > 0 and now > self._window_start:
-            rate = self._window_images / (now - self._window_start)
+        if self._window_images > 0 and seconds > 0:
+            rate = self._window_images / seconds
             self.steady_images += self._window_images
-            self.steady_seconds += now - self._window_start
-        self._window_start, self._window_images = now, 0
+            self.steady_seconds += seconds
+        self._window_start = now if self._window_start is not None else None
+        self._window_images, self._window_seconds = 0, 0.0
         return rate
 
-    def skip(self) -> None:
-        """Restart the window without counting the time since it opened (evaluation, checkpointing)."""
+    def pause(self) -> None:
+        """Stop counting time (evaluation, checkpointing follow); the window keeps its images and time so far."""
         if self._window_start is not None:
+            self._window_seconds += time.perf_counter() - self._window_start
+            self._window_start = None
+
+    def resume(self) -> None:
+        """Count time again after `pause()`."""
+        if self._window_open and self._window_start is None:
             self._window_start = time.perf_counter()
 
     def images_per_sec(self) -> float | None:

@@ -238,9 +238,11 @@ class Training:
                 stop = self.catcher.stop_requested(done)
                 if self.log_every(done) or self.eval_every(done) or stop:
                     self._record(done)
-                val = self._evaluate(done) if self.eval_every(done) else None
-                if val is not None or self.ckpt_every(done) or stop or self.stopped_early:
+                if self.eval_every(done) or self.ckpt_every(done) or stop:
+                    self._pause_clock()  # evaluation and checkpointing are not training throughput
+                    val = self._evaluate(done) if self.eval_every(done) else None
                     self._save(done, val)
+                    self.clock.resume()
                 if stop:
                     self._interrupted(done)
                 if self.stopped_early:
@@ -331,7 +333,13 @@ class Training:
         self.log.sync(self._counters())  # the epoch sums a resume needs cover every step up to `done`
         metrics = None if val is None else {"val_accuracy": val["accuracy"], "val_loss": val["loss"]}
         self.manager.save(done, model_tree(self.state), train_tree(self.state), self._meta(done, val), metrics)
-        self.clock.skip()  # checkpointing and evaluation are not training throughput
+
+    def _pause_clock(self) -> None:
+        """Stop the throughput clock once the steps dispatched so far have run (they are training time)."""
+        import jax
+
+        jax.block_until_ready(self.state)
+        self.clock.pause()
 
     def _interrupted(self, done: int) -> None:
         self.manager.wait()
