@@ -37,6 +37,9 @@ def test_finetune_keeps_frozen_groups_and_trains_the_new_head(pretrained, tiny_c
     report = json.loads((run / "init.json").read_text())
     assert report["reinitialised"] == ["fc"] and "conv1" in report["loaded"] and "fc" not in report["loaded"]
     assert "conv1" in report["frozen"] and "fc" not in report["frozen"]
+    # ResNet-20's BatchNorm layers: the stem's and two per block (convolutions have no inference mode)
+    assert report["batchnorm_inference"] == sorted(
+        ["bn1"] + [f"layer{s}.{b}.bn{k}" for s in (1, 2, 3) for b in (0, 1, 2) for k in (1, 2)])
     assert "re-initialised: 1 group(s): fc" in res.output
     before, after = weights(pretrained), weights(run)
     frozen = [k for k in after if "fc" not in k.split("/")]

@@ -74,7 +74,7 @@ def build_training(cfg: Config, init: Callable[[dict, int], tuple[dict, dict]] |
     from cnncli.train.evaluator import Evaluator
     from cnncli.train.feeds import make_feed
     from cnncli.train.optim import PlateauController, build_optimizer, build_schedule
-    from cnncli.train.state import init_train_state, split_model
+    from cnncli.train.state import batchnorm_layers, init_train_state, split_model
     from cnncli.train.step import make_train_step
 
     t = cfg.train
@@ -94,7 +94,7 @@ def build_training(cfg: Config, init: Callable[[dict, int], tuple[dict, dict]] |
         mask = freeze_mask(nnx.state(model, nnx.Param), list(t.freeze))  # the tree of the params split below
         frozen = frozen_groups(mask)[0]
         if t.freeze_epochs is None:  # frozen for good: their BatchNorm layers run in inference mode
-            inference = frozenset(frozen)
+            inference = frozenset(frozen) & batchnorm_layers(model)
     parts, params, batch_stats = split_model(model, inference)
     report: dict[str, Any] = {}
     if init is not None:

@@ -48,6 +48,12 @@ def split_model(model: nnx.Module, inference_modules: frozenset[str] = frozenset
     return ModelParts(train_graph, eval_graph, rng_state), params, batch_stats
 
 
+def batchnorm_layers(model: nnx.Module) -> frozenset[str]:
+    """Dotted paths of the model's BatchNorm layers (the modules that have an inference mode to keep)."""
+    return frozenset(".".join(map(str, path)) for path, module in nnx.iter_modules(model)
+                     if isinstance(module, nnx.BatchNorm))
+
+
 def init_train_state(params: Any, batch_stats: Any, tx: optax.GradientTransformation, ema: bool) -> TrainState:
     return TrainState(
         step=jnp.zeros((), jnp.int32),
