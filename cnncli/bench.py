@@ -8,8 +8,8 @@ several windows of steps after a warm-up, each window ended by waiting for the d
 
 FLOPs come two ways: `flops_per_step` is XLA's cost analysis of the compiled step (on GPU it
 leaves out the convolutions that run as cuDNN calls; where the step's convolutions and batch
-norms are oneDNN calls, it is the analysis of the same step lowered with XLA's own, before
-XLA's optimisations), `model_flops_per_step` is counted from
+norms are oneDNN calls, it is the analysis of the same step compiled with XLA's own -- the
+figure `cnn summarize` reports, cnncli.train.xla_cost), `model_flops_per_step` is counted from
 the traced forward pass (convolutions and matrix products, x 3 for the backward pass).
 Achieved FLOP/s and MFU use the model FLOPs, MFU against the chip's dense bf16 peak.
 """
@@ -78,17 +78,6 @@ def _is_config_path(target: str) -> bool:
     return target.endswith((".yaml", ".yml")) or Path(target).is_file()
 
 
-def _default_raw(name: str) -> dict[str, Any]:
-    """The experiment a bare model name stands for: its family's usual augmentation, SGD with momentum."""
-    from cnncli.models import get_spec
-
-    spec = get_spec(name)  # unknown names raise ModelError here
-    small = spec.family in ("cifar_resnet", "cifar_plain")
-    augment = {"random_crop_padding": 4, "flip": True} if small else {"random_resized_crop": True, "flip": True}
-    return {"model": {"name": name}, "data": {"augment": augment},
-            "optimizer": {"name": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 1e-4}}
-
-
 def resolve_config(req: BenchRequest) -> Config:
     """Validate the request and build the Config it times (the file's, or a bare model's)."""
     from cnncli.config import config_from_dict, read_yaml
@@ -110,7 +99,9 @@ def resolve_config(req: BenchRequest) -> Config:
     else:
         if req.data == "config":
             raise ConfigError("--data config needs a config file; a bare model name is timed on synthetic data")
-        raw, where = _default_raw(req.target), "bench"
+        from cnncli.train.recipe import bare_model_raw
+
+        raw, where = bare_model_raw(req.target), "bench"
     overrides = []
     if req.batch_size is not None:
         overrides.append(f"train.batch_size={req.batch_size}")
@@ -195,18 +186,6 @@ def _batches(cfg: Config, work: _Workload, mesh, step_fn):
     else:
         fn = step_fn
     return fn, iter(feed.batches(stream, 0, 1 << 30))
-
-
-def _cost_flops(compiled: Any) -> float | None:
-    """XLA's FLOP count of a compiled (or lowered) program, per device; None where the backend gives none."""
-    try:
-        cost = compiled.cost_analysis()
-    except Exception:  # noqa: BLE001 - backends without cost analysis raise various errors
-        return None
-    if isinstance(cost, (list, tuple)):
-        cost = cost[0] if cost else None
-    flops = cost.get("flops") if isinstance(cost, dict) else None
-    return float(flops) if flops is not None and flops > 0 else None
 
 
 def _jaxpr_macs(jaxpr) -> int:
@@ -314,6 +293,7 @@ def run_bench(req: BenchRequest, progress: Progress = lambda _msg: None) -> dict
     from cnncli.train.optim import build_optimizer, build_schedule
     from cnncli.train.state import init_train_state, split_model
     from cnncli.train.step import make_train_step
+    from cnncli.train.xla_cost import xla_flops
 
     t = cfg.train
     work = _workload(cfg, req.data)
@@ -354,12 +334,12 @@ def run_bench(req: BenchRequest, progress: Progress = lambda _msg: None) -> dict
     kernels = kernels_in_use()
     if kernels.startswith("oneDNN") and "cnn_onednn" not in (train_compiled.as_text() or ""):
         kernels = "XLA (oneDNN takes float32 convolutions only)"  # e.g. a bfloat16 step on a CPU
-    xla_flops = _cost_flops(train_compiled)
-    if kernels.startswith("oneDNN"):  # XLA counts nothing inside a custom call: count XLA's own ops
+    flops = xla_flops(train_compiled)
+    if kernels.startswith("oneDNN"):  # XLA counts nothing inside a custom call: count XLA's own ops, compiled
         with xla_kernels():  # a fresh function, so that jax's trace cache cannot hand back the first trace
-            xla_flops = _cost_flops(jax.jit(lambda *args: fn(*args)).lower(state, *next(batches)))
+            flops = xla_flops(jax.jit(lambda *args: fn(*args)).lower(state, *next(batches)).compile())
     return _report(req, cfg, work, device, step_times, eval_times, compile_s, eval_compile_s,
-                   xla_flops, model_flops, loss, kernels)
+                   flops, model_flops, loss, kernels)
 
 
 def _report(req: BenchRequest, cfg: Config, work: _Workload, device: dict, step_times: list[float],

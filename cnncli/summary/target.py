@@ -74,7 +74,7 @@ def resolve_target(arg: str) -> Target:
     from cnncli.models import get_spec, list_models
 
     if arg in list_models():
-        return Target(arg)
+        return _bare(arg)
     path = Path(arg)
     if path.is_file():
         from cnncli.config import load_config
@@ -93,7 +93,18 @@ def resolve_target(arg: str) -> Target:
         return _from_config(load_config(run.config), str(run.path), resolved=True)
     if "/" in arg or arg.endswith((".yaml", ".yml")):
         raise SummaryError(f"no such config file, run directory or checkpoint: {arg}")
-    return Target(get_spec(arg).name)  # an unknown name raises, suggesting the closest registered ones
+    return _bare(get_spec(arg).name)  # an unknown name raises, suggesting the closest registered ones
+
+
+def _bare(name: str) -> Target:
+    """A registered model name: the step compiled is the one `cnn bench NAME` times (its augmentation and
+    optimizer, cnncli.train.recipe), so that both report one XLA FLOP count."""
+    from cnncli.config import config_from_dict
+    from cnncli.train.recipe import bare_model_raw
+
+    cfg = config_from_dict(bare_model_raw(name), name, [])
+    return Target(name, optimizer=optimizer_label(cfg.optimizer), optimizer_config=cfg.optimizer,
+                  augment=cfg.data.augment)
 
 
 def summarize_targets(targets: list[str], *, input_size: int | None = None, in_channels: int | None = None,

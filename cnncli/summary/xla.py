@@ -13,18 +13,6 @@ from typing import Any
 from cnncli.kernels import xla_kernels
 
 
-def _cost_flops(compiled: Any) -> float | None:
-    try:
-        cost = compiled.cost_analysis()
-    except Exception:  # noqa: BLE001 - backends without cost analysis raise various errors
-        return None
-    if isinstance(cost, (list, tuple)):  # older jax: one dict per computation
-        cost = cost[0] if cost else None
-    if not isinstance(cost, dict) or cost.get("flops") is None:
-        return None
-    return float(cost["flops"])
-
-
 def _memory(compiled: Any) -> dict[str, int] | None:
     try:
         stats = compiled.memory_analysis()
@@ -62,6 +50,7 @@ def compile_train_step(model: Any, *, batch_size: int, optimizer: Any, augment: 
     from cnncli.train.optim import build_optimizer, build_schedule
     from cnncli.train.state import init_train_state, split_model
     from cnncli.train.step import make_train_step
+    from cnncli.train.xla_cost import xla_flops
 
     h, w, c = model.input_shape
     schedule = build_schedule(ScheduleConfig(), optimizer.lr, 1, 1)
@@ -106,7 +95,7 @@ def compile_train_step(model: Any, *, batch_size: int, optimizer: Any, augment: 
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         result["note"] = f"compilation failed: {first[:200]}"
         return result
-    result["flops"] = _cost_flops(compiled)
+    result["flops"] = xla_flops(compiled)
     memory = _memory(compiled)
     if memory is not None:
         result.update(memory)
