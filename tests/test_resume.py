@@ -2,6 +2,7 @@
 
 import json
 import re
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -47,6 +48,30 @@ def test_a_refused_resume_changes_no_file(finished, override, key):
     res = cnn("train", "--resume", run, "--set", override, "--set", "train.steps=20")
     assert res.exit_code == 2 and key in res.output and "cannot change" in res.output, res.output
     assert snapshot(run) == before
+
+
+@pytest.mark.slow
+def test_resume_with_every_checkpoint_gone_is_refused_unless_restarted(finished, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(finished / "run", run)
+    shutil.rmtree(run / "checkpoints")
+    before = snapshot(run)
+    res = cnn("train", "--resume", run, "--set", "train.steps=12")
+    assert res.exit_code == 2, res.output
+    assert res.output.strip().splitlines() == [res.output.strip()]  # one line
+    assert "no checkpoint" in res.output and "reach step 8" in res.output and "--restart" in res.output
+    assert snapshot(run) == before and not (run / "checkpoints").exists()
+    res = cnn("train", "--resume", run, "--set", "train.steps=12", "--restart")
+    assert res.exit_code == 0, res.output
+    assert "training starts from step 0" in res.output
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines if r["split"] == "train"] == [2, 4, 6, 8, 10, 12]  # once each, from 0
+
+
+def test_restart_belongs_to_resume(tiny_config, tmp_path):
+    res = cnn("train", tiny_config, "--run-dir", tmp_path / "run", "--restart")
+    assert res.exit_code == 2 and "--restart applies to --resume" in res.output
+    assert not (tmp_path / "run").exists()
 
 
 def test_finished_run_and_config_with_resume(finished):

@@ -19,6 +19,8 @@ def train(
     run_dir: Annotated[Optional[Path], typer.Option("--run-dir", help="Exact run directory path.")] = None,
     resume: Annotated[Optional[Path], typer.Option(help="Continue this run from its newest checkpoint.")] = None,
     force: Annotated[bool, typer.Option(help="Replace an existing run directory.")] = False,
+    restart: Annotated[bool, typer.Option(
+        help="With --resume: train the run again from step 0 when no checkpoint of it is left.")] = False,
     print_config: Annotated[bool, typer.Option("--print-config", help="Print the resolved config and exit.")] = False,
     format: Annotated[Format, typer.Option("--format", help="Final summary format.")] = Format.table,
     cache: Annotated[bool, typer.Option(
@@ -54,6 +56,8 @@ def train(
             stderr_console().print(f"{path}: {note}")
             return
     else:
+        if restart:
+            raise ConfigError("--restart applies to --resume RUN_DIR only (a run with no checkpoint left)")
         if config is None:
             raise ConfigError("give a CONFIG file (e.g. configs/digits_resnet20.yaml) or --resume RUN_DIR")
         if init_from is not None:
@@ -82,7 +86,8 @@ def train(
     console = stderr_console() if distributed.is_primary() else Console(stderr=True, quiet=True)
     try:
         summary = train_and_evaluate(cfg, path, resume=resume is not None, force=force, console=console,
-                                     init=_initializer(cfg.model.init_from), started=_state.get("started"))
+                                     init=_initializer(cfg.model.init_from), started=_state.get("started"),
+                                     restart=restart)
     except distributed.ClusterError as exc:
         distributed.exit_now(exc)  # jax's exit-time shutdown would wait for the failed process, then abort
     if not distributed.is_primary():

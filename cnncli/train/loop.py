@@ -24,16 +24,19 @@ from cnncli.train.clock import Every, RunClock, cache_hits
 from cnncli.train.environment import run_environment
 from cnncli.train.exits import WRITE_ERRNOS, SignalCatcher, one_line, write_error
 from cnncli.train.logbook import TrainLog, epoch_line
+from cnncli.train.resume import starts_over
 from cnncli.train.setup import TrainingSetup, build_training, model_tree, restore_training, train_tree
 
 
 def train_and_evaluate(cfg: Config, run_path: str | Path, *, resume: bool = False, force: bool = False,
-                       console=None, init=None, started: float | None = None) -> dict[str, Any]:
+                       console=None, init=None, started: float | None = None, restart: bool = False
+                       ) -> dict[str, Any]:
     """Train `cfg` into the run directory `run_path` (new, or resumed), evaluate the best checkpoint on the
     test split, return a summary dict. Nothing is written before the config, data, model and (on resume)
     checkpoint have been checked. `init(template, num_classes)` starts a new run from stored weights
     (see `build_training`); a resumed run takes its weights from its checkpoint. `started`: the
-    time.perf_counter() the command began at, for the time to the first step (default: now)."""
+    time.perf_counter() the command began at, for the time to the first step (default: now). A resumed
+    run with no checkpoint left whose records show progress is refused unless `restart`."""
     started = time.perf_counter() if started is None else started
     from rich.console import Console
 
@@ -53,6 +56,8 @@ def train_and_evaluate(cfg: Config, run_path: str | Path, *, resume: bool = Fals
         t = setup.cfg.train
         restored = None
         if resume:
+            if primary_decides(lambda: starts_over(run, restart)):  # before the manager creates anything
+                console.print(f"{run.path} has no checkpoint: training starts from step 0")
             manager = stack.enter_context(_closing(CheckpointManager(
                 run.checkpoints, keep_last=t.keep_last, keep_best=t.keep_best, best_metric=t.best_metric)))
             restored = restore_training(setup, manager, run.path, console)

@@ -66,3 +66,54 @@ def finished_note(status: dict | None, new: Config) -> str | None:
         return None
     return (f"run is already finished ({total} steps, {total / spe:.3g} epochs); nothing to do. "
             f"To train further, extend it, e.g. --set train.epochs={math.ceil(total / spe) * 2}")
+
+
+def recorded_step(run: Any) -> int:
+    """The furthest step a run's own records reach (metrics.jsonl, status.json); 0 when none.
+
+    Unreadable lines and files count as no record: this only decides whether a resume without a
+    checkpoint would throw recorded work away."""
+    import json
+
+    steps = [0]
+    path = run.metrics_jsonl
+    if path.is_file():
+        try:
+            lines = path.read_text(errors="replace").splitlines()
+        except OSError:
+            lines = []
+        for line in lines:
+            try:
+                step = json.loads(line).get("step")
+            except (ValueError, AttributeError):
+                continue
+            if isinstance(step, int):
+                steps.append(step)
+    try:
+        status = run.read_json("status.json")
+    except Exception:  # noqa: BLE001 - an unreadable status is no record
+        status = None
+    if isinstance(status, dict) and isinstance(status.get("step"), int):
+        steps.append(status["step"])
+    return max(steps)
+
+
+def starts_over(run: Any, restart: bool) -> bool:
+    """Whether `--resume` of `run` starts from step 0 because no checkpoint step is left in it.
+
+    Refused (a CheckpointError naming the furthest recorded step) where the run's records show work
+    that would be redone, unless `restart`: checkpoints deleted by hand or by a cleanup are not
+    silently replaced by a fresh start. A run stopped before it recorded a step starts over."""
+    from cnncli.errors import CheckpointError
+
+    try:
+        if any(p.name.isdigit() for p in run.checkpoints.iterdir()):
+            return False  # complete, damaged or unverified: the checkpoint manager decides
+    except OSError:
+        pass
+    reached = recorded_step(run)
+    if reached > 0 and not restart:
+        raise CheckpointError(
+            f"cannot resume {run.path}: no checkpoint of it is left in {run.checkpoints} although its records "
+            f"reach step {reached}; to train it again from step 0 in place, add --restart")
+    return True
