@@ -18,7 +18,10 @@ save are removed when the directory is next opened for writing and ignored when 
 Integrity (cnncli.checkpoint_manifest): once a save is known complete (at the next save, `wait()`
 or `close()`) its files' SHA-256 are written beside it, and every restore checks them first, since
 tensorstore decodes flipped bytes into wrong numbers silently. A damaged step is refused in one
-line naming it and the intact steps; `restore_latest_intact` falls back past damaged steps.
+line naming it and the intact steps; `restore_latest_intact` falls back past damaged steps. A step
+without its checksums (a process killed between Orbax's save and the seal, an older cnn, or a
+deleted cnn_sha256.json) is unverified: a resume passes over it to the newest sealed step where
+there is one, and says so; where none is sealed it restores it with a warning.
 """
 
 from __future__ import annotations
@@ -121,7 +124,7 @@ class Restored(NamedTuple):
     model: Any
     train: Any
     meta: dict
-    skipped: list[str]  # one warning per damaged newer step that was passed over
+    skipped: list[str]  # one warning per damaged or unverified newer step passed over (or restored unverified)
 
 
 def _io_reason(exc: BaseException) -> str | None:
@@ -152,6 +155,7 @@ class CheckpointManager:
         self.read_only = read_only
         self._pending: list[int] = []  # saved steps whose manifest is not written yet
         self._intact: set[int] = set()  # steps verified by this manager
+        self._sealed: set[int] = set()  # steps this manager wrote and sealed
         self._metrics: dict[int, dict] = {}  # metrics of the steps saved by this manager
         self._closed = False
         self._write_failed_once = False  # a failed save may leave temporaries behind until close()
@@ -203,6 +207,15 @@ class CheckpointManager:
         self._pending.append(step)
         if metrics is not None:
             self._metrics[step] = dict(metrics)
+
+    def seal_finished(self) -> None:
+        """Seal the saves that have finished without waiting for one in flight (one process only: Orbax's
+        wait may synchronise processes). Called between steps, so that a run killed later leaves its
+        newest complete checkpoint sealed rather than unverified."""
+        import jax
+
+        if self._pending and jax.process_count() == 1 and not self._mgr.is_saving_in_progress():
+            self._finish_pending()
 
     def wait(self) -> None:
         """Block until the saves in flight are complete and sealed with their manifests."""
@@ -263,6 +276,7 @@ class CheckpointManager:
         except OSError as exc:
             self._write_failed(int(step_dir.name), exc, what=f"the checksums of checkpoint {step_dir}")
         self._intact.add(int(step_dir.name))
+        self._sealed.add(int(step_dir.name))
 
     def _write_failed(self, step: int | None, exc: Exception, what: str | None = None) -> None:
         """Re-raise a failed write as one line naming what failed and the last complete checkpoint.
@@ -344,6 +358,13 @@ class CheckpointManager:
             self._intact.add(step)
         return reason
 
+    def unverified(self, step: int) -> str | None:
+        """Why step `step` cannot be verified (it has no checksums), or None when it is sealed or is being
+        saved by this manager."""
+        if step in self._sealed or step in self._pending or (self.directory / str(step) / MANIFEST).is_file():
+            return None
+        return f"no {MANIFEST}: damage to its arrays would go unnoticed"
+
     def intact_steps(self) -> list[int]:
         return [s for s in self._step_dirs() if self.damage(s) is None]
 
@@ -397,15 +418,18 @@ class CheckpointManager:
 
     def restore_latest_intact(self, model_target: Any, train_target: Any | None = None,
                               check_meta: Callable[[dict], None] | None = None) -> Restored | None:
-        """Restore the newest intact step, passing over damaged newer ones; None if there is no checkpoint.
+        """Restore the newest intact sealed step, passing over damaged and unverified newer ones; where no
+        sealed step restores, the newest intact unverified one (warned). None if there is no checkpoint.
 
         `check_meta(meta)` may raise to refuse a readable checkpoint (e.g. a different model):
-        that error propagates, with no fallback. A writable manager moves the damaged steps aside
-        (to `damaged-<step>`), so that training can write those steps again.
+        that error propagates, with no fallback. A writable manager moves the newer steps passed
+        over aside (to `damaged-<step>` / `unverified-<step>`), so that training can write them again.
         """
         steps = self._step_dirs()
         skipped: list[str] = []
-        for step in reversed(steps):
+        unsealed = [s for s in steps if self.unverified(s) is not None]
+        sealed = [s for s in steps if s not in unsealed]
+        for step in [*reversed(sealed), *reversed(unsealed)]:  # the sealed steps first, each newest first
             try:
                 if check_meta is not None:
                     check_meta(self.restore_meta(step))
@@ -417,23 +441,31 @@ class CheckpointManager:
                 skipped.append(f"checkpoint {self.directory / str(step)} is damaged "
                                f"({reason or _damage_reason(exc)}); skipped")
                 continue
-            self._set_aside([s for s in steps if s > step])
+            newer = [s for s in steps if s > step]  # all tried and damaged, except unsealed ones above a sealed step
+            passed = [] if step in unsealed else [s for s in newer if s in unsealed]
+            skipped[:0] = [f"checkpoint {self.directory / str(s)} is unverified ({self.unverified(s)}); passed "
+                           f"over for sealed checkpoint {step}" for s in passed]
+            if step in unsealed:
+                skipped.append(f"checkpoint {self.directory / str(step)} is unverified ({self.unverified(step)}); "
+                               "restored as it is")
+            self._set_aside({s: "unverified" if s in passed else "damaged" for s in newer})
             return Restored(step, model, train, meta, skipped)
         if steps:
             raise CheckpointError(f"no intact checkpoint in {self.directory}: all of steps "
                                   f"{', '.join(map(str, steps))} are damaged")
         return None
 
-    def _set_aside(self, steps: list[int]) -> None:
+    def _set_aside(self, steps: dict[int, str]) -> None:
+        """Move step directories out of the way, each to `<prefix>-<step>`."""
         if self.read_only or not steps:
             return
-        for step in steps:
-            src, dst = self.directory / str(step), self.directory / f"damaged-{step}"
+        for step, prefix in steps.items():
+            src, dst = self.directory / str(step), self.directory / f"{prefix}-{step}"
             shutil.rmtree(dst, ignore_errors=True)
             try:
                 os.replace(src, dst)
             except OSError as exc:
-                raise CheckpointError(f"cannot move damaged checkpoint {src} aside: {exc.strerror or exc}") from None
+                raise CheckpointError(f"cannot move {prefix} checkpoint {src} aside: {exc.strerror or exc}") from None
         self._mgr.reload()
 
 

@@ -87,6 +87,11 @@ def _restore_model(manager, cfg: Config, step: int, ckpt_dir: Path) -> tuple[Any
     from cnncli.train.state import split_model
 
     meta = manager.restore_meta(step)
+    unverified = manager.unverified(step)
+    if unverified is not None:
+        import sys
+
+        sys.stderr.write(f"warning: checkpoint {ckpt_dir / str(step)} is unverified ({unverified})\n")
     m = cfg.model
     identity = meta.get("model", {})
     model = create_model(m.name, num_classes=m.num_classes, input_shape=(m.input_size, m.input_size, m.in_channels),

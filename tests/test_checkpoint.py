@@ -209,6 +209,50 @@ def test_flipped_array_bytes_decode_silently_without_the_manifest(tmp_path):
     assert not np.array_equal(np.asarray(model["params"]["w"]), np.asarray(tiny_tree(1)[0]["params"]["w"]))
 
 
+UNVERIFIED = "is unverified (no cnn_sha256.json: damage to its arrays would go unnoticed)"
+
+
+def test_a_step_whose_seal_was_deleted_is_passed_over_for_a_sealed_one(tmp_path):
+    ck = tmp_path / "ck"
+    save_steps(ck, [1, 2, 3])
+    (ck / "3" / MANIFEST).unlink()
+    flip(ck / "3")  # what the seal would have caught: without it, wrong numbers decode silently
+    model_t, train_t = zeros_like(tiny_tree(0)[0]), zeros_like(tiny_tree(0)[1])
+    reader = CheckpointManager(ck, read_only=True)
+    assert reader.unverified(3) is not None and reader.unverified(2) is None
+    writer = CheckpointManager(ck)  # a resume
+    got = writer.restore_latest_intact(model_t, train_t)
+    assert got.step == 2 and got.meta == {"step": 2}
+    assert_tree_equal(got.model, tiny_tree(2)[0])
+    assert got.skipped == [f"checkpoint {ck / '3'} {UNVERIFIED}; passed over for sealed checkpoint 2"]
+    assert (ck / "unverified-3").is_dir() and writer.steps() == [1, 2]  # kept, out of the way of step 3
+
+
+def test_an_unverified_step_is_restored_with_a_warning_where_none_is_sealed(tmp_path):
+    ck = tmp_path / "ck"
+    save_steps(ck, [1, 2])
+    for step in (1, 2):
+        (ck / str(step) / MANIFEST).unlink()
+    got = CheckpointManager(ck, read_only=True).restore_latest_intact(zeros_like(tiny_tree(0)[0]))
+    assert got.step == 2 and got.skipped == [f"checkpoint {ck / '2'} {UNVERIFIED}; restored as it is"]
+    assert_tree_equal(got.model, tiny_tree(2)[0])
+
+
+def test_finished_saves_are_sealed_between_steps_without_waiting(tmp_path):
+    """The loop seals a finished save at its next log step, so a run killed later is not left unverified."""
+    import time
+
+    mgr = CheckpointManager(tmp_path / "ck")
+    model, train = tiny_tree(1)
+    mgr.save(1, model, train, {"step": 1})
+    deadline = time.time() + 60
+    while mgr._mgr.is_saving_in_progress() and time.time() < deadline:
+        time.sleep(0.01)
+    mgr.seal_finished()
+    assert (tmp_path / "ck" / "1" / MANIFEST).is_file()
+    mgr.close()
+
+
 def test_checkpoint_without_manifest_still_checked_structurally(tmp_path):
     ck = tmp_path / "ck"
     save_steps(ck, [1, 2])

@@ -279,6 +279,7 @@ class Training:
         return (self.state.nonfinite_steps, self.state.first_nonfinite_step)
 
     def _record(self, done: int) -> None:
+        self.manager.seal_finished()  # a run killed from here on leaves its newest checkpoint sealed
         vals = self.log.record(done, self._counters())
         if vals is None:
             return
