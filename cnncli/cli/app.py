@@ -83,9 +83,29 @@ def print_json(obj: Any) -> None:
     typer.echo(json.dumps(obj, indent=2))
 
 
+# Commands that read files only and never start jax's backend.
+NO_BACKEND = frozenset({"runs", "plot"})
+
+
 @app.callback()
-def _main(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")] = False) -> None:
+def _main(ctx: typer.Context,
+          debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")] = False) -> None:
     _state["debug"] = debug
+    if ctx.invoked_subcommand not in NO_BACKEND:
+        check_backend_environment()
+
+
+def check_backend_environment() -> None:
+    """JAX_PLATFORMS and XLA_FLAGS that jax would fail on (a traceback; XLA's abort) end in one line, exit 2."""
+    import os
+
+    from cnncli.backend_env import problem
+    from cnncli.xla_flags import CPU_DEFAULTS
+
+    reason = problem(os.environ, frozenset(f"--{name}={value}" for name, value, *_ in CPU_DEFAULTS))
+    if reason is not None:
+        typer.echo(f"error: {reason}", err=True)
+        raise typer.Exit(2)
 
 
 SetOption = Annotated[

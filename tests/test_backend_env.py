@@ -1,0 +1,81 @@
+"""JAX_PLATFORMS and XLA_FLAGS that jax would fail on end in one line naming the variable, exit 2."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from cnncli import backend_env
+from cnncli.backend_env import platforms_problem, xla_flags_problem, xla_reason
+
+
+@pytest.fixture
+def no_plugins(monkeypatch):
+    monkeypatch.setattr(backend_env, "_installed", lambda module: False)
+
+
+@pytest.mark.parametrize("value, extra", [
+    ("cuda", "pip install 'cnncli[cuda12]' (or 'cnncli[cuda13]')"),
+    ("gpu", "pip install 'cnncli[cuda12]' (or 'cnncli[cuda13]') or jax's ROCm plugin"),
+    ("tpu", "pip install 'cnncli[tpu]'"),
+    ("cpu,cuda", "pip install 'cnncli[cuda12]'"),
+])
+def test_a_platform_without_its_plugin_names_the_extra(no_plugins, value, extra):
+    reason = platforms_problem({"JAX_PLATFORMS": value})
+    assert reason.startswith(f"JAX_PLATFORMS={value} asks for ") and extra in reason and "\n" not in reason
+
+
+def test_platforms_that_can_start(no_plugins, monkeypatch):
+    assert platforms_problem({}) is None and platforms_problem({"JAX_PLATFORMS": "cpu"}) is None
+    assert platforms_problem({"JAX_PLATFORMS": ""}) is None
+    assert platforms_problem({"JAX_PLATFORMS": "cdua"}) == ("JAX_PLATFORMS=cdua names an unknown platform 'cdua'; "
+                                                            "expected some of cpu, cuda, gpu, rocm, tpu")
+    monkeypatch.setattr(backend_env, "_installed", lambda module: module == "jax_cuda12_plugin")
+    assert platforms_problem({"JAX_PLATFORMS": "cuda"}) is None and platforms_problem({"JAX_PLATFORMS": "gpu"}) is None
+
+
+def test_xla_log_lines_lose_their_prefix():
+    out = ("E1204 17:13:56.981337   21543 command_line_flags.cc:93] Couldn't interpret value maybe for flag x.\n"
+           "F1204 17:13:56.981397   21543 parse_flags_from_env.cc:220] Check failed: Flag parsing failed.\nusage: ...")
+    assert xla_reason(out) == "Couldn't interpret value maybe for flag x."
+
+
+def test_unset_or_cnn_defaults_only_spawn_nothing(monkeypatch):
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: pytest.fail("spawned a child"))
+    assert xla_flags_problem({}) is None and xla_flags_problem({"XLA_FLAGS": "  "}) is None
+    assert xla_flags_problem({"XLA_FLAGS": "--a=1"}, frozenset({"--a=1"})) is None
+
+
+@pytest.mark.slow
+def test_xla_judges_the_flags_once_per_value(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path)}
+    bad = xla_flags_problem({**env, "XLA_FLAGS": "--xla_no_such_flag=1"})
+    assert bad == "XLA_FLAGS='--xla_no_such_flag=1' is refused by XLA: Unknown flag in XLA_FLAGS: " \
+                  "--xla_no_such_flag=1; correct or unset it"
+    bad = xla_flags_problem({**env, "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=maybe"})
+    assert "Couldn't interpret value maybe for flag xla_cpu_multi_thread_eigen" in bad
+    good = {**env, "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false"}
+    assert xla_flags_problem(good) is None
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: pytest.fail("judged an accepted value again"))
+    assert xla_flags_problem(good) is None
+
+
+def _cnn(tmp_path, **env):
+    full = {**os.environ, "XDG_CACHE_HOME": str(tmp_path), **env}
+    return subprocess.run([sys.executable, "-m", "cnncli.cli", "summarize", "resnet20", "--no-compile"],
+                          env=full, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("env, words", [
+    ({"XLA_FLAGS": "--garbage_flag=1"}, "XLA_FLAGS='--garbage_flag=1' is refused by XLA: Unknown flag"),
+    ({"JAX_PLATFORMS": "cuda"}, "JAX_PLATFORMS=cuda asks for the cuda platform"),
+])
+def test_the_command_refuses_in_one_line(tmp_path, env, words):
+    if "JAX_PLATFORMS" in env and any(backend_env._installed(m) for m in backend_env.PLATFORM_PLUGINS["cuda"][0]):
+        pytest.skip("a CUDA plugin is installed here")
+    proc = _cnn(tmp_path, **env)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and words in proc.stderr, proc.stderr
