@@ -25,7 +25,7 @@ from pathlib import Path
 # Plugin modules that bring each platform, and the extra of cnncli that installs them.
 PLATFORM_PLUGINS = {
     "cuda": (("jax_cuda13_plugin", "jax_cuda12_plugin", "jax_plugins.xla_cuda13", "jax_plugins.xla_cuda12"),
-             "pip install 'cnncli[cuda12]' (or 'cnncli[cuda13]')"),
+             "pip install 'cnncli[cuda13]' (NVIDIA driver 580 or newer) or 'cnncli[cuda12]'"),
     "rocm": (("jax_rocm7_plugin", "jax_rocm60_plugin", "jax_plugins.xla_rocm7", "jax_plugins.xla_rocm60"),
              "jax's ROCm plugin (see jax's installation guide)"),
     "tpu": (("libtpu",), "pip install 'cnncli[tpu]'"),

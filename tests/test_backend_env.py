@@ -16,10 +16,10 @@ def no_plugins(monkeypatch):
 
 
 @pytest.mark.parametrize("value, extra", [
-    ("cuda", "pip install 'cnncli[cuda12]' (or 'cnncli[cuda13]')"),
-    ("gpu", "pip install 'cnncli[cuda12]' (or 'cnncli[cuda13]') or jax's ROCm plugin"),
+    ("cuda", "pip install 'cnncli[cuda13]' (NVIDIA driver 580 or newer) or 'cnncli[cuda12]'"),
+    ("gpu", "pip install 'cnncli[cuda13]' (NVIDIA driver 580 or newer) or 'cnncli[cuda12]' or jax's ROCm plugin"),
     ("tpu", "pip install 'cnncli[tpu]'"),
-    ("cpu,cuda", "pip install 'cnncli[cuda12]'"),
+    ("cpu,cuda", "pip install 'cnncli[cuda13]'"),
 ])
 def test_a_platform_without_its_plugin_names_the_extra(no_plugins, value, extra):
     reason = platforms_problem({"JAX_PLATFORMS": value})
