@@ -340,7 +340,8 @@ def test_npz_rgb_default_names_and_bad_input(tmp_path):
         load_source(DataConfig(source="npz", path=str(path)))
     np.savez(path, x_train=x, y_train=np.zeros(10, int), x_test=x[:3], y_test=np.array([0, 0, 5]),
              class_names=np.array(["a", "b"]))
-    with pytest.raises(DataError, match=r"npz test split: labels must lie in \[0, 1\], found 0..5"):
+    with pytest.raises(DataError, match=r"rgb.npz 'y_test' \(class_names lists 2 classes\): labels must lie in "
+                                        r"\[0, 1\], found 0..5"):
         prepare_dataset(DataConfig(source="npz", path=str(path)))
     np.savez(path, x_train=x, y_train=np.zeros(10, int))
     with pytest.raises(DataError, match="missing arrays x_test, y_test"):

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from cnncli.data.dataset import SourceData
+from cnncli.data.dataset import SourceData, check_labels
 from cnncli.data.locate import missing_dataset, source_location
 from cnncli.data.safe_pickle import load_pickle, plain_keys
 from cnncli.errors import DataError
@@ -73,7 +73,14 @@ def read_binary(path: Path, label_bytes: int) -> tuple[np.ndarray, np.ndarray]:
 def _read_names(path: Path) -> list[str] | None:
     if not path.is_file():
         return None
-    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: the class names are not UTF-8 text (byte {exc.start}: "
+                        f"{exc.object[exc.start:exc.start + 1].hex()})") from None
+    return [line.strip() for line in text.splitlines() if line.strip()]
 
 
 def _rows_to_images(data, path: Path) -> np.ndarray:
@@ -89,20 +96,33 @@ def _read_python(path: Path, label_key: str) -> tuple[np.ndarray, np.ndarray]:
         found = sorted(batch) if isinstance(batch, dict) else type(batch).__name__
         raise DataError(f"{path}: expected a dict with 'data' and '{label_key}', found {found}")
     images = _rows_to_images(batch["data"], path)
-    labels = np.asarray(batch[label_key])
+    try:
+        labels = np.asarray(batch[label_key])
+    except (ValueError, TypeError):  # ragged nested lists
+        raise DataError(f"{path}: '{label_key}' must be a list of {len(images)} integers") from None
     if labels.shape != (len(images),):
         raise DataError(f"{path}: '{label_key}' has shape {labels.shape}, expected ({len(images)},)")
-    return images, labels.astype(np.int32)
+    return images, labels
 
 
 def _python_names(path: Path, key: str) -> list[str] | None:
     if not path.is_file():
         return None
-    meta = plain_keys(load_pickle(path))
+    meta = plain_keys(load_pickle(path, encoding="bytes"))  # Python 2 str -> bytes, decoded strictly below
     names = meta.get(key) if isinstance(meta, dict) else None
     if not isinstance(names, list):
         raise DataError(f"{path}: expected a dict with a list '{key}'")
-    return [n.decode() if isinstance(n, bytes) else str(n) for n in names]
+    out = []
+    for i, n in enumerate(names):
+        if isinstance(n, bytes):
+            try:
+                n = n.decode("utf-8")
+            except UnicodeDecodeError:
+                raise DataError(f"{path}: '{key}'[{i}] is not UTF-8 text ({n[:20]!r})") from None
+        if not isinstance(n, str):
+            raise DataError(f"{path}: '{key}'[{i}] must be a string, got {type(n).__name__}")
+        out.append(n)
+    return out
 
 
 def load_cifar(source: str, directory: Path | None, label: str = "fine") -> SourceData:
@@ -122,14 +142,13 @@ def load_cifar(source: str, directory: Path | None, label: str = "fine") -> Sour
         for name in files:
             if fmt == "binary":
                 images, labels = read_binary(folder / name, 1 if source == "cifar10" else 2)
-                labels = labels[:, 0 if source == "cifar10" or coarse else 1].astype(np.int32)
+                labels = labels[:, 0 if source == "cifar10" or coarse else 1]
+                where = str(folder / name) + ("" if source == "cifar10" else f" ({label} label bytes)")
             else:
                 key = "labels" if source == "cifar10" else ("coarse_labels" if coarse else "fine_labels")
                 images, labels = _read_python(folder / name, key)
-            if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
-                raise DataError(f"{folder / name}: labels must lie in [0, {num_classes - 1}], found "
-                                f"{int(labels.min())}..{int(labels.max())}")
-            parts.append((images, labels))
+                where = f"{folder / name} '{key}'"
+            parts.append((images, check_labels(labels, num_classes, where)))
         return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
     if fmt == "binary":

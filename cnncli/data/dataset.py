@@ -101,11 +101,29 @@ def is_path_array(x: np.ndarray) -> bool:
     return isinstance(x, np.ndarray) and x.ndim == 1 and x.dtype.kind in ("U", "S", "O")
 
 
-def check_labels(y: np.ndarray, num_classes: int, where: str) -> np.ndarray:
-    """Labels as int32, refusing values outside [0, num_classes)."""
+def check_labels(y, num_classes: int, where: str) -> np.ndarray:
+    """Labels as int32, refusing anything but integers in [0, num_classes).
+
+    Floats are refused even when integral (3.0): a float label file is a sign of the wrong
+    file or column, and truncating 3.7 to class 3 would train on wrong labels without a word.
+    The range is checked before the cast, so a huge integer cannot wrap into range.
+    """
     y = np.asarray(y)
     if y.ndim != 1:
         raise DataError(f"{where}: labels must be a 1-D array, got shape {y.shape}")
+    if y.dtype.kind not in "iu":
+        raise DataError(f"{where}: labels must be integers, got {_kind_name(y)}")
     if y.size and (y.min() < 0 or y.max() >= num_classes):
         raise DataError(f"{where}: labels must lie in [0, {num_classes - 1}], found {int(y.min())}..{int(y.max())}")
     return y.astype(np.int32)
+
+
+def _kind_name(y: np.ndarray) -> str:
+    """What a non-integer label array holds, in words, with an example value."""
+    kinds = {"f": "floats", "b": "booleans", "U": "strings", "S": "byte strings", "O": "Python objects",
+             "c": "complex numbers"}
+    what = kinds.get(y.dtype.kind, str(y.dtype))
+    if not y.size or y.dtype.kind not in "fUS":
+        return what
+    first = y.reshape(-1)[0].item()
+    return f"{what} (e.g. {first:g})" if y.dtype.kind == "f" else f"{what} (e.g. {first!r})"

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from cnncli.data.dataset import SourceData
+from cnncli.data.dataset import SourceData, check_labels
 from cnncli.data.locate import missing_dataset, source_location
 from cnncli.errors import DataError
 
@@ -92,10 +92,14 @@ def load_mnist_family(source: str, directory: Path | None) -> SourceData:
         images, labels = read_idx(paths[0]), read_idx(paths[1])
         if images.ndim != 3 or images.dtype != np.uint8:
             raise DataError(f"{paths[0]}: expected uint8 images [N, H, W], got {images.dtype} {images.shape}")
+        if min(images.shape) == 0:
+            raise DataError(f"{paths[0]}: holds no pixels: its header gives {images.shape[0]} images of "
+                            f"{images.shape[1]}x{images.shape[2]}")
         if labels.ndim != 1 or len(labels) != len(images):
             raise DataError(f"{paths[1]}: expected {len(images)} labels to match {paths[0].name}, got shape "
                             f"{labels.shape}")
-        splits[split] = (np.ascontiguousarray(images[..., None]), labels.astype(np.int32))
+        labels = check_labels(labels, len(_CLASS_NAMES[source]), f"{paths[1]} (IDX type {labels.dtype.name})")
+        splits[split] = (np.ascontiguousarray(images[..., None]), labels)
     h, w = splits["train"][0].shape[1:3]
     return SourceData(splits["train"], None, splits["test"], list(_CLASS_NAMES[source]),
                       f"{source} IDX files ({h}x{w} grayscale)", path=str(directory))

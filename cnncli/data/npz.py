@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from cnncli.data.dataset import SourceData
+from cnncli.config.schema import MAX_CLASSES
+from cnncli.data.dataset import SourceData, check_labels
 from cnncli.data.locate import missing_dataset, source_location
 from cnncli.errors import DataError
 
@@ -51,6 +52,22 @@ def _images(x: np.ndarray, key: str, path: Path) -> np.ndarray:
     return np.ascontiguousarray(x)
 
 
+def _class_names(names: np.ndarray, path: Path) -> list[str]:
+    """The 'class_names' array as strings: text (numpy str) or UTF-8 bytes, nothing else."""
+    if names.dtype.kind not in "US" or names.size == 0:
+        raise DataError(f"{path}: 'class_names' must be a non-empty array of strings, got {names.dtype} "
+                        f"{names.shape}")
+    out = []
+    for i, n in enumerate(names.reshape(-1).tolist()):
+        if isinstance(n, bytes):
+            try:
+                n = n.decode("utf-8")
+            except UnicodeDecodeError:
+                raise DataError(f"{path}: 'class_names'[{i}] is not UTF-8 text ({n[:20]!r})") from None
+        out.append(n)
+    return out
+
+
 def load_npz(where: Path | None) -> SourceData:
     """Read the archive; class names default to '0'..'K-1' for K = highest label + 1."""
     path = _locate(where)
@@ -69,15 +86,18 @@ def load_npz(where: Path | None) -> SourceData:
         if f"x_{split}" not in arrays:
             continue
         x = _images(arrays[f"x_{split}"], f"x_{split}", path)
+        if min(x.shape[:3]) == 0:
+            raise DataError(f"{path}: 'x_{split}' holds no images (shape {x.shape}); every split needs at least one")
         y = arrays[f"y_{split}"]
-        if y.ndim != 1 or len(y) != len(x) or y.dtype.kind not in "iu":
+        if y.ndim != 1 or len(y) != len(x):
             raise DataError(f"{path}: 'y_{split}' must be {len(x)} integer labels, got {y.dtype} {y.shape}")
-        splits[split] = (x, y.astype(np.int64))
+        splits[split] = (x, check_labels(y, MAX_CLASSES, f"{path} 'y_{split}'").astype(np.int64))
     if "class_names" in arrays:
-        names = [n.decode() if isinstance(n, bytes) else str(n) for n in arrays["class_names"].reshape(-1).tolist()]
+        names = _class_names(arrays["class_names"], path)
     else:
-        top = max(int(y.max()) for _, y in splits.values() if y.size)
-        names = [str(i) for i in range(top + 1)]
+        names = [str(i) for i in range(max(int(y.max()) for _, y in splits.values()) + 1)]
+    for split, (_, y) in splits.items():
+        check_labels(y, len(names), f"{path} 'y_{split}' (class_names lists {len(names)} classes)")
     h, w, c = splits["train"][0].shape[1:]
     return SourceData(splits["train"], splits.get("val"), splits["test"], names,
                       f"npz archive {path.name} ({h}x{w}x{c})", path=str(path))

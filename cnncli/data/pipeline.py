@@ -109,6 +109,10 @@ def prepare_dataset(cfg: DataConfig, src: SourceData | None = None) -> Dataset:
     else:
         val = src.val
     split_info["train_indices"] = base.tolist()
+    for name, (_, y) in (("train", (x_train, y_train)), ("val", val), ("test", test)):
+        if len(y) == 0:  # an evaluation of nothing would fail only after the run directory exists
+            raise DataError(f"{cfg.source} ({src.path or 'built in'}): the {name} split is empty; every split "
+                            "needs at least one example")
 
     size = cfg.image_size or default_image_size(cfg.source)
     common = dict(class_names=list(src.class_names), source=cfg.source, split_info=split_info,

@@ -65,11 +65,12 @@ class RestrictedUnpickler(pickle.Unpickler):
         return obj
 
 
-def load_pickle(path: Path):
-    """Unpickle a dataset file safely; Python 2 pickles (the CIFAR files) are read as latin-1."""
+def load_pickle(path: Path, encoding: str = "latin1"):
+    """Unpickle a dataset file safely; Python 2 str objects (the CIFAR files) are decoded as `encoding`
+    (latin-1: what numpy arrays need; "bytes": left as bytes, for text the caller decodes strictly)."""
     try:
         with open(path, "rb") as f:
-            return RestrictedUnpickler(f, encoding="latin1").load()
+            return RestrictedUnpickler(f, encoding=encoding).load()
     except _Refused as exc:
         raise DataError(f"{path}: refused to unpickle: the file references {exc}, which is not a plain container, "
                         f"string, number or numpy array (tampered, or not a dataset file)") from None
