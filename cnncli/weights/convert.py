@@ -85,6 +85,12 @@ def convert_state_dict(tensors: dict[str, np.ndarray], name: str, source: str = 
         raise CheckpointError(f"{where}: {layouts.head_key(name, source)} or {layouts.first_conv_key(name)} "
                               "has the wrong number of dimensions")
     num_classes, input_shape = int(head[0]), (224, 224, int(first[1]))
+    if input_shape[2] not in (1, 3):  # cnn feeds grayscale or RGB images only (config: model.in_channels 1 or 3)
+        rgb = (*first[:1], 3, *first[2:])
+        raise CheckpointError(f"{where}: {layouts.first_conv_key(name)} has shape {first}, but {name} takes RGB "
+                              f"{rgb} (or grayscale, 1 input channel): {first[1]} input channels cannot be fed")
+    if num_classes < 1:
+        raise CheckpointError(f"{where}: {layouts.head_key(name, source)} has shape {head}: no classes")
     model, _, params, batch_stats, _ = abstract_model(name, num_classes, input_shape)
     entries = layouts.layout(name, model, source)
     tree = {"params": params.to_pure_dict(), "batch_stats": batch_stats.to_pure_dict()}
@@ -95,12 +101,25 @@ def convert_state_dict(tensors: dict[str, np.ndarray], name: str, source: str = 
         _set(tree, e.path, np.ascontiguousarray(layouts.to_cnn(e, tensors[e.torch_key]), dtype=dtype))
     nnx.replace_by_pure_dict(params, tree["params"])
     nnx.replace_by_pure_dict(batch_stats, tree["batch_stats"])
-    counters = {k[: -len(COUNTER)]: int(v) for k, v in tensors.items() if k.endswith(COUNTER) and v.size == 1}
+    counters = _counters(tensors, where)
     names = imagenet_class_names() if num_classes == 1000 else [f"class_{i}" for i in range(num_classes)]
     info = {"model": name, "num_classes": num_classes, "input_shape": list(input_shape), "mean": IMAGENET_MEAN,
             "std": IMAGENET_STD, "class_names": names, "source": source,
             "num_batches_tracked": counters or None}
     return params, batch_stats, info
+
+
+def _counters(tensors: dict[str, np.ndarray], where: str) -> dict[str, int]:
+    """The file's BatchNorm `num_batches_tracked` values: each must be an integer scalar, as PyTorch writes it."""
+    counters = {}
+    for k, v in tensors.items():
+        if not k.endswith(COUNTER):
+            continue
+        if v.shape != () or v.dtype.kind not in "iu":
+            raise CheckpointError(f"{where}: {k} must be an integer scalar (shape ()), got {v.dtype} of shape "
+                                  f"{tuple(v.shape)}")
+        counters[k[: -len(COUNTER)]] = int(v)
+    return counters
 
 
 def import_weights(file: str | Path, name: str, *, source: str = "torchvision", out: str | Path | None = None,
@@ -162,6 +181,7 @@ def export_weights(src: str | Path, out: str | Path, layout: str = "torchvision"
         raise WriteError(f"{out}: the export is a safetensors file: name it *.safetensors")
     if layout not in ("torchvision", "cnn"):
         raise WriteError(f"unknown --layout {layout!r}: expected torchvision or cnn")
+    _check_writable(out)  # before the weights are read: a refusal costs nothing
     name, params, batch_stats, info = load_any(src)
     if layout == "torchvision":
         tensors = torch_tensors(name, params, batch_stats, info)
@@ -176,4 +196,21 @@ def export_weights(src: str | Path, out: str | Path, layout: str = "torchvision"
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         raise WriteError(f"cannot write {out}: {exc.strerror or exc}") from None
+    except Exception as exc:  # noqa: BLE001 - safetensors reports I/O failures as its own SafetensorError
+        tmp.unlink(missing_ok=True)
+        raise WriteError(f"cannot write {out}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+                         ) from None
     return out, len(tensors)
+
+
+def _check_writable(out: Path) -> None:
+    """One WriteError when `out` cannot be written as a file: a directory there, a missing or read-only folder."""
+    folder = out.parent
+    if out.is_dir():
+        raise WriteError(f"cannot write {out}: it is a directory; name the .safetensors file to write")
+    if out.exists() and not out.is_file():
+        raise WriteError(f"cannot write {out}: it exists and is not a regular file")
+    if not folder.is_dir():
+        raise WriteError(f"cannot write {out}: the folder {folder} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise WriteError(f"cannot write {out}: the folder {folder} is not writable")

@@ -12,6 +12,8 @@ anything is called, and nothing from torch is imported.
 from __future__ import annotations
 
 import collections
+import io
+import math
 import pickle
 import zipfile
 from pathlib import Path
@@ -23,6 +25,10 @@ from cnncli.errors import CheckpointError
 
 class _Refused(Exception):
     pass
+
+
+class _Malformed(Exception):
+    """Sizes that do not add up: a view past its storage, a storage shorter than declared, a zip bomb."""
 
 
 def _bfloat16() -> np.dtype:
@@ -48,20 +54,28 @@ class _StorageType:
 
 
 def _rebuild_tensor(storage, offset, size, stride, requires_grad=False, hooks=None, metadata=None):
-    """torch._utils._rebuild_tensor_v2: a strided view of a storage, copied into a numpy array."""
+    """torch._utils._rebuild_tensor_v2: a strided, read-only view of a storage (no copy: however many
+    tensors a file makes of its storages, they take no memory beyond the storages themselves).
+
+    A tensor may not hold more elements than its storage: a stride-0 view of one element as 2^28
+    would cost a gigabyte wherever it is copied."""
     if not isinstance(storage, np.ndarray) or storage.ndim != 1:
         raise _Refused("a tensor whose storage is not a saved storage")
     if not (isinstance(offset, int) and isinstance(size, tuple) and isinstance(stride, tuple)
-            and len(size) == len(stride) and all(isinstance(v, int) and v >= 0 for v in size + stride)):
+            and len(size) == len(stride) and len(size) <= 32
+            and all(isinstance(v, int) and v >= 0 for v in size + stride)):
         raise _Refused("a tensor with a malformed shape or stride")
-    if any(v == 0 for v in size):
+    numel = math.prod(size)  # Python ints: no wrap-around
+    if numel == 0:
         return np.zeros(size, storage.dtype)
+    if numel > storage.size:
+        raise _Malformed(f"a tensor of {numel:,} elements (shape {size}) views a storage of {storage.size:,}")
     last = offset + sum((n - 1) * s for n, s in zip(size, stride))
     if offset < 0 or last >= storage.size:
-        raise _Refused("a tensor that reaches past the end of its storage")
+        raise _Malformed(f"a tensor (offset {offset}, shape {size}, stride {stride}) reaches past the end of its "
+                        f"storage of {storage.size:,} elements")
     item = storage.dtype.itemsize
-    view = np.ndarray(size, storage.dtype, buffer=storage, offset=offset * item, strides=[s * item for s in stride])
-    return np.array(view, copy=True)
+    return np.ndarray(size, storage.dtype, buffer=storage, offset=offset * item, strides=[s * item for s in stride])
 
 
 def _rebuild_parameter(data, requires_grad=False, hooks=None, *state):
@@ -106,19 +120,37 @@ class TorchUnpickler(pickle.Unpickler):
         kind, key, numel = pid[1], pid[2], pid[4]
         if key not in self._storages:
             name = f"{self._prefix}data/{key}"
-            try:
-                raw = self._archive.read(name)
-            except KeyError:
-                raise _Refused(f"a storage {name!r} that the archive does not hold") from None
             dtype = kind.dtype.newbyteorder(">") if self._big_endian and kind.dtype.itemsize > 1 else kind.dtype
-            if len(raw) < numel * dtype.itemsize:
-                raise _Refused(f"storage {name!r}: {len(raw)} bytes, expected {numel * dtype.itemsize}")
+            raw = _read_entry(self._archive, name, numel * dtype.itemsize, what="storage")
             arr = np.frombuffer(raw, dtype, count=numel)
             self._storages[key] = arr.astype(kind.dtype) if dtype != kind.dtype else arr
         stored = self._storages[key]
         if stored.dtype != kind.dtype:
             raise _Refused(f"storage {key!r} read as two different types")
         return stored
+
+
+# An archive entry may expand to at most this many times its compressed size (beyond a floor): torch.save
+# stores entries uncompressed, and deflated weights shrink by a few per cent, so more is a zip bomb.
+MAX_EXPANSION = 20
+EXPANSION_FLOOR = 64 << 20
+
+
+def _read_entry(archive: zipfile.ZipFile, name: str, needed: int | None, *, what: str) -> bytes:
+    """The bytes of one archive entry (its first `needed` bytes; all of it when None), checked against
+    the entry's declared sizes before anything is allocated."""
+    try:
+        info = archive.getinfo(name)
+    except KeyError:
+        raise _Refused(f"a {what} {name!r} that the archive does not hold") from None
+    if needed is not None and info.file_size < needed:
+        raise _Malformed(f"{what} {name!r} holds {info.file_size:,} bytes, the pickle says {needed:,}")
+    limit = max(EXPANSION_FLOOR, MAX_EXPANSION * info.compress_size)
+    if info.file_size > limit:
+        raise _Malformed(f"{what} {name!r} expands {info.compress_size:,} compressed bytes to {info.file_size:,} "
+                          f"(more than {MAX_EXPANSION}x): refused as a zip bomb")
+    with archive.open(info) as f:
+        return f.read(info.file_size if needed is None else needed)
 
 
 def _read_pth(path: Path):
@@ -133,12 +165,11 @@ def _read_pth(path: Path):
         if len(pickles) != 1:
             raise CheckpointError(f"{path}: not a torch.save archive (expected one <name>/data.pkl)")
         prefix = pickles[0][: -len("data.pkl")]
-        try:
-            order = archive.read(prefix + "byteorder").decode().strip()
-        except KeyError:
-            order = "little"
-        with archive.open(pickles[0]) as f:
-            return TorchUnpickler(f, archive, prefix, order == "big").load()
+        order = "little"
+        if prefix + "byteorder" in archive.namelist():
+            order = _read_entry(archive, prefix + "byteorder", None, what="byte order").decode().strip()
+        data = io.BytesIO(_read_entry(archive, pickles[0], None, what="pickle"))
+        return TorchUnpickler(data, archive, prefix, order == "big").load()
 
 
 def _read_safetensors(path: Path) -> dict:
@@ -161,6 +192,8 @@ def read_state_dict(path: str | Path) -> dict[str, np.ndarray]:
     except _Refused as exc:
         raise CheckpointError(f"{path}: refused to unpickle: the file references {exc}, which is not a tensor, "
                               "storage or plain container (tampered, or not a state dict); nothing was run") from None
+    except _Malformed as exc:
+        raise CheckpointError(f"{path}: {exc} (damaged or tampered); nothing was read") from None
     except CheckpointError:
         raise
     except OSError as exc:
