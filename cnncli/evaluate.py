@@ -8,6 +8,7 @@ matrix (see cnncli.scores). The batched, masked evaluation itself is
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from cnncli.config import Config, model_options, resolve_data_shape
-from cnncli.errors import CheckpointError, ConfigError
+from cnncli.errors import CheckpointError, CnnError, ConfigError
 from cnncli.train.evaluator import Evaluator, file_eval_batches
 
 
@@ -187,7 +188,8 @@ def evaluate_member(path: str | Path, *, split: str = "test", which: str = "best
     if len(y) == 0:
         raise DataError(f"the {split} split of {path} is empty")
     names = _class_names(loaded, data.class_names, m.num_classes)
-    bs = batch_size or cfg.train.eval_batch_size or cfg.train.batch_size
+    bs = split_batch_size(batch_size or cfg.train.eval_batch_size or cfg.train.batch_size, len(y),
+                          ctx.mesh.devices.size)
     ev = ctx.evaluator(loaded, loaded.mean or data.mean, loaded.std or data.std, bs)
     params, stats = replicate(ctx.mesh, (loaded.params, loaded.batch_stats))
     if data.file_backed:  # image files: decoded batch by batch on the host
@@ -201,15 +203,36 @@ def evaluate_member(path: str | Path, *, split: str = "test", which: str = "best
             dev_x = replicate(ctx.mesh, jnp.asarray(np.ascontiguousarray(x[:, :, ::-1]) if mirror else x))
             return ev.run(params, stats, dev_x, dev_y, len(y), with_logits=True)
 
-    metrics, logits = views(False)
+    with out_of_memory_named(f"evaluating {path} at batch size {bs}", "lower --batch-size"):
+        metrics, logits = views(False)
+        mirrored = views(True)[1] if tta is not None else None
     log_probs = log_softmax(logits)
     if tta is None:
         report = {**metrics, **class_breakdown(np.argmax(logits, axis=1), y, names)}
     else:
-        log_probs = mean_probabilities([log_probs, log_softmax(views(True)[1])])
+        log_probs = mean_probabilities([log_probs, log_softmax(mirrored)])
         report = score_log_probs(log_probs, y, names)
     report.update(split=split, checkpoint_step=loaded.step, run=str(loaded.run_path), path=str(path), tta=tta)
     return MemberResult(report, log_probs, np.asarray(y), names)
+
+
+def split_batch_size(requested: int, num_examples: int, devices: int) -> int:
+    """The evaluation batch: at most the split itself (rounded up to a multiple of the device count), so a
+    huge --batch-size costs no more memory than one batch of the whole split."""
+    return min(requested, -(-num_examples // devices) * devices)
+
+
+@contextlib.contextmanager
+def out_of_memory_named(what: str, advice: str):
+    """XLA's out-of-memory failure (RESOURCE_EXHAUSTED, a long traceback) as one line saying what and how."""
+    try:
+        yield
+    except Exception as exc:  # noqa: BLE001 - jaxlib's XlaRuntimeError; its type moves between versions
+        text = str(exc)
+        if "RESOURCE_EXHAUSTED" not in text and "Out of memory" not in text:
+            raise
+        first = next((line for line in text.splitlines() if line.strip()), "")[:200]
+        raise CnnError(f"out of memory {what}: {advice} ({first})") from None
 
 
 def _decoded_batches(mesh, data, split: str, data_cfg, batch_size: int, mirror: bool):

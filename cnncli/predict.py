@@ -19,9 +19,19 @@ import numpy as np
 
 from cnncli.errors import ConfigError, DataError
 
+# Up to this many times the crop's pixels, an image is resized whole and then cropped.
+FULL_RESIZE_CROPS = 16
+
+
 def fit_to_input(pixels: np.ndarray, size: int, channels: int) -> np.ndarray:
     """uint8 [H, W, C] -> [size, size, channels]: channel conversion, shorter side resized to `size`,
-    centre crop."""
+    centre crop.
+
+    An image of extreme aspect ratio is not resized whole (1x20000 at 32 would be 32x640000 pixels;
+    300000x1, 9.6 million rows, and XLA's resize weights grow with both sides): past FULL_RESIZE_CROPS
+    crops' worth of pixels, only the crop is computed, by `jax.image.scale_and_translate` with the full
+    resize's scale and the crop's offset as translation (the same pixels up to float rounding, +-1 in
+    a few). Below it, `jax.image.resize` as the eval pipeline's resize_images, bit for bit."""
     import jax
     import jax.numpy as jnp
 
@@ -31,11 +41,17 @@ def fit_to_input(pixels: np.ndarray, size: int, channels: int) -> np.ndarray:
     h, w = x.shape[:2]
     scale = size / min(h, w)
     new_h, new_w = max(size, round(h * scale)), max(size, round(w * scale))
-    if (new_h, new_w) != (h, w):
+    top, left = (new_h - size) // 2, (new_w - size) // 2
+    if (new_h, new_w) == (h, w):
+        return np.ascontiguousarray(x[top : top + size, left : left + size])
+    if new_h * new_w <= FULL_RESIZE_CROPS * size * size:
         resized = jax.image.resize(jnp.asarray(x, jnp.float32), (new_h, new_w, x.shape[2]), "linear")
         x = np.asarray(jnp.clip(jnp.round(resized), 0, 255).astype(jnp.uint8))
-    top, left = (new_h - size) // 2, (new_w - size) // 2
-    return np.ascontiguousarray(x[top : top + size, left : left + size])
+        return np.ascontiguousarray(x[top : top + size, left : left + size])
+    crop = jax.image.scale_and_translate(
+        jnp.asarray(x, jnp.float32), (size, size, x.shape[2]), (0, 1),
+        jnp.asarray([new_h / h, new_w / w], jnp.float32), jnp.asarray([-top, -left], jnp.float32), "linear")
+    return np.asarray(jnp.clip(jnp.round(crop), 0, 255).astype(jnp.uint8))
 
 
 def prepare_images(images: Sequence[str | Path], size: int, channels: int, *, folder: bool,

@@ -69,6 +69,10 @@ def data(
     from cnncli.data.describe import describe_dataset
     from cnncli.data.pipeline import prepare_dataset
 
+    if grid is not None:
+        from cnncli.data.preview import check_grid_path
+
+        check_grid_path(grid)
     # a fixed model input size/channels decides the conversion, as in training
     data_cfg = cfg.data
     dataset = prepare_dataset(data_cfg)

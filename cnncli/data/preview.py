@@ -11,6 +11,24 @@ from cnncli.data.dataset import Dataset
 from cnncli.errors import DataError
 
 
+def check_grid_path(out: Path) -> Path:
+    """`--grid FILE` as given, refused up front (before any data is read) unless it names an image file
+    matplotlib can write: not a directory, with a known format suffix."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    out = Path(out)
+    formats = sorted(FigureCanvasBase.get_supported_filetypes())
+    if out.is_dir():
+        raise DataError(f"--grid {out} is a directory; give the image file to write, e.g. {out / 'grid.png'}")
+    if out.exists() and not out.is_file():
+        raise DataError(f"--grid {out} exists and is not a regular file; give the image file to write")
+    suffix = out.suffix.lower().lstrip(".")
+    if suffix not in formats:
+        what = f"an unknown format '.{suffix}'" if suffix else "no format suffix"
+        raise DataError(f"--grid {out} has {what}: name it *.png (or {', '.join(f for f in formats if f != 'png')})")
+    return out
+
+
 def sample_images(data: Dataset, indices: np.ndarray, num_workers: int = 0) -> np.ndarray:
     """uint8 [n, H, W, C] training images, decoding them first for a file-backed dataset."""
     if not data.file_backed:
@@ -60,6 +78,7 @@ def save_augmentation_grid(data: Dataset, cfg: DataConfig, out: Path, samples: i
     fig.suptitle(f"{data.source}: training images as loaded and after augmentation (seed {seed})", fontsize=9)
     fig.tight_layout()
     try:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(out, dpi=100)
     except OSError as exc:
         raise DataError(f"cannot write the sample grid to {out}: {exc.strerror or exc}") from None

@@ -140,7 +140,17 @@ def _forward_shapes_ok(model: Any, input_shape: tuple[int, int, int]) -> bool:
         jax.eval_shape(forward, state, jax.ShapeDtypeStruct((1, *input_shape), jnp.float32))
     except (TypeError, ValueError, ZeroDivisionError):
         return False
-    return all(all(d > 0 for d in c.output_shape) for c in calls)
+    return all(all(d > 0 for d in c.output_shape) and _strides_fit(c) for c in calls)
+
+
+def _strides_fit(call) -> bool:
+    """A layer that downsamples by a stride s sees at least s pixels per side: on a smaller map (1x1 into a
+    stride-2 convolution) its window lies mostly on padding and the stride has nothing to skip."""
+    stride = getattr(call.module, "strides", None) or getattr(call.module, "stride", None)
+    if call.kind not in ("conv", "pool") or stride is None or len(call.input_shape) != 4:
+        return True
+    stride = (stride, stride) if isinstance(stride, int) else tuple(stride)
+    return all(n >= s for n, s in zip(call.input_shape[1:3], stride))
 
 
 def minimum_input_size(name: str, in_channels: int = 3) -> int:
@@ -188,8 +198,11 @@ def create_model(name: str, *, num_classes: int | None = None, input_shape: tupl
     input_shape = spec.default_input if input_shape is None else tuple(int(v) for v in input_shape)
     if num_classes < 1:
         raise ModelError(f"num_classes must be positive, got {num_classes}")
-    if len(input_shape) != 3 or min(input_shape) < 1:
+    if len(input_shape) != 3 or input_shape[2] < 1:
         raise ModelError(f"input_shape must be (height, width, channels), got {input_shape}")
+    if min(input_shape[:2]) < 1:
+        low = minimum_input_size(name, input_shape[2])
+        raise ModelError(f"input {input_shape[0]}x{input_shape[1]} is too small for {name}: the minimum is {low}x{low}")
     model = _build(spec, num_classes, input_shape[2], opts, seed, abstract)
     if check_input and not _forward_shapes_ok(model, input_shape):
         low = minimum_input_size(name, input_shape[2])

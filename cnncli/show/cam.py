@@ -23,7 +23,7 @@ import numpy as np
 from cnncli.errors import ConfigError
 from cnncli.show.figures import cam_figure
 from cnncli.show.layers import last_feature_layer, layer_table, resolve
-from cnncli.show.subject import Subject, prepare_image
+from cnncli.show.subject import Subject, check_memory, prepare_image
 
 _VALUE, _PERTURBATION = "show_value", "show_perturbation"  # distinct: captures share one key space
 
@@ -113,8 +113,9 @@ def show_cams(subject: Subject, images: list[str | Path], *, class_index: int | 
 
     if class_index is not None and not 0 <= class_index < subject.num_classes:
         raise ConfigError(f"--class must be between 0 and {subject.num_classes - 1}, got {class_index}")
-    prepared = [prepare_image(subject, image) for image in images]
     rows, info = layer_table(subject.model, subject.input_shape)
+    check_memory(subject, rows, "cam", images=len(images))
+    prepared = [prepare_image(subject, image) for image in images]
     name, path, mod = resolve(subject.model, layer or last_feature_layer(rows))
     x = jnp.concatenate([p[1] for p in prepared])
     cams, all_logits, chosen = grad_cams(subject.model, x, path, type(mod),

@@ -15,7 +15,7 @@ import numpy as np
 from cnncli.errors import ConfigError
 from cnncli.show.figures import features_figure
 from cnncli.show.layers import capture_outputs, default_feature_layers, layer_table, resolve
-from cnncli.show.subject import Subject, prepare_image
+from cnncli.show.subject import Subject, check_memory, prepare_image
 
 
 def strongest_channels(fmap: np.ndarray, k: int) -> list[int]:
@@ -30,8 +30,9 @@ def show_features(subject: Subject, image: str | Path, *, layers: list[str] | No
     the last pool or block at each resolution)."""
     if top_k < 1:
         raise ConfigError(f"--top-k must be at least 1, got {top_k}")
-    fitted, x = prepare_image(subject, image)
     rows, info = layer_table(subject.model, subject.input_shape)
+    check_memory(subject, rows, "features")
+    fitted, x = prepare_image(subject, image)
     resolved = [resolve(subject.model, n) for n in (layers or default_feature_layers(rows))]
     logits, outs = capture_outputs(subject.model, x, [p for _, p, _ in resolved])
     panels = []
