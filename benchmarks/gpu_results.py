@@ -3,7 +3,7 @@
     python benchmarks/gpu_results.py OUT_DIR [--results benchmarks/results]
 
 Reads what gpu.sh left in OUT_DIR (bench.txt, torch_eager.txt, torch_compiled.txt, junit.xml,
-real.txt, profile.txt: each part's stdout) and writes OUT_DIR/gpu-<date>.json, and a copy
+real.txt, profile.txt, fastvar.txt: each part's stdout; pytest's junit file) and writes OUT_DIR/gpu-<date>.json, and a copy
 into --results when given:
 
     {"date": ISO 8601, "device": {...}, "versions": {...},
@@ -91,12 +91,13 @@ def _ratio(a, b):
     return a / b if a and b else None
 
 
-def collect(out: Path) -> dict:
+def collect(out: Path, junit: Path) -> dict:
     bench = _last_json(out / "bench.txt") or {}
     eager = _last_json(out / "torch_eager.txt") or {}
     compiled = _last_json(out / "torch_compiled.txt") or {}
     real = _last_json(out / "real.txt") or {}
     profile = _last_json(out / "profile.txt") or {}
+    fastvar = _last_json(out / "fastvar.txt") or {}
     ips = bench.get("images_per_second")
     return {
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -111,8 +112,9 @@ def collect(out: Path) -> dict:
             "torch_eager_images_per_second": eager.get("images_per_second"),
             "vs_torch_compile": _ratio(ips, compiled.get("images_per_second")),
             "vs_torch_eager": _ratio(ips, eager.get("images_per_second")),
+            "batchnorm_one_pass_variance_images_per_second": fastvar.get("images_per_second"),
         },
-        "tests": _tests(out / "junit.xml") or _tests_from_log(out / "tests.txt"),
+        "tests": _tests(junit) or _tests_from_log(out / "tests.txt"),
         "real_data": {
             "images_per_second": real.get("images_per_second"),
             "vs_synthetic": _ratio(real.get("images_per_second"), ips),
@@ -127,8 +129,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("out", type=Path)
     ap.add_argument("--results", type=Path, default=None)
+    ap.add_argument("--junit", type=Path, default=None, help="pytest's junit file (default: OUT/junit.xml)")
     a = ap.parse_args()
-    record = collect(a.out)
+    record = collect(a.out, a.junit or a.out / "junit.xml")
     name = f"gpu-{record['date'][:10]}.json"
     text = json.dumps(record, indent=1) + "\n"
     (a.out / name).write_text(text)
