@@ -17,6 +17,7 @@ Layouts of `plot_runs`:
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from cnncli.errors import CnnError, ConfigError, RunDirError
-from cnncli.runs import is_run_dir, metric_series, read_records
+from cnncli.rundir import refuse_run_file
+from cnncli.runs import is_run_dir, metric_series, read_records, read_records_counted
 
 FIGURES = ("he2016",)
 X_AXES = ("epoch", "step")
@@ -46,6 +48,7 @@ def new_figure(nrows: int = 1, ncols: int = 1, *, panel_size: tuple[float, float
 def save_figure(fig: Figure, path: str | Path) -> Path:
     """Write the figure (format from the suffix: png, pdf, svg, ...); parent folders are created."""
     path = Path(path)
+    refuse_run_file(path, "--output")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=120)
@@ -61,12 +64,17 @@ def _split_of(metric: str) -> str:
 
 
 def _load_runs(runs: Sequence[str | Path]) -> list[dict[str, dict[str, np.ndarray]]]:
-    out = []
+    out, damaged = [], []
     for run in runs:
         path = Path(run)
         if not is_run_dir(path):
             raise RunDirError(f"{path} is not a run directory (expected config.yaml and metrics.jsonl)")
-        out.append(metric_series(read_records(path)))
+        records, bad = read_records_counted(path)
+        if bad:
+            damaged.append(f"{bad} in {path / 'metrics.jsonl'}")
+        out.append(metric_series(records))
+    if damaged:  # one warning for all runs
+        print(f"warning: skipped unreadable line(s) (a torn write or damage): {'; '.join(damaged)}", file=sys.stderr)
     return out
 
 

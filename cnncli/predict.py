@@ -88,8 +88,11 @@ def predict_images(path: str | Path, images: Sequence[str | Path], *, top_k: int
 
     if not images:
         raise ConfigError("give at least one image file to classify")
+    from cnncli import regular_file
     from cnncli.data.files import read_image
 
+    for p in images:  # a FIFO would block the decoder's open forever, a device never end
+        regular_file.check(p, DataError, "image")
     pixels = [read_image(p) for p in images]  # fail on a bad file before loading the model
     loaded = (load or load_checkpoint_model)(path, which, overrides)
     m = loaded.config.model

@@ -14,6 +14,11 @@
       model.safetensors  exported best weights
       tensorboard/    event files
 
+Replacing (--force): the old run's entries move into a hidden `.cnn-replaced-*` folder inside the
+run directory (the folder itself is never removed: it may be a mount point or the working
+directory), the new run starts, and the old entries are deleted once the new run has written its
+files; a new run that ends before that puts the old one back.
+
 Ownership: a writer takes `fcntl.flock` on `.lock` and keeps it for the life of the process
 (`RunDir.create` takes it; a resume calls `acquire()` or enters `lock()`). The kernel drops the
 lock when the process dies, however it dies, so a stale `.lock` file never blocks a resume.
@@ -34,11 +39,16 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from cnncli.errors import RunDirError, WriteError
+from cnncli import regular_file
+from cnncli.errors import CnnError, RunDirError, WriteError
 
 MARKER = ".cnn-run"
+REPLACED = ".cnn-replaced"  # + pid and time: the old run while --force starts the new one
 LOCK = ".lock"
 STATUSES = ("running", "finished", "interrupted", "failed")
+RUN_FILES = (MARKER, LOCK, "config.yaml", "split.json", "data.json", "init.json", "metrics.jsonl", "metrics.csv",
+             "status.json", "results.json")  # what a run reads or writes as one file
+RUN_FOLDERS = ("checkpoints", "tensorboard")
 _SYSTEM_ROOTS = (Path("/proc"), Path("/sys"), Path("/dev"))
 _HELD: dict[Path, int] = {}  # resolved run path -> fd of its flocked .lock file, for this process
 
@@ -98,6 +108,7 @@ class RunDir:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        self.replaced: Path | None = None  # where --force moved the old run while the new one starts
 
     @property
     def config(self) -> Path:
@@ -128,8 +139,8 @@ class RunDir:
         if (self.path / MARKER).is_file():
             return True
         try:
-            status = json.loads((self.path / "status.json").read_text())
-        except (OSError, ValueError):
+            status = json.loads(regular_file.read_text(self.path / "status.json", RunDirError))
+        except (OSError, ValueError, CnnError):
             return False
         return (isinstance(status, dict) and status.get("status") in STATUSES
                 and "steps_per_epoch" in status and "total_steps" in status)
@@ -167,20 +178,68 @@ class RunDir:
         if run.path.is_dir() and any(run.path.iterdir()):
             run.acquire()  # refuses if a live process took it since the check
             run.release()
-            try:
-                shutil.rmtree(run.path)
-            except OSError as exc:
-                raise RunDirError(f"--force could not clear {run.path}: {_reason(exc)}") from None
+            run._move_aside()
         made = not run.path.exists()
         try:
             run.path.mkdir(parents=True, exist_ok=True)
             (run.path / MARKER).write_text(json.dumps({"created": time.strftime("%Y-%m-%dT%H:%M:%S")}) + "\n")
-        except OSError as exc:
+            run.acquire()
+        except (OSError, RunDirError) as exc:
             if made:
                 shutil.rmtree(run.path, ignore_errors=True)  # a refused command leaves nothing behind
-            raise RunDirError(f"cannot create run directory {run.path}: {_reason(exc)}") from None
-        run.acquire()
+            run.restore_replaced()
+            raise RunDirError(f"cannot create run directory {run.path}: "
+                              f"{_reason(exc) if isinstance(exc, OSError) else exc}") from None
         return run
+
+    # -- --force: the old run moves aside inside the folder until the new one has its files -----
+
+    def _move_aside(self) -> None:
+        """Move the old run's entries into a hidden folder inside the run directory (renames within one
+        file system: nothing is copied or lost); the folder itself stays, so a mount point or the working
+        directory can be replaced too. Refuses, with every entry back in place, if one cannot move."""
+        aside = self.path / f"{REPLACED}-{os.getpid()}-{time.time_ns()}"
+        moved: list[str] = []
+        try:
+            aside.mkdir()
+            for entry in sorted(self.path.iterdir()):
+                if entry != aside:
+                    os.rename(entry, aside / entry.name)
+                    moved.append(entry.name)
+        except OSError as exc:
+            for name in reversed(moved):
+                with contextlib.suppress(OSError):
+                    os.rename(aside / name, self.path / name)
+            with contextlib.suppress(OSError):
+                aside.rmdir()
+            raise RunDirError(f"--force could not move the old run in {self.path} aside: {_reason(exc)} "
+                              f"({exc.filename or self.path}); the old run is left as it was") from None
+        self.replaced = aside
+
+    def discard_replaced(self) -> None:
+        """The new run has written its files: delete the old run that --force moved aside."""
+        aside, self.replaced = self.replaced, None
+        if aside is not None:
+            shutil.rmtree(aside, ignore_errors=True)
+
+    def restore_replaced(self) -> None:
+        """The new run ended before it wrote its files: remove what it made and put the old run back."""
+        aside, self.replaced = self.replaced, None
+        if aside is None or not aside.is_dir():
+            return
+        self.release()
+        for entry in self.path.iterdir():
+            if entry != aside:
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry, ignore_errors=True)
+                else:
+                    with contextlib.suppress(OSError):
+                        entry.unlink()
+        for entry in aside.iterdir():
+            with contextlib.suppress(OSError):
+                os.rename(entry, self.path / entry.name)
+        with contextlib.suppress(OSError):
+            aside.rmdir()
 
     def _check_location(self) -> None:
         resolved = self.path.resolve()
@@ -206,6 +265,20 @@ class RunDir:
         if not run.is_run():
             raise RunDirError(f"{run.path} is not a run directory (no config.yaml)")
         return run
+
+    def check_files(self) -> None:
+        """Refuse, changing nothing, a run whose own files are not what training reads and writes (a
+        metrics.jsonl replaced by a folder, a tensorboard folder by a file, a FIFO for status.json)."""
+        for name in RUN_FILES:
+            found = regular_file.not_regular(self.path / name)
+            if found is not None:
+                raise RunDirError(f"run directory {self.path}: {name} is {found}, not a regular file; move it "
+                                  "away to continue this run")
+        for name in RUN_FOLDERS:
+            p = self.path / name
+            if p.exists() and not p.is_dir():
+                raise RunDirError(f"run directory {self.path}: {name} is a file, not a folder; move it away to "
+                                  "continue this run")
 
     # -- ownership ----------------------------------------------------------------------
 
@@ -260,7 +333,7 @@ class RunDir:
         if self.path.resolve() in _HELD:
             return {"pid": os.getpid(), "host": socket.gethostname()}
         try:
-            fd = os.open(self.path / LOCK, os.O_RDONLY)
+            fd = os.open(self.path / LOCK, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO there must not block
         except OSError:
             return None
         try:
@@ -278,7 +351,7 @@ class RunDir:
         if not p.exists():
             return None
         try:
-            return json.loads(p.read_text())
+            return json.loads(regular_file.read_text(p, RunDirError))
         except (OSError, ValueError) as exc:
             raise RunDirError(f"{p}: unreadable JSON ({str(exc)[:200]})") from None
 
@@ -302,6 +375,29 @@ class RunDir:
         current.update(fields, status=status, updated=time.strftime("%Y-%m-%dT%H:%M:%S"))
         # a failed run's status matters most when the disk is full: then it overwrites the old one in place
         self.write_json("status.json", current, in_place_when_full=True)
+
+
+def _holds_run(folder: Path) -> bool:
+    """A run directory: cnn's marker, or a config.yaml beside a status.json."""
+    return (folder / MARKER).is_file() or ((folder / "config.yaml").is_file() and (folder / "status.json").is_file())
+
+
+def refuse_run_file(path: str | Path, option: str) -> None:
+    """Refuse, in one line, an output path (`option`: the command's -o/--output) that would write over a
+    run directory's own files: its config.yaml, status.json, metrics, results, exported model.*, or
+    anything in its checkpoints/ or tensorboard/ folder (or the run directory itself). A new file of
+    another name beside them (a report, a plot) is allowed. Links are followed: a link to a run's
+    file is that file."""
+    target = Path(path).resolve()
+    folders = [target, *target.parents]
+    for folder in folders:
+        if not folder.is_dir() or not _holds_run(folder):
+            continue
+        rel = target.relative_to(folder)
+        first = rel.parts[0] if rel.parts else ""
+        if not rel.parts or first in RUN_FILES or first in RUN_FOLDERS or first.startswith((REPLACED, "model.")):
+            what = f"the run directory {folder}" if not rel.parts else f"{rel} of the run {folder}"
+            raise RunDirError(f"{option} {path} would write over {what}; write it elsewhere")
 
 
 def _in_use(path: Path, owner: dict | None) -> RunDirError:

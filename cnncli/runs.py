@@ -2,7 +2,8 @@
 history (`cnn plot`).
 
 A run's status is what its status.json says (running / finished / interrupted / failed),
-or "unknown" when that file is missing or unreadable. A process killed without a chance to
+"unknown" when that file is missing, or "unreadable" when it is not a JSON object naming one
+of those (damage, someone else's file). A process killed without a chance to
 write (SIGKILL, power loss, an out-of-memory kill) leaves "running" in status.json; its
 run directory's lock died with it, so such a run is listed as "dead" (resume it).
 `updated` is the newest modification time of status.json and metrics.jsonl.
@@ -19,8 +20,9 @@ from typing import Any
 
 import numpy as np
 
+from cnncli import regular_file
 from cnncli.errors import RunDirError
-from cnncli.rundir import RunDir
+from cnncli.rundir import STATUSES, RunDir
 
 RUN_COLUMNS = ("name", "model", "dataset", "status", "epochs_done", "best_val_accuracy", "test_accuracy",
                "wall_time_s", "images_per_sec")
@@ -44,19 +46,43 @@ def _number(v: Any) -> float | None:
 
 def read_records(run: str | Path) -> list[dict[str, Any]]:
     """The records of a run's metrics.jsonl, one per (split, step): a later record replaces an
-    earlier one (the loop may log the last step twice); torn lines of a killed run are skipped."""
+    earlier one (the loop may log the last step twice); lines that are not records (a torn line of
+    a killed run, damage) are skipped: `read_records_counted` says how many."""
+    return read_records_counted(run)[0]
+
+
+def _step_of(rec: Any) -> int | None:
+    """A record's step: a non-negative whole number, else None (not a record)."""
+    step = rec.get("step") if isinstance(rec, dict) else None
+    if isinstance(step, bool) or not isinstance(step, (int, float)) or not math.isfinite(step) or step < 0 \
+            or step != int(step):
+        return None
+    return int(step)
+
+
+def read_records_counted(run: str | Path) -> tuple[list[dict[str, Any]], int]:
+    """(`read_records`, how many non-empty lines were not records and were skipped)."""
     path = Path(run) / "metrics.jsonl"
-    if not path.is_file():
-        return []
+    if not path.exists():
+        return [], 0
+    try:
+        text = regular_file.read_bytes(path, RunDirError).decode("utf-8", errors="replace")
+    except (OSError, RunDirError):  # unreadable, or not a file at all: no history
+        return [], 0
     records: dict[tuple[str, int], dict] = {}
-    for line in path.read_text().splitlines():
+    bad = 0
+    for line in text.splitlines():
         try:
             rec = json.loads(line)
-        except json.JSONDecodeError:
+        except ValueError:
+            bad += bool(line.strip())
             continue
-        if isinstance(rec, dict) and "split" in rec and "step" in rec:
-            records[(str(rec["split"]), int(rec["step"]))] = rec
-    return sorted(records.values(), key=lambda r: (int(r["step"]), str(r["split"])))
+        step = _step_of(rec)
+        if step is None or not isinstance(rec.get("split"), str):
+            bad += 1
+            continue
+        records[(rec["split"], step)] = {**rec, "step": step}
+    return sorted(records.values(), key=lambda r: (r["step"], r["split"])), bad
 
 
 def metric_series(records: list[dict[str, Any]]) -> dict[str, dict[str, np.ndarray]]:
@@ -113,9 +139,11 @@ def find_runs(root: str | Path) -> list[Path]:
 
 
 def _read_json(path: Path) -> dict | None:
+    """The JSON object in `path`; None when it is missing, not a regular file, not UTF-8, not JSON
+    or not an object."""
     try:
-        obj = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
+        obj = json.loads(regular_file.read_text(path, RunDirError))
+    except (OSError, ValueError, RunDirError):
         return None
     return obj if isinstance(obj, dict) else None
 
@@ -124,10 +152,23 @@ def _read_config(path: Path) -> dict:
     import yaml
 
     try:
-        raw = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError):
+        raw = yaml.safe_load(regular_file.read_text(path, RunDirError))
+    except (OSError, ValueError, RunDirError, yaml.YAMLError):
         return {}
     return raw if isinstance(raw, dict) else {}
+
+
+def _word(v: Any) -> str | None:
+    """A short text field of someone else's file (model, dataset), or None."""
+    return v if isinstance(v, str) and v and len(v) <= 200 else None
+
+
+def _status_word(path: Path, status: dict | None) -> str:
+    """status.json's word: "unknown" when there is none, "unreadable" when it is damaged."""
+    if not (path / "status.json").exists():
+        return "unknown"
+    word = status.get("status") if status is not None else None
+    return _live_status(path, word) if word in STATUSES else "unreadable"
 
 
 def summarize_run(path: str | Path, root: str | Path | None = None) -> dict[str, Any]:
@@ -138,12 +179,13 @@ def summarize_run(path: str | Path, root: str | Path | None = None) -> dict[str,
     validation accuracy in metrics.jsonl; test_accuracy is results.json's.
     """
     path = Path(path)
-    status = _read_json(path / "status.json") or {}
+    read = _read_json(path / "status.json")
+    status = read if read is not None and read.get("status") in STATUSES else {}  # nothing of a damaged one
     cfg = _read_config(path / "config.yaml")
     records = read_records(path)
     results = _read_json(path / "results.json") or {}
-    model = (cfg.get("model") or {}).get("name") if isinstance(cfg.get("model"), dict) else None
-    dataset = (cfg.get("data") or {}).get("source") if isinstance(cfg.get("data"), dict) else None
+    model = _word((cfg.get("model") or {}).get("name")) if isinstance(cfg.get("model"), dict) else None
+    dataset = _word((cfg.get("data") or {}).get("source")) if isinstance(cfg.get("data"), dict) else None
 
     val_acc = [v for r in records if r["split"] == "val" and (v := _number(r.get("accuracy"))) is not None]
     train = [r for r in records if r["split"] == "train"]
@@ -154,9 +196,9 @@ def summarize_run(path: str | Path, root: str | Path | None = None) -> dict[str,
     return {
         "name": name,
         "path": str(path),
-        "model": model or status.get("model"),
-        "dataset": dataset or status.get("dataset"),
-        "status": _live_status(path, status.get("status", "unknown")),
+        "model": model or _word(status.get("model")),
+        "dataset": dataset or _word(status.get("dataset")),
+        "status": _status_word(path, read),
         "epochs_done": _number(status.get("epochs_done")) if "epochs_done" in status else (
             max(epochs) if epochs else None),
         "best_val_accuracy": max(val_acc) if val_acc else None,
@@ -171,9 +213,9 @@ def _last_csv_wall_time(path: Path) -> float | None:
     import csv
 
     try:
-        with (path / "metrics.csv").open() as f:
-            rows = list(csv.DictReader(f))
-    except OSError:
+        rows = list(csv.DictReader(regular_file.read_bytes(path / "metrics.csv", RunDirError)
+                                   .decode("utf-8", errors="replace").splitlines()))
+    except (OSError, RunDirError, csv.Error):
         return None
     return _number(rows[-1].get("wall_time_s")) if rows else None
 

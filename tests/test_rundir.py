@@ -1,6 +1,7 @@
 """The run directory: --force replaces only cnn runs, one writer at a time, one-line write failures, locate()."""
 
 import json
+import re
 import os
 import signal
 import socket
@@ -36,6 +37,10 @@ def test_force_replaces_a_run_directory(tmp_path):
     with pytest.raises(RunDirError, match="already exists"):
         RunDir.create(tmp_path / "run")
     again = RunDir.create(tmp_path / "run", force=True)
+    # the old run waits aside, whole, until the new one has written its files
+    assert again.replaced is not None and again.replaced.parent == again.path
+    assert json.loads((again.replaced / "results.json").read_text()) == {"accuracy": 0.5}
+    again.discard_replaced()
     assert sorted(p.name for p in again.path.iterdir()) == sorted([MARKER, LOCK])
     again.release()
 
@@ -212,3 +217,124 @@ def test_locate(tmp_path):
     (tmp_path / "f.txt").write_text("x")
     with pytest.raises(RunDirError, match="is a file"):
         locate(tmp_path / "f.txt")
+
+
+def _old_run(path):
+    """A finished run directory as `cnn train` leaves it (hand-written)."""
+    run = RunDir.create(path)
+    run.config.write_text("model: {name: resnet20}\n")
+    run.set_status("finished", steps_per_epoch=1, total_steps=1)
+    (run.checkpoints / "1").mkdir(parents=True)
+    (run.checkpoints / "1" / "model").write_text("weights")
+    run.release()
+    return {p.relative_to(path): p.read_bytes() for p in path.rglob("*") if p.is_file() and p.name != LOCK}
+
+
+def _files(path):
+    return {p.relative_to(path): p.read_bytes() for p in path.rglob("*") if p.is_file() and p.name != LOCK}
+
+
+def test_force_never_removes_the_folder_itself(tmp_path, monkeypatch):
+    """A mount point or the working directory cannot be removed: --force replaces what is inside."""
+    import shutil
+
+    path = tmp_path / "mounted"
+    before = _old_run(path)
+    real_rmtree = shutil.rmtree
+
+    def rmtree(p, *args, **kwargs):  # what a mount point answers to removing the folder itself
+        if os.path.abspath(p) == str(path):
+            raise OSError(16, "Device or resource busy", str(p))
+        return real_rmtree(p, *args, **kwargs)
+
+    real_rmdir = os.rmdir
+
+    def rmdir(p, *args, **kwargs):
+        if os.path.abspath(p) == str(path):
+            raise OSError(16, "Device or resource busy", str(p))
+        return real_rmdir(p, *args, **kwargs)
+
+    monkeypatch.setattr(shutil, "rmtree", rmtree)
+    monkeypatch.setattr(os, "rmdir", rmdir)
+    monkeypatch.chdir(path)
+    run = RunDir.create(".", force=True)
+    assert _files(path / run.replaced.name) == before  # the old run is whole until the new one has files
+    run.write_text("config.yaml", "model: {name: resnet32}\n")
+    run.discard_replaced()
+    assert sorted(p.name for p in path.iterdir()) == sorted([MARKER, LOCK, "config.yaml"])
+    run.release()
+
+
+def test_force_that_cannot_move_the_old_run_aside_changes_nothing(tmp_path, monkeypatch):
+    path = tmp_path / "run"
+    before = _old_run(path)
+    real_rename, calls = os.rename, []
+
+    def rename(src, dst, *args, **kwargs):
+        calls.append(src)
+        if len(calls) == 3:  # fails in the middle: the first two entries were moved already
+            raise OSError(13, "Permission denied", str(src))
+        return real_rename(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "rename", rename)
+    with pytest.raises(RunDirError, match="could not move the old run .* aside: Permission denied.*left as it was"):
+        RunDir.create(path, force=True)
+    assert _files(path) == before and not list(path.glob(".cnn-replaced*"))
+
+
+def test_a_new_run_that_fails_before_its_files_puts_the_old_one_back(tmp_path):
+    path = tmp_path / "run"
+    before = _old_run(path)
+    run = RunDir.create(path, force=True)
+    (path / "config.yaml").write_text("half of a new run\n")
+    run.restore_replaced()
+    assert _files(path) == before and not list(path.glob(".cnn-replaced*"))
+
+
+@pytest.mark.parametrize("name,make", [("metrics.jsonl", "dir"), ("metrics.csv", "dir"), ("status.json", "fifo"),
+                                       ("tensorboard", "file"), ("checkpoints", "file")])
+def test_run_files_of_the_wrong_kind_are_refused(tmp_path, name, make):
+    path = tmp_path / "run"
+    _old_run(path)
+    target = path / name
+    if target.is_dir():
+        import shutil
+
+        shutil.rmtree(target)
+    elif target.exists():
+        target.unlink()
+    {"dir": target.mkdir, "fifo": lambda: os.mkfifo(target), "file": lambda: target.write_text("x")}[make]()
+    kind = {"dir": "a directory, not a regular file", "fifo": "a FIFO (named pipe), not a regular file",
+            "file": "a file, not a folder"}[make]
+    with pytest.raises(RunDirError, match=re.escape(f"{name} is {kind}")):
+        RunDir(path).check_files()
+
+
+def test_status_json_that_is_a_fifo_does_not_hang(tmp_path):
+    path = tmp_path / "run"
+    _old_run(path)
+    (path / "status.json").unlink()
+    os.mkfifo(path / "status.json")
+    run = RunDir(path)
+    assert run.owner() is None
+    with pytest.raises(RunDirError, match="is a FIFO"):
+        run.read_json("status.json")
+    assert run.is_cnn_run()  # by its marker
+
+
+@pytest.mark.parametrize("target", ["config.yaml", "status.json", "metrics.jsonl", "model.safetensors",
+                                    "checkpoints/1/model", "checkpoints/new.json", "tensorboard/x", "."])
+def test_outputs_may_not_write_over_a_runs_files(tmp_path, target):
+    from cnncli.rundir import refuse_run_file
+
+    path = tmp_path / "run"
+    _old_run(path)
+    with pytest.raises(RunDirError, match=r"--output .* would write over .*; write it elsewhere"):
+        refuse_run_file(path / target, "--output")
+    link = tmp_path / "link.json"
+    link.symlink_to(path / "config.yaml")
+    with pytest.raises(RunDirError, match="config.yaml of the run"):
+        refuse_run_file(link, "-o")
+    refuse_run_file(path / "report.json", "--output")  # a new file of its own beside the run's is fine
+    refuse_run_file(path / "plots" / "curves.png", "--output")
+    refuse_run_file(tmp_path / "elsewhere.json", "--output")

@@ -138,3 +138,50 @@ def test_cli_errors_and_empty(tmp_path):
     assert res.exit_code == 2 and "--sort must be one of" in res.stderr
     res = runner.invoke(app, ["runs", str(tmp_path)])
     assert res.exit_code == 0 and "no runs under" in res.stdout
+
+
+@pytest.mark.parametrize("garbage", [b"\xff\xfe\x00 not text", b"[1, 2", b'{"status": ["running"], "model": {"a": 1}}',
+                                     b'"finished"', b'{"status": "exploded", "epochs_done": "many"}'])
+def test_a_garbage_status_json_shows_the_run_as_unreadable(runs_root, garbage):
+    (runs_root / "finished" / "status.json").write_bytes(garbage)
+    rows = {r["name"]: r for r in list_runs(runs_root)}
+    f = rows["finished"]
+    assert (f["status"], f["model"], f["test_accuracy"]) == ("unreadable", "plain20", 0.91)
+    assert f["epochs_done"] == 2.0  # from metrics.jsonl, as for a run without an end
+    res = runner.invoke(app, ["runs", str(runs_root)])
+    assert res.exit_code == 0 and "unreadable" in res.stdout, res.output
+    res = runner.invoke(app, ["runs", str(runs_root), "--sort", "status", "--format", "json"])
+    assert res.exit_code == 0 and res.exception is None, res.output
+
+
+def test_a_fifo_in_place_of_a_runs_files_does_not_hang_runs(runs_root):
+    import os
+
+    for name in ("status.json", "results.json", "metrics.jsonl", "metrics.csv", ".lock"):
+        target = runs_root / "group" / "live" / name
+        if target.exists():
+            target.unlink()
+        os.mkfifo(target)
+    rows = {r["name"]: r for r in list_runs(runs_root)}  # would block in open() on the old code
+    live = rows["group/live"]
+    assert live["status"] == "unreadable" and live["epochs_done"] is None and live["model"] == "resnet56"
+    (runs_root / "finished" / "config.yaml").unlink()
+    os.mkfifo(runs_root / "finished" / "config.yaml")
+    assert "finished" not in {r["name"] for r in list_runs(runs_root)}  # no config file: no run
+
+
+def test_records_with_garbage_fields_are_skipped_and_counted(tmp_path):
+    from cnncli.runs import read_records_counted
+
+    run = make_run(tmp_path / "r", records=[rec(1, 0.1, "train", loss=3.0), rec(2, 0.2, "train", loss=2.0)])
+    with (run / "metrics.jsonl").open("a") as f:
+        for line in ('{"step": "abc", "split": "train"}', '{"step": null, "split": "val"}', "[1, 2]",
+                     '{"step": 3.5, "split": "train"}', '{"step": 1e400, "split": "train"}', '{"step": 4, "split": 7}',
+                     "\xff garbage", "", '{"step": 3, "epoch": 0.3, "split": "train", "loss": 1.0}'):
+            f.write(line + "\n")
+    records, bad = read_records_counted(run)
+    assert [(r["step"], r["loss"]) for r in records] == [(1, 3.0), (2, 2.0), (3, 1.0)]
+    assert bad == 7
+    res = runner.invoke(app, ["plot", str(run), "--metric", "train_loss", "-o", str(tmp_path / "c.png")])
+    assert res.exit_code == 0, res.output
+    assert res.stderr.count("warning") == 1 and f"7 in {run / 'metrics.jsonl'}" in res.stderr

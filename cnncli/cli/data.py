@@ -71,8 +71,10 @@ def data(
 
     if grid is not None:
         from cnncli.data.preview import check_grid_path
+        from cnncli.rundir import refuse_run_file
 
         check_grid_path(grid)
+        refuse_run_file(grid, "--grid")
     # a fixed model input size/channels decides the conversion, as in training
     data_cfg = cfg.data
     dataset = prepare_dataset(data_cfg)

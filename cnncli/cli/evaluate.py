@@ -86,6 +86,9 @@ def _write_report(report: dict[str, Any], path: Path) -> None:
 
     from cnncli.errors import CnnError
 
+    from cnncli.rundir import refuse_run_file
+
+    refuse_run_file(path, "--output")
     text = _csv_text(report) if path.suffix.lower() == ".csv" else json.dumps(report, indent=2) + "\n"
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -8,6 +8,7 @@ from typing import Any
 
 import yaml
 
+from cnncli import regular_file
 from cnncli.errors import ConfigError
 
 from cnncli.config.validate import _clip, _show
@@ -138,8 +139,7 @@ def read_yaml(path: Path) -> dict:
     if path.is_dir():
         raise ConfigError(f"config path is a directory, expected a YAML file: {path}")
     try:
-        with path.open("rb") as fh:
-            data = fh.read(MAX_CONFIG_BYTES + 1)
+        data = regular_file.read_bytes(path, ConfigError, "config file", limit=MAX_CONFIG_BYTES)
         if len(data) > MAX_CONFIG_BYTES:
             raise ConfigError(f"{path}: larger than {MAX_CONFIG_BYTES >> 20} MiB; a config file is a few kB")
         raw = parse_yaml(data)

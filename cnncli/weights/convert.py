@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from cnncli.errors import CheckpointError, WriteError
+from cnncli.rundir import refuse_run_file
 from cnncli.weights import layouts
 from cnncli.weights.store import (
     IMAGENET_MEAN,
@@ -177,6 +178,7 @@ def export_weights(src: str | Path, out: str | Path, layout: str = "torchvision"
     from cnncli.export import flatten_tree
 
     out = Path(out)
+    refuse_run_file(out, "-o")
     if out.suffix != ".safetensors":
         raise WriteError(f"{out}: the export is a safetensors file: name it *.safetensors")
     if layout not in ("torchvision", "cnn"):

@@ -11,15 +11,19 @@ built abstract model, so a directory of another model or head size is refused in
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
 import json
 import os
 import shutil
+import time
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from cnncli.errors import CheckpointError, WriteError
+from cnncli.rundir import refuse_run_file
 
 INFO = "weights.json"
 MODEL = "model"
@@ -77,11 +81,10 @@ def save_weights(out: Path, info: dict, params: Any, batch_stats: Any, *, force:
     import orbax.checkpoint as ocp
 
     out = Path(out).absolute()
-    if out.exists() and not (force and is_weights_dir(out)):
-        hint = " (--force replaces a weights directory)" if is_weights_dir(out) else ""
-        raise WriteError(f"{out} already exists; choose another -o{hint}")
-    tmp = out.with_name(out.name + ".tmp-import")
-    shutil.rmtree(tmp, ignore_errors=True)
+    refuse_run_file(out, "-o")
+    _check_free(out, force)
+    # this command's own temporary sibling: two imports into one folder at once never share one
+    tmp = out.with_name(f".{out.name}.tmp-import-{os.getpid()}-{time.time_ns()}")
     try:
         tmp.mkdir(parents=True)
         ckptr = ocp.StandardCheckpointer()
@@ -89,13 +92,41 @@ def save_weights(out: Path, info: dict, params: Any, batch_stats: Any, *, force:
         ckptr.wait_until_finished()
         ckptr.close()
         (tmp / INFO).write_text(json.dumps({"format": FORMAT, **info}, indent=1) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
+        _check_free(out, force)  # another command may have written it meanwhile
+        _put_in_place(tmp, out)
     except OSError as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
         raise WriteError(f"cannot write the weights directory {out}: {exc.strerror or exc}") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def _check_free(out: Path, force: bool) -> None:
+    if out.exists() and not (force and is_weights_dir(out)):
+        hint = " (--force replaces a weights directory)" if is_weights_dir(out) else ""
+        raise WriteError(f"{out} already exists; choose another -o{hint}")
+
+
+def _put_in_place(tmp: Path, out: Path) -> None:
+    """Rename the finished `tmp` to `out`: readers see the old whole directory or the new whole one. A
+    directory another command renamed there first is refused (the rename does not replace a
+    non-empty one), not mixed with this one."""
+    old = None
+    if out.exists():  # --force: the old one moves aside first, and goes once the new one is there
+        old = out.with_name(f".{out.name}.old-{os.getpid()}-{time.time_ns()}")
+        os.rename(out, old)
+    try:
+        os.rename(tmp, out)
+    except OSError as exc:
+        if old is not None:
+            with contextlib.suppress(OSError):
+                os.rename(old, out)
+        if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
+            raise WriteError(f"{out} was written by another command while this one ran; choose another -o "
+                             "or run it again with --force") from None
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def read_info(path: str | Path) -> dict:
