@@ -209,6 +209,24 @@ def primary_decides(fn: Callable[[], Any]) -> Any:
     return result
 
 
+def same_on_every_process(text: str, what: str) -> None:
+    """Refuse, on every process, a run whose processes were started with different `text` (their
+    configs): each would build another step and wait for the others in its first collective."""
+    if jax.process_count() == 1:
+        return
+    import hashlib
+
+    from jax.experimental import multihost_utils
+
+    digest = np.frombuffer(hashlib.sha256(text.encode()).digest(), np.uint8)
+    every = np.asarray(multihost_utils.process_allgather(digest)).reshape(jax.process_count(), -1)
+    differ = [i for i in range(1, every.shape[0]) if not np.array_equal(every[i], every[0])]
+    if differ:
+        raise ConfigError(f"the processes of this run disagree on {what}: process(es) "
+                          f"{', '.join(map(str, differ))} differ from process 0; start every process with the same "
+                          "config file and --set options")
+
+
 def make_mesh(count: int | None = None) -> Mesh:
     """A 1-D mesh over every device of every process (or the first `count`), axis name 'data'; each
     process's devices are contiguous along it, so that a process's rows of a batch are one slice

@@ -24,6 +24,7 @@ own allocator. The effect on the step's time and memory is in benchmarks/RESULTS
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -82,12 +83,22 @@ def relaunch_argv(environ) -> list[str] | None:
 
 
 def main() -> None:
-    argv = relaunch_argv(os.environ)
-    if argv is not None:
-        try:
-            os.execv(sys.executable, argv)
-        except OSError:
-            pass  # go on with glibc's defaults
-    from cnncli.cli import main as cli_main
+    from cnncli import interrupts
 
+    interrupts.install()  # from the first line (the relaunch below starts it again): a signal is one line
+    try:
+        argv = relaunch_argv(os.environ)
+        if argv is not None:
+            try:
+                os.execv(sys.executable, argv)
+            except OSError:
+                pass  # go on with glibc's defaults
+        from cnncli.cli import main as cli_main
+    except BaseException as exc:
+        interrupt = interrupts.within(exc)
+        if interrupt is None and interrupts.last_signal() is None:
+            raise
+        signum = interrupts.signum_of(interrupt) if interrupt is not None else interrupts.last_signal()
+        sys.stderr.write(f"interrupted ({signal.Signals(signum).name})\n")
+        interrupts.leave(128 + signum)
     cli_main()

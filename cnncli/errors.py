@@ -47,7 +47,7 @@ def did_you_mean(word: str, choices: Iterable[str], n: int = 3) -> str:
 
 
 class TrainingInterrupted(CnnError):
-    """Ctrl-C / SIGTERM: a checkpoint was written; exit 130 (SIGINT) or 143 (SIGTERM)."""
+    """Ctrl-C / SIGTERM / SIGHUP: a checkpoint was written; exit 128 + the signal (130, 143, 129)."""
 
     def __init__(self, message: str, signum: int):
         super().__init__(message)

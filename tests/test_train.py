@@ -108,7 +108,7 @@ def _train_steps_seen(run):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+@pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGHUP, 129)])
 def test_signal_writes_checkpoint_and_resume_completes(tiny_config, tmp_path, sig, code):
     run = tmp_path / "run"
     args = ["train", tiny_config, "--run-dir", run, "--set", "train.steps=400", "--set", "train.log_every_steps=1",
@@ -130,6 +130,44 @@ def test_signal_writes_checkpoint_and_resume_completes(tiny_config, tmp_path, si
     steps = [r["step"] for r in records(run, "train")]
     assert steps == list(range(1, 411))  # contiguous: nothing lost, nothing repeated
     assert json.loads((run / "status.json").read_text())["status"] == "finished"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGHUP, signal.SIGTERM])
+def test_a_signal_while_the_first_step_compiles_checkpoints_it(tiny_config, tmp_path, sig):
+    """status.json says "running" before the first step compiles; the signal lands in the compile, the
+    step finishes, is checkpointed, and the run says it was interrupted (before: SIGHUP killed it there
+    with status "running" and no checkpoint)."""
+    run = tmp_path / "run"
+    proc = _spawn(["train", tiny_config, "--run-dir", run, "--no-cache", "--set", "train.steps=400",
+                   "--set", "train.checkpoint_every_steps=1000"], tmp_path)
+
+    def running():
+        try:
+            return json.loads((run / "status.json").read_text())["status"] == "running"
+        except (OSError, ValueError):
+            return False
+
+    assert _wait_for(running, proc, timeout=300), proc.communicate()
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 128 + sig, err
+    assert "Traceback" not in err and "first step after" in err
+    status = json.loads((run / "status.json").read_text())
+    assert status["status"] == "interrupted" and status["step"] == 1, status
+    assert (run / "checkpoints" / "1").is_dir()
+
+
+@pytest.mark.slow
+def test_a_signal_before_the_run_directory_exists_is_one_line(tiny_config, tmp_path):
+    """During the imports and the data's loading nothing is written yet: one line, 129, no run directory."""
+    run = tmp_path / "run"
+    proc = _spawn(["train", tiny_config, "--run-dir", run], tmp_path)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGHUP)
+    _, err = proc.communicate(timeout=300)
+    assert (proc.returncode, err.splitlines()[-1:]) == (129, ["interrupted (SIGHUP)"]), err
+    assert "Traceback" not in err and not run.exists()
 
 
 @pytest.mark.slow

@@ -281,6 +281,65 @@ def test_import_refusals_are_one_line_and_write_nothing(tmp_path):
     assert r.exit_code == 2 and "already exists" in r.output
 
 
+@pytest.mark.slow
+def test_two_imports_into_one_folder_at_once_leave_one_whole_result(tmp_path):
+    """Both commands start before either has written: one result, whole; the other refused in one line
+    (or, with --force, both succeed and the last one wins whole)."""
+    import os
+    import subprocess
+    import sys
+
+    from safetensors.numpy import save_file
+
+    src = tmp_path / "r18.safetensors"
+    save_file(_random_state_dict("resnet18"), str(src))
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    for extra in ([], ["--force"]):
+        out = tmp_path / f"w{len(extra)}"
+        procs = [subprocess.Popen([sys.executable, "-m", "cnncli.cli", "weights", "import", str(src), "--model",
+                                   "resnet18", "-o", str(out), *extra], env=env, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True) for _ in range(2)]
+        results = [(p.wait(timeout=300), p.stdout.read() + p.stderr.read()) for p in procs]
+        assert all("Traceback" not in text for _, text in results), results
+        codes = sorted(rc for rc, _ in results)
+        if extra:
+            assert codes == [0, 0], results
+        else:
+            assert codes in ([0, 0], [0, 2]), results  # [0, 0]: the second began only after the first ended
+            refused = [text for rc, text in results if rc == 2]
+            assert all(t.startswith("error: ") and ("already exists" in t or "another command" in t) and
+                       t.count("\n") == 1 for t in refused), refused
+        w = load_weights(out)
+        assert w.info["num_classes"] == 10
+        assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(f".w{len(extra)}")) == []
+
+
+def test_a_folder_filled_while_importing_is_not_mixed_with_it(tmp_path, monkeypatch):
+    from cnncli.errors import WriteError
+    from cnncli.weights import store
+
+    sd = _random_state_dict("resnet18")
+    from safetensors.numpy import save_file
+
+    save_file(sd, str(tmp_path / "r18.safetensors"))
+    out = tmp_path / "w"
+    real = store._check_free
+    calls = []
+
+    def other_command_meanwhile(path, force):  # the second check: another import finished first
+        calls.append(path)
+        if len(calls) == 2:
+            (path / "model").mkdir(parents=True)
+            (path / "weights.json").write_text("{}")
+        return real(path, force) if len(calls) == 1 else None
+
+    monkeypatch.setattr(store, "_check_free", other_command_meanwhile)
+    with pytest.raises(WriteError, match="was written by another command while this one ran"):
+        import_weights(tmp_path / "r18.safetensors", "resnet18", out=out)
+    assert sorted(p.name for p in out.iterdir()) == ["model", "weights.json"]  # theirs, untouched
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
 # -- against PyTorch ---------------------------------------------------------------------------------
 
 def _torch_modules():

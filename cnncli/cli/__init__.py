@@ -7,6 +7,7 @@ Heavy libraries (jax, flax, orbax) are imported inside the commands so that
 
 from __future__ import annotations
 
+import signal
 import sys
 import time
 
@@ -33,9 +34,25 @@ def main() -> None:
     """Console-script entry point: every mistake is one line on stderr and a non-zero exit."""
     from typer._click import exceptions as click  # typer bundles its own click
 
+    from cnncli import interrupts
+
     _state["started"] = _IMPORTED
+    _state["command"] = True  # not a CliRunner in a test: an interrupt ends the process (cli_errors)
+    interrupts.install()
     try:
         code = app(standalone_mode=False)
+    except BaseException as exc:  # an interrupt outside a command's error handling, or with --debug
+        interrupt = interrupts.within(exc)
+        if interrupt is None and interrupts.last_signal() is None:
+            raise
+        # an interrupt, or what became of one (an import interrupted is an ImportError that may not say why)
+        signum = interrupts.signum_of(interrupt) if interrupt is not None else interrupts.last_signal()
+        if _state["debug"]:
+            import traceback
+
+            traceback.print_exc()
+        typer.echo(f"interrupted ({signal.Signals(signum).name})", err=True)
+        interrupts.leave(128 + signum)
     except click.NoArgsIsHelpError:
         app(["--help"])  # prints the rich help and exits 0
     except click.UsageError as exc:  # missing argument, unknown option, bad choice
@@ -50,4 +67,7 @@ def main() -> None:
             raise
         typer.echo(f"error: {exc}", err=True)
         sys.exit(exc.exit_code)
-    sys.exit(code if isinstance(code, int) else 0)
+    code = code if isinstance(code, int) else 0
+    if _state.get("interrupted"):
+        interrupts.leave(code)
+    sys.exit(code)

@@ -9,7 +9,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from cnncli.errors import CnnError
+from cnncli.errors import CnnError, TrainingInterrupted
 
 app = typer.Typer(
     name="cnn",
@@ -51,6 +51,10 @@ def cli_errors(fn):
         except CnnError as exc:
             if _state["debug"]:
                 raise
+            if isinstance(exc, TrainingInterrupted):
+                from cnncli import interrupts
+
+                _state["interrupted"] = interrupts.alone()  # several processes: jax's shutdown waits for the others
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(exc.exit_code) from None
         except OSError as exc:  # the file system refused a path the user gave (too long, no permission, ...)
@@ -60,11 +64,15 @@ def cli_errors(fn):
             name = name if len(name) <= 80 else name[:77] + "..."
             typer.echo(f"error: {exc.strerror or type(exc).__name__}" + (f": {name}" if name else ""), err=True)
             raise typer.Exit(2) from None
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:  # SIGINT, SIGTERM, SIGHUP (cnncli.interrupts)
             if _state["debug"]:
                 raise
-            typer.echo("interrupted", err=True)
-            raise typer.Exit(130) from None
+            from cnncli import interrupts
+
+            typer.echo(interrupts.message(exc), err=True)
+            if _state.get("command"):  # the `cnn` command: leave now, while the exception still holds what it
+                interrupts.leave(128 + interrupts.signum_of(exc))  # interrupted (see cnncli.interrupts)
+            raise typer.Exit(128 + interrupts.signum_of(exc)) from None
 
     return wrapper
 

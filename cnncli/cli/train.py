@@ -110,6 +110,7 @@ def _resumed(resume: Path, overrides):
     if not run.is_cnn_run():
         raise RunDirError(f"--resume refuses {run.path}: it is not a run directory cnn created (no .cnn-run "
                           "marker or run status.json), so it may be someone's project folder")
+    run.check_files()
     cfg = load_config(run.config, overrides)
     check_resume_changes(load_config(run.config), cfg, run.path)
     return cfg, run.path, finished_note(run.read_json("status.json"), cfg)

@@ -1,6 +1,7 @@
 """How a run ends: signals caught between steps, failures as one line, write errors named.
 
-`SignalCatcher` lets the loop finish its step and checkpoint on the first SIGINT/SIGTERM;
+`SignalCatcher` lets the loop finish its step and checkpoint on the first SIGINT/SIGTERM/SIGHUP
+(a closed terminal or ssh session sends SIGHUP: the commonest way a long run ends unexpectedly);
 `one_line` is what status.json and the console say about any exception; `write_error` turns
 a full disk or a read-only filesystem into a one-line WriteError naming the last complete
 checkpoint.
@@ -13,20 +14,21 @@ import errno
 import os
 import signal
 
+from cnncli import interrupts
 from cnncli.errors import CnnError, TrainingInterrupted, WriteError
 from cnncli.rundir import RunDir
 
 
 class SignalCatcher:
-    """Remembers SIGINT/SIGTERM so that the loop can finish its step and checkpoint.
+    """Remembers SIGINT/SIGTERM/SIGHUP so that the loop can finish its step and checkpoint.
 
     While `urgent` (outside the step loop: final evaluation, export), a signal raises at once.
     A second signal while the first is being handled also raises at once.
 
     Under several processes (`shared`) the processes must stop at the same step, or the one
     checkpointing waits forever for the others. There SIGTERM is left to jax's preemption
-    service, which tells every process of the cluster, and SIGINT is passed on to it as a
-    SIGTERM; `stop_requested(step)` is true on every process at the one step the service agrees
+    service, which tells every process of the cluster, and SIGINT and SIGHUP are passed on to it
+    as a SIGTERM; `stop_requested(step)` is true on every process at the one step the service agrees
     on (jax.experimental.multihost_utils.reached_preemption_sync_point).
     """
 
@@ -41,9 +43,11 @@ class SignalCatcher:
     def installed(self, shared: bool = False):
         self.shared = shared and _preemption_service()
         previous = {}
+        caught = (signal.SIGINT, signal.SIGHUP) if self.shared else (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
         try:
-            for s in (signal.SIGINT,) if self.shared else (signal.SIGINT, signal.SIGTERM):
-                previous[s] = signal.signal(s, self._handle)
+            for s in caught:
+                if signal.getsignal(s) is not signal.SIG_IGN:  # nohup's SIGHUP stays ignored
+                    previous[s] = signal.signal(s, self._handle)
         except ValueError:  # not the main thread: no handlers, no graceful stop
             previous = {}
         try:
@@ -53,6 +57,7 @@ class SignalCatcher:
                 signal.signal(s, h)
 
     def _handle(self, signum, frame):
+        interrupts.taken()  # this loop stops on it (an interrupt dropped before the loop began is sent again)
         if self.raised:  # already stopping: let the clean-up finish and say so
             return
         if self.shared and not self.urgent:

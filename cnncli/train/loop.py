@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from cnncli import interrupts
 from cnncli.config import Config
 from cnncli.errors import TrainingError, TrainingInterrupted
 from cnncli.rundir import RunDir
@@ -41,7 +42,7 @@ def train_and_evaluate(cfg: Config, run_path: str | Path, *, resume: bool = Fals
     from rich.console import Console
 
     from cnncli.checkpoint import CheckpointManager
-    from cnncli.distributed import is_primary, peer_failure, primary_decides
+    from cnncli.distributed import is_primary, peer_failure, primary_decides, same_on_every_process
 
     console = console or Console(stderr=True, soft_wrap=True)
     with contextlib.ExitStack() as stack:
@@ -49,9 +50,10 @@ def train_and_evaluate(cfg: Config, run_path: str | Path, *, resume: bool = Fals
         # refusal there is raised on every process
         if resume:
             run = RunDir.open(run_path)
-            primary_decides(lambda: stack.enter_context(run.lock()))
+            primary_decides(lambda: (run.check_files(), stack.enter_context(run.lock())))
         else:
             primary_decides(lambda: RunDir.check_create(run_path, force=force))  # refuse before any work
+        same_on_every_process(_comparable(cfg), "the config (file and --set)")
         setup = build_training(cfg, None if resume else init)
         t = setup.cfg.train
         restored = None
@@ -65,6 +67,7 @@ def train_and_evaluate(cfg: Config, run_path: str | Path, *, resume: bool = Fals
             run = primary_decides(lambda: RunDir.create(run_path, force=force)) or RunDir(run_path)
             if is_primary():  # owned by this process from here on
                 stack.callback(run.release)
+                stack.enter_context(_says_how_it_ended(run))
             manager = stack.enter_context(_closing(CheckpointManager(
                 run.checkpoints, keep_last=t.keep_last, keep_best=t.keep_best, best_metric=t.best_metric)))
         training = Training(setup, run, manager, console, restored, started)
@@ -85,6 +88,25 @@ def train_and_evaluate(cfg: Config, run_path: str | Path, *, resume: bool = Fals
 
 
 @contextlib.contextmanager
+def _says_how_it_ended(run: RunDir):
+    """A new run that ends before its loop claimed it (status "running") still says how it ended; one that
+    was to replace an old run (--force) puts the old run back instead."""
+    try:
+        yield
+    except BaseException as exc:
+        if isinstance(exc, KeyboardInterrupt):
+            interrupts.taken()
+        if run.replaced is not None:
+            run.restore_replaced()
+        elif not (run.path / "status.json").exists():
+            how = "interrupted" if isinstance(exc, (KeyboardInterrupt, TrainingInterrupted)) else "failed"
+            reason = f"{_signal_name(exc)}: stopped" if isinstance(exc, KeyboardInterrupt) else one_line(exc)
+            with contextlib.suppress(Exception):
+                run.set_status(how, reason=reason, step=None)
+        raise
+
+
+@contextlib.contextmanager
 def _closing(manager):
     """Close a checkpoint manager on the way out, finishing the save in flight."""
     try:
@@ -100,7 +122,7 @@ class Training:
     def __init__(self, setup: TrainingSetup, run: RunDir, manager, console, restored: tuple[Any, dict] | None,
                  started: float | None = None):
         from cnncli.distributed import is_primary, topology
-        from cnncli.metrics import MetricsWriter, NullMetricsWriter, truncate_after, truncate_csv_after
+        from cnncli.metrics import NullMetricsWriter
 
         self.setup, self.run_dir, self.manager, self.console = setup, run, manager, console
         self.primary = is_primary()  # the one process that writes the run directory's files
@@ -119,20 +141,32 @@ class Training:
         self.ckpt_every = Every.of(steps=self.t.checkpoint_every_steps, epochs=self.t.checkpoint_every_epochs,
                                    steps_per_epoch=self.spe, last=setup.total_steps)
         self._note_topology_change(meta.get("cluster"))
-        if self.primary:
-            self._write_run_files(restored is not None)
-        dropped = truncate_after(run.metrics_jsonl, self.start_step) + truncate_csv_after(run.metrics_csv,
-                                                                                         self.start_step) \
-            if self.primary else 0
-        if dropped:
-            console.print(f"warning: dropped {dropped} unreadable line(s) of {run.metrics_jsonl.name} / "
-                          f"{run.metrics_csv.name} (a torn write or damage)")
-        self.writer = MetricsWriter(run.metrics_jsonl, run.metrics_csv,
-                                    run.tensorboard if self.cfg.output.tensorboard else None) \
-            if self.primary else NullMetricsWriter()
-        self.log = TrainLog(self.writer, self.clock, self.spe, meta.get("log"))
+        self._resumed, self._log_state = restored is not None, meta.get("log")
+        self._claimed = False  # status.json says "running" for this process (see closing)
+        self.writer = NullMetricsWriter()
+        self.log = TrainLog(self.writer, self.clock, self.spe, self._log_state)
         self._epoch_start = time.perf_counter()
         self._batches = None
+
+    def _open(self) -> None:
+        """Claim the run (status "running") and open its writers: inside `closing`, so that every way out
+        from here on (a signal, a refusal, a failure) is written to status.json."""
+        from cnncli.metrics import MetricsWriter, truncate_after, truncate_csv_after
+
+        if not self.primary:
+            return
+        run = self.run_dir
+        self._write_run_files(self._resumed)
+        self._claimed = True
+        run.discard_replaced()  # --force: the new run has its files; the old one goes now
+        dropped = truncate_after(run.metrics_jsonl, self.start_step) + truncate_csv_after(run.metrics_csv,
+                                                                                         self.start_step)
+        if dropped:
+            self.console.print(f"warning: dropped {dropped} unreadable line(s) of {run.metrics_jsonl.name} / "
+                               f"{run.metrics_csv.name} (a torn write or damage)")
+        self.writer = MetricsWriter(run.metrics_jsonl, run.metrics_csv,
+                                    run.tensorboard if self.cfg.output.tensorboard else None)
+        self.log = TrainLog(self.writer, self.clock, self.spe, self._log_state)
 
     # ---- the run directory ------------------------------------------------------------------
 
@@ -190,9 +224,14 @@ class Training:
         """Every exit: status.json says what happened, writers are closed, workers stopped."""
         try:
             with self.catcher.installed(shared=self.topology["processes"] > 1):
+                self._open()
                 yield self
         except TrainingInterrupted as exc:
             self._finish_status("interrupted", reason=str(exc), step=self._step_now())
+            raise
+        except KeyboardInterrupt as exc:  # a signal before the catcher took over, or after it let go
+            interrupts.taken()
+            self._finish_status("interrupted", reason=f"{_signal_name(exc)}: stopped", step=self._step_now())
             raise
         except BaseException as exc:
             self._finish_status("failed", reason=one_line(exc) or type(exc).__name__, step=self._step_now())
@@ -212,7 +251,9 @@ class Training:
     def _finish_status(self, status: str, **fields) -> None:
         with contextlib.suppress(Exception):
             self.manager.wait()
-        if self.primary:
+        # a run this process did not claim keeps what it said (a refused resume changes no file); a new
+        # run that ends before its claim says how it ended
+        if self.primary and (self._claimed or not (self.run_dir.path / "status.json").exists()):
             with contextlib.suppress(Exception):
                 self.run_dir.set_status(status, wall_time_s=self.clock.wall(), **fields)
 
@@ -394,6 +435,22 @@ class Training:
                            test_accuracy=test["accuracy"], images_per_sec=summary["images_per_sec"],
                            epochs_done=summary["epochs"], best_value=best_value, reason=None)
         return summary
+
+
+def _comparable(cfg: Config) -> str:
+    """The config as text that every process of one run must share (the `distributed` section may name
+    each process's own id)."""
+    import json
+
+    import yaml
+
+    raw = yaml.safe_load(cfg.to_yaml())
+    raw.pop("distributed", None)
+    return json.dumps(raw, sort_keys=True, default=str)
+
+
+def _signal_name(exc: BaseException) -> str:
+    return signal.Signals(getattr(exc, "signum", signal.SIGINT)).name
 
 
 def _metric_value(val: dict[str, float], metric: str) -> float:

@@ -93,7 +93,7 @@ def save_weights(out: Path, info: dict, params: Any, batch_stats: Any, *, force:
         ckptr.close()
         (tmp / INFO).write_text(json.dumps({"format": FORMAT, **info}, indent=1) + "\n")
         _check_free(out, force)  # another command may have written it meanwhile
-        _put_in_place(tmp, out)
+        _put_in_place(tmp, out, force)
     except OSError as exc:
         raise WriteError(f"cannot write the weights directory {out}: {exc.strerror or exc}") from None
     finally:
@@ -107,12 +107,12 @@ def _check_free(out: Path, force: bool) -> None:
         raise WriteError(f"{out} already exists; choose another -o{hint}")
 
 
-def _put_in_place(tmp: Path, out: Path) -> None:
+def _put_in_place(tmp: Path, out: Path, force: bool) -> None:
     """Rename the finished `tmp` to `out`: readers see the old whole directory or the new whole one. A
     directory another command renamed there first is refused (the rename does not replace a
     non-empty one), not mixed with this one."""
     old = None
-    if out.exists():  # --force: the old one moves aside first, and goes once the new one is there
+    if force and out.exists():  # the old one moves aside first, and goes once the new one is there
         old = out.with_name(f".{out.name}.old-{os.getpid()}-{time.time_ns()}")
         os.rename(out, old)
     try:
