@@ -123,15 +123,15 @@ _installed = []
 
 def install() -> None:
     """Route SIGINT, SIGTERM and SIGHUP to `Interrupted` in the main thread (the `cnn` command only, from
-    its first line: cnncli.entry). A signal the parent set to be ignored (nohup: SIGHUP) stays ignored.
+    its first line: cnncli.entry). A SIGHUP the parent set to be ignored (nohup) stays ignored.
     Once per process."""
     if _installed:
         return
     _installed.append(True)
     for s in SIGNALS:
         try:
-            if signal.getsignal(s) is signal.SIG_IGN:
-                continue
+            if s == getattr(signal, "SIGHUP", None) and signal.getsignal(s) is signal.SIG_IGN:
+                continue  # nohup (a shell starts background jobs with SIGINT ignored: that one is caught)
             signal.signal(s, _raise)
         except (ValueError, OSError):  # not the main thread, or a platform without it
             pass

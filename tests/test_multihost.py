@@ -314,3 +314,40 @@ def test_shard_params_over_two_processes(one_device, pair, workdir):
     assert sharded["shard_params"] and not replicated["shard_params"]
     assert sharded["state_bytes_per_device"] < 0.6 * replicated["state_bytes_per_device"]
     assert "MiB per device (split over the devices)" in results[0][1]
+
+
+def test_processes_that_disagree_on_the_config_are_refused_before_the_run_directory(workdir):
+    """Process 1 started with another batch size: both refuse in one line, and nothing is written (before:
+    both failed later, and status.json said "running" for ever)."""
+    run = workdir / "disagree"
+    port = _free_port()
+    procs = []
+    for i, extra in enumerate(([], ["--set", "train.batch_size=64"])):
+        log = workdir / f"disagree.{i}.log"
+        procs.append((_cnn([workdir / "tiny.yaml", "--run-dir", run, "--coordinator", f"127.0.0.1:{port}",
+                            "--num-processes", 2, "--process-id", i, *extra], log), log))
+    results = _finish(procs, timeout=180)
+    assert [rc for rc, _ in results] == [2, 2], results
+    for _, out in results:
+        assert ("error: the processes of this run disagree on the config (file and --set): process(es) 1 differ "
+                "from process 0") in out and "Traceback" not in out
+    assert not run.exists()
+
+
+def test_sighup_to_one_process_stops_both_at_one_checkpoint(workdir):
+    """A closed terminal (SIGHUP) of process 1 is passed to jax's preemption service like Ctrl-C."""
+    run = workdir / "hangup"
+    extra = ["--set", "train.steps=400", "--set", "train.eval_every_steps=200", "--set", "train.log_every_steps=10",
+             "--set", "train.checkpoint_every_steps=200"]
+    procs = _launch(workdir / "tiny.yaml", run, 2, extra=extra)
+    try:
+        _signal_after(procs, run, 10, signal.SIGHUP)
+        (rc0, out0), (rc1, out1) = _finish(procs, timeout=180)
+    finally:
+        for proc, _ in procs:
+            if proc.poll() is None:
+                proc.kill()
+    assert (rc0, rc1) == (143, 129), (out0, out1)
+    status = json.loads((run / "status.json").read_text())
+    assert status["status"] == "interrupted", status
+    assert sorted(int(p.name) for p in (run / "checkpoints").iterdir() if p.name.isdigit())[-1] == status["step"]

@@ -139,3 +139,14 @@ def test_a_folder_trained_model_decodes_like_its_folder_loader(digits_pngs, tmp_
     assert [q["index"] for q in via_folder] == [q["index"] for q in via_pixels]
     np.testing.assert_allclose([q["probability"] for q in via_folder], [q["probability"] for q in via_pixels],
                                atol=1e-6)
+
+
+def test_a_fifo_given_as_an_image_is_refused_not_waited_on(tmp_path):
+    import os
+
+    fifo = tmp_path / "cat.png"
+    os.mkfifo(fifo)
+    with pytest.raises(DataError, match=r"image .*cat.png is a FIFO \(named pipe\), not a regular file"):
+        predict_images(tmp_path / "no-run", [fifo])  # the old code blocked in open() for ever
+    res = CliRunner().invoke(app, ["predict", str(tmp_path / "no-run"), str(fifo)])
+    assert res.exit_code == 2 and "FIFO" in res.stderr and res.stderr.count("\n") == 1, res.output

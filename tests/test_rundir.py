@@ -338,3 +338,27 @@ def test_outputs_may_not_write_over_a_runs_files(tmp_path, target):
     refuse_run_file(path / "report.json", "--output")  # a new file of its own beside the run's is fine
     refuse_run_file(path / "plots" / "curves.png", "--output")
     refuse_run_file(tmp_path / "elsewhere.json", "--output")
+
+
+@pytest.mark.parametrize("args", [
+    ["eval", "{run}", "--output", "{run}/config.yaml"],
+    ["eval", "{run}", "--plot", "{run}/checkpoints/1/model"],
+    ["plot", "{run}", "-o", "{run}/status.json"],
+    ["show", "filters", "{run}", "-o", "{run}/metrics.jsonl"],
+    ["show", "cam", "{run}", "img.png", "-o", "{run}/config.yaml"],
+    ["weights", "export", "{run}", "-o", "{run}/model.safetensors"],
+    ["weights", "import", "x.pth", "--model", "resnet18", "-o", "{run}/checkpoints"],
+])
+def test_commands_refuse_outputs_over_a_runs_files_before_any_work(tmp_path, args):
+    from typer.testing import CliRunner
+
+    from cnncli.cli import app
+
+    path = tmp_path / "run"
+    before = _old_run(path)
+    (path / "model.safetensors").write_bytes(b"exported")
+    before = _files(path)
+    res = CliRunner().invoke(app, [a.format(run=path) for a in args])
+    assert res.exit_code == 2 and res.exception is None or isinstance(res.exception, SystemExit), res.output
+    assert res.stderr.startswith("error: ") and "would write over" in res.stderr and res.stderr.count("\n") == 1
+    assert _files(path) == before

@@ -40,8 +40,12 @@ def eval_cmd(
     """Evaluate trained models: loss, top-1/top-5 accuracy and error, per-class metrics, confusion matrix."""
     from cnncli.accelerators import warn_if_idle
     from cnncli.evaluate import evaluate_models
+    from cnncli.rundir import refuse_run_file
 
     warn_if_idle(lambda line: typer.echo(line, err=True))
+    for option, path in (("--output", output), ("--plot", plot)):  # before the evaluation
+        if path is not None:
+            refuse_run_file(path, option)
     report = evaluate_models(paths, split=split, which=checkpoint, batch_size=batch_size, overrides=overrides,
                              tta=None if tta == Tta.none else tta.value, data_path=data_path, load=load_model)
     if output is not None:

@@ -34,7 +34,9 @@ def plot(
 ) -> None:
     """Draw learning curves of several runs on shared axes (one panel per metric, or per --panel group)."""
     from cnncli.plots import plot_runs, save_figure
+    from cnncli.rundir import refuse_run_file
 
+    refuse_run_file(output, "--output")
     metrics = [m.strip() for m in metric.split(",") if m.strip()]
     fig = plot_runs(runs or [], metrics=metrics, x=x.value, panels=panel, figure=figure, percent=percent)
     typer.echo(str(save_figure(fig, output)))

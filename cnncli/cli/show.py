@@ -33,8 +33,12 @@ InputSize = Annotated[int | None, typer.Option(metavar="N", help="Input size of 
 Channels = Annotated[int | None, typer.Option(metavar="N", help="Input channels of an untrained model.")]
 
 
-def _subject(target: str, checkpoint: str, overrides, input_size, channels):
+def _subject(target: str, checkpoint: str, overrides, input_size, channels, output: Path | None):
+    from cnncli.rundir import refuse_run_file
     from cnncli.show.subject import load_subject
+
+    if output is not None:  # before the model is loaded
+        refuse_run_file(output, "--output")
 
     return load_subject(target, which=checkpoint, overrides=overrides, input_size=input_size, channels=channels)
 
@@ -62,7 +66,7 @@ def filters(
     """A conv layer's kernels as a grid (RGB for the first layer of a colour model), each normalised."""
     from cnncli.show.filters import show_filters
 
-    fig, data = show_filters(_subject(target, checkpoint, overrides, input_size, channels), layer=layer, limit=limit)
+    fig, data = show_filters(_subject(target, checkpoint, overrides, input_size, channels, output), layer=layer, limit=limit)
     _emit(fig, data, output, format, "filters.png")
 
 
@@ -81,7 +85,7 @@ def features(
     from cnncli.show.features import show_features
 
     names = [n.strip() for n in layers.split(",") if n.strip()] if layers else None
-    fig, data = show_features(_subject(target, checkpoint, overrides, input_size, channels), image, layers=names,
+    fig, data = show_features(_subject(target, checkpoint, overrides, input_size, channels, output), image, layers=names,
                               top_k=top_k)
     _emit(fig, data, output, format, "features.png")
 
@@ -99,6 +103,6 @@ def cam(
     """Grad-CAM: where the model looked for the predicted (or chosen) class, over the image."""
     from cnncli.show.cam import show_cam
 
-    fig, data = show_cam(_subject(target, checkpoint, overrides, input_size, channels), image,
+    fig, data = show_cam(_subject(target, checkpoint, overrides, input_size, channels, output), image,
                          class_index=class_index, layer=layer)
     _emit(fig, data, output, format, "cam.png")

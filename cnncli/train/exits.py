@@ -2,6 +2,7 @@
 
 `SignalCatcher` lets the loop finish its step and checkpoint on the first SIGINT/SIGTERM/SIGHUP
 (a closed terminal or ssh session sends SIGHUP: the commonest way a long run ends unexpectedly);
+`says_how_it_ended` covers a new run from its creation to the loop's own handling;
 `one_line` is what status.json and the console say about any exception; `write_error` turns
 a full disk or a read-only filesystem into a one-line WriteError naming the last complete
 checkpoint.
@@ -13,10 +14,14 @@ import contextlib
 import errno
 import os
 import signal
+from typing import TYPE_CHECKING
 
 from cnncli import interrupts
 from cnncli.errors import CnnError, TrainingInterrupted, WriteError
 from cnncli.rundir import RunDir
+
+if TYPE_CHECKING:
+    from cnncli.config import Config
 
 
 class SignalCatcher:
@@ -46,7 +51,7 @@ class SignalCatcher:
         caught = (signal.SIGINT, signal.SIGHUP) if self.shared else (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
         try:
             for s in caught:
-                if signal.getsignal(s) is not signal.SIG_IGN:  # nohup's SIGHUP stays ignored
+                if s != signal.SIGHUP or signal.getsignal(s) is not signal.SIG_IGN:  # nohup's SIGHUP stays ignored
                     previous[s] = signal.signal(s, self._handle)
         except ValueError:  # not the main thread: no handlers, no graceful stop
             previous = {}
@@ -108,3 +113,38 @@ def write_error(exc: OSError, run: RunDir, last_good: int | None) -> WriteError:
 
 
 WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EACCES, errno.EPERM, errno.EFBIG}
+
+
+@contextlib.contextmanager
+def says_how_it_ended(run: RunDir):
+    """A new run that ends before its loop claimed it (status "running") still says how it ended; one that
+    was to replace an old run (--force) puts the old run back instead."""
+    try:
+        yield
+    except BaseException as exc:
+        if isinstance(exc, KeyboardInterrupt):
+            interrupts.taken()
+        if run.replaced is not None:
+            run.restore_replaced()
+        elif not (run.path / "status.json").exists():
+            how = "interrupted" if isinstance(exc, (KeyboardInterrupt, TrainingInterrupted)) else "failed"
+            reason = f"{signal_name(exc)}: stopped" if isinstance(exc, KeyboardInterrupt) else one_line(exc)
+            with contextlib.suppress(Exception):
+                run.set_status(how, reason=reason, step=None)
+        raise
+
+
+def comparable(cfg: Config) -> str:
+    """The config as text that every process of one run must share (the `distributed` section may name
+    each process's own id)."""
+    import json
+
+    import yaml
+
+    raw = yaml.safe_load(cfg.to_yaml())
+    raw.pop("distributed", None)
+    return json.dumps(raw, sort_keys=True, default=str)
+
+
+def signal_name(exc: BaseException) -> str:
+    return signal.Signals(getattr(exc, "signum", signal.SIGINT)).name

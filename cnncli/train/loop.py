@@ -23,7 +23,8 @@ from cnncli.errors import TrainingError, TrainingInterrupted
 from cnncli.rundir import RunDir
 from cnncli.train.clock import Every, RunClock, cache_hits
 from cnncli.train.environment import run_environment
-from cnncli.train.exits import WRITE_ERRNOS, SignalCatcher, one_line, write_error
+from cnncli.train.exits import (WRITE_ERRNOS, SignalCatcher, comparable, one_line, says_how_it_ended, signal_name,
+                                 write_error)
 from cnncli.train.logbook import TrainLog, epoch_line
 from cnncli.train.resume import starts_over
 from cnncli.train.setup import TrainingSetup, build_training, model_tree, restore_training, train_tree
@@ -53,7 +54,7 @@ def train_and_evaluate(cfg: Config, run_path: str | Path, *, resume: bool = Fals
             primary_decides(lambda: (run.check_files(), stack.enter_context(run.lock())))
         else:
             primary_decides(lambda: RunDir.check_create(run_path, force=force))  # refuse before any work
-        same_on_every_process(_comparable(cfg), "the config (file and --set)")
+        same_on_every_process(comparable(cfg), "the config (file and --set)")
         setup = build_training(cfg, None if resume else init)
         t = setup.cfg.train
         restored = None
@@ -67,7 +68,7 @@ def train_and_evaluate(cfg: Config, run_path: str | Path, *, resume: bool = Fals
             run = primary_decides(lambda: RunDir.create(run_path, force=force)) or RunDir(run_path)
             if is_primary():  # owned by this process from here on
                 stack.callback(run.release)
-                stack.enter_context(_says_how_it_ended(run))
+                stack.enter_context(says_how_it_ended(run))
             manager = stack.enter_context(_closing(CheckpointManager(
                 run.checkpoints, keep_last=t.keep_last, keep_best=t.keep_best, best_metric=t.best_metric)))
         training = Training(setup, run, manager, console, restored, started)
@@ -85,25 +86,6 @@ def train_and_evaluate(cfg: Config, run_path: str | Path, *, resume: bool = Fals
             if failure is not None:
                 raise failure from None
             raise
-
-
-@contextlib.contextmanager
-def _says_how_it_ended(run: RunDir):
-    """A new run that ends before its loop claimed it (status "running") still says how it ended; one that
-    was to replace an old run (--force) puts the old run back instead."""
-    try:
-        yield
-    except BaseException as exc:
-        if isinstance(exc, KeyboardInterrupt):
-            interrupts.taken()
-        if run.replaced is not None:
-            run.restore_replaced()
-        elif not (run.path / "status.json").exists():
-            how = "interrupted" if isinstance(exc, (KeyboardInterrupt, TrainingInterrupted)) else "failed"
-            reason = f"{_signal_name(exc)}: stopped" if isinstance(exc, KeyboardInterrupt) else one_line(exc)
-            with contextlib.suppress(Exception):
-                run.set_status(how, reason=reason, step=None)
-        raise
 
 
 @contextlib.contextmanager
@@ -231,7 +213,7 @@ class Training:
             raise
         except KeyboardInterrupt as exc:  # a signal before the catcher took over, or after it let go
             interrupts.taken()
-            self._finish_status("interrupted", reason=f"{_signal_name(exc)}: stopped", step=self._step_now())
+            self._finish_status("interrupted", reason=f"{signal_name(exc)}: stopped", step=self._step_now())
             raise
         except BaseException as exc:
             self._finish_status("failed", reason=one_line(exc) or type(exc).__name__, step=self._step_now())
@@ -435,22 +417,6 @@ class Training:
                            test_accuracy=test["accuracy"], images_per_sec=summary["images_per_sec"],
                            epochs_done=summary["epochs"], best_value=best_value, reason=None)
         return summary
-
-
-def _comparable(cfg: Config) -> str:
-    """The config as text that every process of one run must share (the `distributed` section may name
-    each process's own id)."""
-    import json
-
-    import yaml
-
-    raw = yaml.safe_load(cfg.to_yaml())
-    raw.pop("distributed", None)
-    return json.dumps(raw, sort_keys=True, default=str)
-
-
-def _signal_name(exc: BaseException) -> str:
-    return signal.Signals(getattr(exc, "signum", signal.SIGINT)).name
 
 
 def _metric_value(val: dict[str, float], metric: str) -> float:

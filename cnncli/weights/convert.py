@@ -133,10 +133,11 @@ def import_weights(file: str | Path, name: str, *, source: str = "torchvision", 
     if not layouts.supported(name):
         layouts.layout(name, None, source)  # raises the ModelError listing what is supported
     file = Path(file)
+    target = Path(out) if out is not None else Path(f"{file.stem}-cnn")
+    refuse_run_file(target, "-o")  # before the file is read
     tensors = read_state_dict(file)
     params, batch_stats, info = convert_state_dict(tensors, name, source, str(file))
     info["file"] = file.name
-    target = Path(out) if out is not None else Path(f"{file.stem}-cnn")
     return save_weights(target, info, params, batch_stats, force=force), info
 
 
