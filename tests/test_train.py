@@ -162,8 +162,11 @@ def test_a_signal_while_the_first_step_compiles_checkpoints_it(tiny_config, tmp_
 def test_a_signal_before_the_run_directory_exists_is_one_line(tiny_config, tmp_path):
     """During the imports and the data's loading nothing is written yet: one line, 129, no run directory."""
     run = tmp_path / "run"
-    proc = _spawn(["train", tiny_config, "--run-dir", run], tmp_path)
-    time.sleep(1.0)
+    script = os.path.join(os.path.dirname(sys.executable), "cnn")  # the console script: handlers from its first line
+    proc = subprocess.Popen([script, "train", str(tiny_config), "--run-dir", str(run)], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(3.0)
+    assert proc.poll() is None and not run.exists()
     proc.send_signal(signal.SIGHUP)
     _, err = proc.communicate(timeout=300)
     assert (proc.returncode, err.splitlines()[-1:]) == (129, ["interrupted (SIGHUP)"]), err
