@@ -69,6 +69,7 @@ def cli_errors(fn):
                 raise
             from cnncli import interrupts
 
+            interrupts.taken()
             typer.echo(interrupts.message(exc), err=True)
             if _state.get("command"):  # the `cnn` command: leave now, while the exception still holds what it
                 interrupts.leave(128 + interrupts.signum_of(exc))  # interrupted (see cnncli.interrupts)
