@@ -41,18 +41,6 @@ def main() -> None:
     interrupts.install()
     try:
         code = app(standalone_mode=False)
-    except BaseException as exc:  # an interrupt outside a command's error handling, or with --debug
-        interrupt = interrupts.within(exc)
-        if interrupt is None and interrupts.last_signal() is None:
-            raise
-        # an interrupt, or what became of one (an import interrupted is an ImportError that may not say why)
-        signum = interrupts.signum_of(interrupt) if interrupt is not None else interrupts.last_signal()
-        if _state["debug"]:
-            import traceback
-
-            traceback.print_exc()
-        typer.echo(f"interrupted ({signal.Signals(signum).name})", err=True)
-        interrupts.leave(128 + signum)
     except click.NoArgsIsHelpError:
         app(["--help"])  # prints the rich help and exits 0
     except click.UsageError as exc:  # missing argument, unknown option, bad choice
@@ -67,6 +55,18 @@ def main() -> None:
             raise
         typer.echo(f"error: {exc}", err=True)
         sys.exit(exc.exit_code)
+    except BaseException as exc:  # an interrupt outside a command's error handling, or with --debug
+        interrupt = interrupts.within(exc)
+        if interrupt is None and interrupts.last_signal() is None:
+            raise
+        # an interrupt, or what became of one (an import interrupted is an ImportError that may not say why)
+        signum = interrupts.signum_of(interrupt) if interrupt is not None else interrupts.last_signal()
+        if _state["debug"]:
+            import traceback
+
+            traceback.print_exc()
+        typer.echo(f"interrupted ({signal.Signals(signum).name})", err=True)
+        interrupts.leave(128 + signum)
     code = code if isinstance(code, int) else 0
     if _state.get("interrupted"):
         interrupts.leave(code)
