@@ -1,4 +1,7 @@
+import dataclasses
+import json
 import os
+from pathlib import Path
 
 import pytest
 
@@ -47,3 +50,39 @@ def tiny_config(tmp_path):
     path = tmp_path / "tiny.yaml"
     path.write_text(TINY_CONFIG)
     return path
+
+
+@dataclasses.dataclass(frozen=True)
+class TinyRun:
+    """The one tiny training of a pytest session: TINY_CONFIG with every step logged."""
+
+    config: Path  # the YAML it was trained from
+    run: Path  # its run directory: checkpoints at steps 4 and 8, validation at 4 and 8
+    summary: dict  # what `cnn train --format json` printed
+
+
+_SESSION: dict[str, TinyRun] = {}
+
+
+def shared_tiny_run(tmp_path_factory) -> TinyRun:
+    """Train the session's tiny run on first use. Tests read it and never change it: a test that
+    resumes, damages or extends a run works on a copy (shutil.copytree)."""
+    if "run" not in _SESSION:
+        from typer.testing import CliRunner
+
+        from cnncli.cli import app
+
+        root = tmp_path_factory.mktemp("tiny_run")
+        cfg = root / "tiny.yaml"
+        cfg.write_text(TINY_CONFIG)
+        res = CliRunner().invoke(app, ["train", str(cfg), "--run-dir", str(root / "run"),
+                                       "--set", "train.log_every_steps=1", "--format", "json"])
+        assert res.exit_code == 0, res.output
+        _SESSION["run"] = TinyRun(cfg, root / "run", json.loads(res.stdout))
+    return _SESSION["run"]
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> TinyRun:
+    """One trained tiny run per pytest session (see shared_tiny_run)."""
+    return shared_tiny_run(tmp_path_factory)

@@ -70,20 +70,41 @@ def test_bench_and_summarize_report_one_xla_flop_count():
     assert s["xla"]["flops"] == r["flops_per_step"] > 0
 
 
+def resnet20_macs(size: int, channels: int, width: float = 1.0, classes: int = 10) -> int:
+    """ResNet-20's multiply-accumulates per image, by hand: a 3x3 stem, three stages of six 3x3
+    convolutions (16, 32, 64 channels times `width`; the first of stages 2 and 3 halves the size),
+    option-A shortcuts (no weights) and the dense layer."""
+    c1, c2, c3 = (round(c * width) for c in (16, 32, 64))
+    s2, s3 = size // 2, size // 4
+    return (9 * channels * c1 * size**2 + 6 * 9 * c1 * c1 * size**2
+            + 9 * c1 * c2 * s2**2 + 5 * 9 * c2 * c2 * s2**2
+            + 9 * c2 * c3 * s3**2 + 5 * 9 * c3 * c3 * s3**2 + c3 * classes)
+
+
+def assert_timed_and_counted(r: dict, batch: int, macs: int) -> None:
+    """Throughput from the step time; model FLOPs = 3 forward passes of 2 FLOPs per MAC; XLA's count of
+    the compiled step within 25% of them (see test_bench_tiny_model_gives_a_wellformed_report)."""
+    assert r["step_time_ms"] > 0 and r["compile_time_s"] > 0
+    assert r["images_per_second"] == pytest.approx(batch / (r["step_time_ms"] / 1e3))
+    assert r["model_flops_per_step"] == pytest.approx(3 * 2 * macs * batch)
+    assert 0.75 * r["model_flops_per_step"] < r["flops_per_step"] < 1.25 * r["model_flops_per_step"]
+    assert math.isfinite(r["final_loss"])
+
+
 def test_bench_names_xla_where_onednn_does_not_take_the_step():
     import jax
 
     if jax.default_backend() != "cpu":
         pytest.skip("the oneDNN kernels are for the CPU")
     r = bench_json("resnet20", "--batch-size", 4, "--input-size", 8, "--dtype", "bfloat16")
-    assert r["kernels"].startswith("XLA (")
-    assert r["flops_per_step"] > 0
+    assert r["kernels"].startswith("XLA (") and r["dtype"] == "bfloat16"
+    assert_timed_and_counted(r, 4, resnet20_macs(8, 3))
 
 
 def test_bench_times_a_config_on_its_own_data(tiny_config):
     r = bench_json(tiny_config, "--data", "config")
     assert (r["model"], r["batch_size"], r["input_size"], r["channels"], r["data"]) == ("resnet20", 32, 16, 1, "config")
-    assert r["images_per_second"] > 0 and r["flops_per_step"] > 0
+    assert_timed_and_counted(r, 32, resnet20_macs(16, 1, width=0.5))  # the config's model.width: 0.5
 
 
 @pytest.mark.parametrize("args, message", [

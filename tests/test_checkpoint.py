@@ -320,6 +320,7 @@ def test_leftover_temporary_from_an_interrupted_save(tmp_path):
     assert not tmp.exists() and writer.restore_latest_intact(target).step == 2
 
 
+@pytest.mark.slow
 def test_disk_full_during_save_is_one_line(tmp_path):
     mnt = tmp_path / "tiny"
     mnt.mkdir()
@@ -346,6 +347,7 @@ def test_disk_full_during_save_is_one_line(tmp_path):
         subprocess.run(["umount", str(mnt)], check=False)
 
 
+@pytest.mark.slow
 def test_last_complete_step_waits_for_the_save_in_flight_and_skips_a_failed_one(tmp_path):
     """What a run that failed on a write names as the checkpoint to resume from: never a step whose save
     was still in flight and then failed (Orbax lists such a step while it is being written)."""
@@ -428,6 +430,7 @@ for target in ({"params": {"w": jnp.zeros((4, 4)), "b": jnp.zeros(5)}}, zeros_li
 """
 
 
+@pytest.mark.slow
 def test_failures_print_nothing_but_the_one_line(tmp_path):
     """Orbax's background failures leave futures behind whose collection printed tracebacks."""
     mnt = tmp_path / "tiny"
@@ -451,7 +454,7 @@ def test_failures_print_nothing_but_the_one_line(tmp_path):
     ]
 
 
-def test_eval_of_a_damaged_trained_checkpoint_names_it_and_the_intact_ones(tiny_config, tmp_path):
+def test_eval_of_a_damaged_trained_checkpoint_names_it_and_the_intact_ones(tiny_run, tmp_path):
     from typer.testing import CliRunner
 
     from cnncli.cli import app
@@ -460,7 +463,7 @@ def test_eval_of_a_damaged_trained_checkpoint_names_it_and_the_intact_ones(tiny_
         return CliRunner().invoke(app, [str(a) for a in args])
 
     run = tmp_path / "run"
-    assert cnn("train", tiny_config, "--run-dir", run, "--set", "train.keep_last=2").exit_code == 0
+    shutil.copytree(tiny_run.run, run)  # the session's run (train.keep_last=2): checkpoints 4 and 8
     ck = run / "checkpoints"
     best = json.loads((run / "results.json").read_text())["checkpoint_step"]
     other = ({4, 8} - {best}).pop()

@@ -17,17 +17,10 @@ def cnn(*args):
     return runner.invoke(app, [str(a) for a in args])
 
 
-@pytest.fixture(scope="module")
-def trained_run(tmp_path_factory):
-    from tests.conftest import TINY_CONFIG
-
-    root = tmp_path_factory.mktemp("e2e")
-    cfg = root / "tiny.yaml"
-    cfg.write_text(TINY_CONFIG)
-    run = root / "run"
-    res = cnn("train", cfg, "--run-dir", run, "--set", "train.log_every_steps=1", "--format", "json")
-    assert res.exit_code == 0, res.output
-    return cfg, run, json.loads(res.stdout)
+@pytest.fixture
+def trained_run(tiny_run):
+    """The session's tiny run (tests/conftest.py), trained with --set train.log_every_steps=1 --format json."""
+    return tiny_run.config, tiny_run.run, tiny_run.summary
 
 
 def test_train_writes_the_run_directory(trained_run):

@@ -22,6 +22,7 @@ def _train(tmp_path, name, devices, tiny_config, *extra):
     return proc, run
 
 
+@pytest.mark.slow
 def test_two_devices_match_one(tiny_config, tmp_path):
     one, run1 = _train(tmp_path, "one", 1, tiny_config)
     two, run2 = _train(tmp_path, "two", 2, tiny_config)
@@ -34,11 +35,17 @@ def test_two_devices_match_one(tiny_config, tmp_path):
 
     a, b = losses(run1), losses(run2)
     assert len(a) == len(b) == 8
-    # the global batch (and BatchNorm over it) is the same; only float summation order differs
-    assert b == pytest.approx(a, rel=2e-3)
+    # The global batch (and BatchNorm over it) is the same and both sides run XLA's kernels; only the
+    # order of float summation differs (the gradient's all-reduce). The first loss comes before any
+    # update; the second after one, where rounding has not been amplified yet: both tightly.
     assert a[0] == b[0]
+    assert a[1] == pytest.approx(b[1], rel=1e-5)
+    # Later steps amplify the rounding (lr 0.05 with momentum on 32 images; weights moved by one ulp
+    # drift as fast): the run as a whole stays close, not equal.
+    assert b == pytest.approx(a, rel=2e-3)
 
 
+@pytest.mark.slow
 def test_batch_must_divide_over_devices(tiny_config, tmp_path):
     proc, _ = _train(tmp_path, "odd", 2, tiny_config, "--set", "train.batch_size=33")
     assert proc.returncode == 2
@@ -129,6 +136,7 @@ print(json.dumps(out))
 """
 
 
+@pytest.mark.slow
 def test_shard_params_same_losses_less_memory_per_device(tiny_config):
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
     proc = subprocess.run([sys.executable, "-c", SHARDED_PROBE, str(tiny_config)], env=env, capture_output=True,

@@ -90,6 +90,7 @@ def _run(args, **env):
                           check=False)
 
 
+@pytest.mark.slow
 def test_relaunched_steps_fault_per_huge_page_and_then_not_at_all():
     """glibc's own way maps each call's temporary buffers afresh, 4 KiB per fault (24,579 faults here).
     Under the huge-page tunable alone the kernel backs them with 2 MiB pages where it has them free
@@ -111,6 +112,7 @@ def test_relaunched_steps_fault_per_huge_page_and_then_not_at_all():
     assert faults["cnn"] < 50, faults
 
 
+@pytest.mark.slow
 def test_the_cnn_command_relaunches_itself():
     if not _here_it_pays():
         pytest.skip("needs Linux, glibc >= 2.35 and transparent huge pages in madvise mode")

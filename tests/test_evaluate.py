@@ -17,23 +17,14 @@ from cnncli.scores import (
     per_class_metrics,
     score_log_probs,
 )
+from tests.conftest import shared_tiny_run
 
 runner = CliRunner()
-_TRAINED: dict = {}
 
 
 def trained_tiny_run(tmp_path_factory):
-    """One tiny trained run (8 steps, checkpoints at steps 4 and 8) shared by the evaluation tests."""
-    if "run" not in _TRAINED:
-        from tests.conftest import TINY_CONFIG
-
-        root = tmp_path_factory.mktemp("eval_run")
-        cfg = root / "tiny.yaml"
-        cfg.write_text(TINY_CONFIG)
-        res = runner.invoke(app, ["train", str(cfg), "--run-dir", str(root / "run")])
-        assert res.exit_code == 0, res.output
-        _TRAINED["run"] = root / "run"
-    return _TRAINED["run"]
+    """The session's tiny trained run (8 steps, checkpoints at steps 4 and 8): tests/conftest.py."""
+    return shared_tiny_run(tmp_path_factory).run
 
 
 @pytest.fixture(scope="module")
@@ -300,6 +291,7 @@ def test_data_path_evaluates_the_same_images_from_an_image_folder(run, tmp_path)
     assert flipped["loss"] == pytest.approx(evaluate_run(run, tta="flip")["loss"], rel=1e-6)
 
 
+@pytest.mark.slow
 def test_ensemble_of_different_architectures(run, tmp_path):
     """The lecture's ensemble of CNNs with different architectures: members of different models on the same
     data combine their softmax probabilities; checked against each member's own log-probabilities."""

@@ -16,11 +16,16 @@ def cnn(*args):
     return runner.invoke(app, [str(a) for a in args])
 
 
-@pytest.fixture
-def pretrained(tiny_config, tmp_path):
-    """A run whose head has 12 classes (more than digits' 10), as weights from another task would."""
-    run = tmp_path / "pre"
-    res = cnn("train", tiny_config, "--run-dir", run, "--set", "model.num_classes=12")
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    """A run whose head has 12 classes (more than digits' 10), as weights from another task would.
+    Trained once for the module; the tests only read it."""
+    from tests.conftest import TINY_CONFIG
+
+    root = tmp_path_factory.mktemp("pretrained")
+    (root / "tiny.yaml").write_text(TINY_CONFIG)
+    run = root / "pre"
+    res = cnn("train", root / "tiny.yaml", "--run-dir", run, "--set", "model.num_classes=12")
     assert res.exit_code == 0, res.output
     return run
 
@@ -29,6 +34,7 @@ def weights(run):
     return load_file(str(run / "model.safetensors"))
 
 
+@pytest.mark.slow
 def test_finetune_keeps_frozen_groups_and_trains_the_new_head(pretrained, tiny_config, tmp_path):
     run = tmp_path / "ft"
     res = cnn("train", tiny_config, "--run-dir", run, "--init-from", pretrained,
@@ -51,6 +57,7 @@ def test_finetune_keeps_frozen_groups_and_trains_the_new_head(pretrained, tiny_c
     assert losses[-1] < losses[0]  # the head learns on top of the frozen features
 
 
+@pytest.mark.slow
 def test_temporary_freeze_ends_after_its_epochs(pretrained, tiny_config, tmp_path):
     run = tmp_path / "ft"
     res = cnn("train", tiny_config, "--run-dir", run, "--init-from", pretrained,
@@ -61,6 +68,7 @@ def test_temporary_freeze_ends_after_its_epochs(pretrained, tiny_config, tmp_pat
     assert layer1 and any(not np.array_equal(before[k], after[k]) for k in layer1)
 
 
+@pytest.mark.slow
 def test_bad_freeze_pattern_and_misfit_weights_are_one_line(pretrained, tiny_config, tmp_path):
     res = cnn("train", tiny_config, "--run-dir", tmp_path / "a", "--set", 'train.freeze=["layr1*"]')
     assert res.exit_code == 2 and "layr1*" in res.output and not (tmp_path / "a").exists()
@@ -69,6 +77,7 @@ def test_bad_freeze_pattern_and_misfit_weights_are_one_line(pretrained, tiny_con
     assert res.exit_code == 2 and "do not fit" in res.output and not (tmp_path / "b").exists()
 
 
+@pytest.mark.slow
 def test_finetune_imported_resnet18_on_digits(tiny_config, tmp_path):
     """The issue's recipe: an imported resnet18 (1000 classes, random weights here), digits at 32x32 RGB, a new
     10-class head, everything but the head frozen for the first epoch."""

@@ -41,6 +41,7 @@ def test_plain_twins_have_the_same_layers_without_shortcuts(name, convs, adds):
     assert sum(r["type"] == "add" for r in layers) == adds
 
 
+@pytest.mark.slow
 def test_the_configs_start_and_the_figure_draws(tmp_path):
     runs = []
     for name, path in CONFIGS.items():

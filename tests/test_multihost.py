@@ -13,6 +13,8 @@ import time
 
 import pytest
 
+pytestmark = pytest.mark.slow  # every test here starts several processes
+
 CONFIG = """\
 model: {name: resnet20, width: 0.5}
 data: {source: digits, image_size: 16, augment: {random_crop_padding: 2}}

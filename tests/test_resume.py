@@ -4,6 +4,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -22,15 +23,11 @@ def snapshot(root):
     return {p.relative_to(root): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory):
-    from tests.conftest import TINY_CONFIG
-
-    root = tmp_path_factory.mktemp("resume")
-    (root / "tiny.yaml").write_text(TINY_CONFIG)
-    res = cnn("train", root / "tiny.yaml", "--run-dir", root / "run")
-    assert res.exit_code == 0, res.output
-    return root
+@pytest.fixture
+def finished(tiny_run):
+    """The folder holding the session's tiny run ("run") and its config ("tiny.yaml"): read, never changed."""
+    assert tiny_run.config == tiny_run.run.parent / "tiny.yaml"
+    return tiny_run.run.parent
 
 
 @pytest.mark.parametrize("override,key", [
@@ -88,6 +85,7 @@ def test_finished_run_and_config_with_resume(finished):
 
 # How much fits decides where a run meets the full disk (a checkpoint's arrays, its checksums, the run's
 # own files), and the timing of the asynchronous save moves it: each size is a different mix of these.
+@pytest.mark.slow
 @pytest.mark.parametrize("size,resume", [("800k", False), ("850k", False), ("900k", True)])
 def test_full_disk_ends_in_one_line_with_a_true_status(tiny_config, tmp_path, size, resume):
     """One error line; status.json says failed; no temporaries left; the checkpoint the line names as the
@@ -101,7 +99,7 @@ def test_full_disk_ends_in_one_line_with_a_true_status(tiny_config, tmp_path, si
         pytest.skip("cannot mount a small tmpfs here (needs root)")
     try:
         run = disk / "run"
-        res = subprocess.run(["python", "-m", "cnncli.cli", "train", str(tiny_config), "--run-dir", str(run),
+        res = subprocess.run([sys.executable, "-m", "cnncli.cli", "train", str(tiny_config), "--run-dir", str(run),
                               "--set", "train.steps=40", "--set", "train.checkpoint_every_steps=2",
                               "--set", "train.keep_last=20"], capture_output=True, text=True, timeout=600)
         assert res.returncode == 2

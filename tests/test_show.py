@@ -138,11 +138,41 @@ def test_cam_of_a_digits_run_matches_the_closed_form(run, digit_png, tmp_path):
         assert min(map(min, chosen["cam"])) >= 0.0
 
 
-def test_cam_of_an_untrained_model(rgb_png, tmp_path):
+def _bilinear(a: np.ndarray, size: int) -> np.ndarray:
+    """Half-pixel-centred bilinear upsampling of a square map, edges clamped (numpy, written out)."""
+    n = a.shape[0]
+    src = np.clip((np.arange(size) + 0.5) * n / size - 0.5, 0, n - 1)
+    lo = np.floor(src).astype(int)
+    hi = np.minimum(lo + 1, n - 1)
+    f = src - lo
+    rows = a[lo] * (1 - f)[:, None] + a[hi] * f[:, None]
+    return rows[:, lo] * (1 - f)[None, :] + rows[:, hi] * f[None, :]
+
+
+def test_cam_of_an_untrained_model_matches_the_closed_form(rgb_png, tmp_path):
+    """ResNet-18 (seed 0) ends in global average pooling and one dense layer: its logits and Grad-CAM
+    follow from the last block's activations, computed here by calling the blocks one by one."""
+    from cnncli.show.subject import load_subject, prepare_image
+
     data, _ = show("cam", "resnet18", rgb_png, "--input-size", "64", tmp_path=tmp_path)
     assert data["layer"] == "layer4.1" and data["layer_resolution"] == [2, 2] and data["receptive_field"] == 435
-    cam = np.array(data["cam"])
-    assert cam.shape == (64, 64) and cam.min() >= 0.0
+    subject = load_subject("resnet18", input_size=64)
+    m = subject.model
+    h = m.maxpool(jax.nn.relu(m.bn1(m.conv1(prepare_image(subject, rgb_png)[1]))))
+    for stage in (m.layer1, m.layer2, m.layer3, m.layer4):
+        for block in stage:
+            h = block(h)
+    a = np.asarray(h[0], np.float64)  # [2, 2, 512]
+    w, b = np.asarray(m.fc.kernel.value, np.float64), np.asarray(m.fc.bias.value, np.float64)
+    logits = a.mean(axis=(0, 1)) @ w + b
+    probs = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
+    c = int(np.argmax(logits))
+    assert data["class"]["index"] == data["predicted"]["index"] == c
+    assert data["class"]["probability"] == pytest.approx(probs[c], rel=1e-4)
+    expected = np.maximum(a @ w[:, c], 0) / 4
+    assert expected.max() > 0  # a map with something on it, or the comparison says little
+    np.testing.assert_allclose(data["cam_layer"], expected, rtol=1e-4, atol=2e-6)
+    np.testing.assert_allclose(data["cam"], _bilinear(expected, 64), rtol=1e-4, atol=2e-6)
     out = tmp_path / "default.png"
     res = runner.invoke(app, ["show", "cam", "resnet18", str(rgb_png), "--input-size", "64", "-o", str(out)])
     assert res.exit_code == 0 and res.stdout.strip() == str(out) and out.stat().st_size > 0

@@ -52,6 +52,7 @@ def four_devices():
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shard", ["False", "True"])
 def test_per_device_bytes_equal_real_sharded_arrays(four_devices, shard):
     r = four_devices[shard]
@@ -62,6 +63,7 @@ def test_per_device_bytes_equal_real_sharded_arrays(four_devices, shard):
     assert 0 <= r["opt"] - mem["optimizer_bytes"] <= 16
 
 
+@pytest.mark.slow
 def test_sharding_divides_the_state_and_keeps_the_activations(four_devices):
     rep, sh = four_devices["False"]["memory"], four_devices["True"]["memory"]
     assert sh["params_bytes"] < 0.26 * rep["params_bytes"]  # all but biases and norms split four ways
@@ -69,6 +71,7 @@ def test_sharding_divides_the_state_and_keeps_the_activations(four_devices):
     assert sh["activations_bytes"] == rep["activations_bytes"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shard", ["False", "True"])
 def test_xla_compiles_the_sharded_step_per_device(four_devices, shard):
     """XLA's per-device arguments are the state this device holds, plus its 4 images and labels."""
@@ -87,6 +90,7 @@ def test_xla_compiles_the_sharded_step_per_device(four_devices, shard):
         assert one - 16 * 0.75 * trainable < x["flops"] < one
 
 
+@pytest.mark.slow
 def test_devices_split_the_batch_not_the_replicated_state():
     one = summarize_model("vgg11", input_size=32, num_classes=10, batch_size=64, compile=False)["memory"]
     eight = summarize_model("vgg11", input_size=32, num_classes=10, batch_size=64, devices=8,

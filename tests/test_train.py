@@ -73,6 +73,7 @@ def cnn(*args):
     return runner.invoke(app, [str(a) for a in args])
 
 
+@pytest.mark.slow
 def test_nan_stops_with_the_step_and_skip_counts(tiny_config, tmp_path):
     res = cnn("train", tiny_config, "--run-dir", tmp_path / "stop", "--set", "optimizer.lr=1e30")
     assert res.exit_code == 3
@@ -193,9 +194,10 @@ def test_kill_9_then_resume_recovers(tiny_config, tmp_path):
     assert json.loads((run / "results.json").read_text())["num_examples"] == 359
 
 
-def test_torn_save_is_ignored_and_cleaned(tiny_config, tmp_path):
+@pytest.mark.slow
+def test_torn_save_is_ignored_and_cleaned(tiny_run, tmp_path):
     run = tmp_path / "run"
-    assert cnn("train", tiny_config, "--run-dir", run).exit_code == 0
+    shutil.copytree(tiny_run.run, run)
     ck = run / "checkpoints"
     # what a crash in the middle of saving step 12 leaves behind
     torn = ck / "12.orbax-checkpoint-tmp-1234"
@@ -208,14 +210,17 @@ def test_torn_save_is_ignored_and_cleaned(tiny_config, tmp_path):
     assert "resuming" in res.output and "from step 8" in res.output
 
 
-def test_resume_with_another_model_is_refused(tiny_config, tmp_path):
+def test_resume_with_another_model_is_refused(tiny_run, tmp_path):
     run = tmp_path / "run"
-    assert cnn("train", tiny_config, "--run-dir", run).exit_code == 0
-    res = cnn("train", "--resume", run, "--set", "model.name=resnet32")
+    shutil.copytree(tiny_run.run, run)
+    before = {p: p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
+    res = cnn("train", "--resume", run, "--set", "model.name=resnet32", "--set", "train.steps=12")
     assert res.exit_code == 2
     assert "resnet20" in res.output and "resnet32" in res.output
+    assert {p: p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()} == before
 
 
+@pytest.mark.slow
 def test_tensorboard_events_are_valid_records(tiny_config, tmp_path):
     """Parse the event file as TensorBoard does: length-prefixed records of Event protos."""
     import struct
@@ -240,14 +245,50 @@ def test_tensorboard_events_are_valid_records(tiny_config, tmp_path):
     assert "val/accuracy" in tags
 
 
-def test_ema_is_evaluated_alongside(tiny_config, tmp_path):
-    run = tmp_path / "run"
-    res = cnn("train", tiny_config, "--run-dir", run, "--set", "train.ema_decay=0.9")
+@pytest.mark.slow
+def test_ema_follows_its_recursion_and_is_evaluated_alongside(tiny_config, tmp_path):
+    """With a checkpoint at every step: EMA_t = d EMA_{t-1} + (1 - d) params_t, leaf by leaf, and the
+    validation record's ema_accuracy / ema_loss are those of the EMA weights (with the step's BatchNorm
+    statistics), computed here by calling the restored model outside the Evaluator."""
+    import orbax.checkpoint as ocp
+    from flax import nnx
+
+    from cnncli.data.pipeline import prepare_dataset
+    from cnncli.evaluate import load_checkpoint_model
+
+    d, run = 0.9, tmp_path / "run"
+    res = cnn("train", tiny_config, "--run-dir", run, "--set", f"train.ema_decay={d}",
+              "--set", "train.checkpoint_every_steps=1", "--set", "train.keep_last=10")
     assert res.exit_code == 0, res.output
-    val = records(run, "val")
-    assert all("ema_accuracy" in r and 0 <= r["ema_accuracy"] <= 1 for r in val)
+    raw = {s: ocp.StandardCheckpointer().restore(run / "checkpoints" / str(s) / "model") for s in range(1, 9)}
+    for s in range(2, 9):
+        ema, prev, params = (jax.tree.leaves(raw[s]["ema_params"]), jax.tree.leaves(raw[s - 1]["ema_params"]),
+                             jax.tree.leaves(raw[s]["params"]))
+        assert len(ema) == len(prev) == len(params)
+        for e, ep, p in zip(ema, prev, params):
+            np.testing.assert_allclose(e, d * np.asarray(ep) + (1 - d) * np.asarray(p), rtol=1e-5, atol=1e-7)
+    moved = [float(np.max(np.abs(np.subtract(e, p))))
+             for e, p in zip(jax.tree.leaves(raw[8]["ema_params"]), jax.tree.leaves(raw[8]["params"]))]
+    assert max(moved) > 1e-3  # the average lags the weights: the two evaluations differ
+
+    loaded = load_checkpoint_model(run / "checkpoints" / "8")
+    assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(loaded.params), jax.tree.leaves(raw[8]["params"])))
+    ema = jax.tree.unflatten(jax.tree.structure(loaded.params), jax.tree.leaves(raw[8]["ema_params"]))
+    x, y = prepare_dataset(loaded.config.data).split("val")
+    xf = (x.astype(np.float32) / 255.0 - np.float32(loaded.mean)) / np.float32(loaded.std)
+    model = nnx.merge(loaded.parts.eval_graph, ema, loaded.batch_stats, loaded.parts.rng_state)
+    logits = np.asarray(model(jnp.asarray(xf)), np.float64)
+    z = logits - logits.max(axis=1, keepdims=True)
+    log_probs = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    (record,) = [r for r in records(run, "val") if r["step"] == 8]
+    assert record["ema_loss"] == pytest.approx(float(-log_probs[np.arange(len(y)), y].mean()), rel=1e-5)
+    ranked = np.sort(log_probs, axis=1)
+    ties = int(np.sum(ranked[:, -1] - ranked[:, -2] < 1e-5))  # may round either way in another batch size
+    assert abs(record["ema_accuracy"] - float(np.mean(log_probs.argmax(1) == y))) * len(y) <= ties
+    assert [r["step"] for r in records(run, "val") if "ema_accuracy" in r] == [4, 8]
 
 
+@pytest.mark.slow
 def test_compile_cache_is_on_by_default_and_times_are_reported(tiny_config, tmp_path):
     """A second run of the same config takes its executables from the persistent cache; --no-cache
     neither reads nor writes it. Compile time and the time to the first step are reported apart."""

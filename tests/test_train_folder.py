@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -19,6 +20,7 @@ output: {{tensorboard: false, export: null}}
 """
 
 
+@pytest.mark.slow
 def test_folder_and_npz_of_the_same_images_train_identically(tmp_path):
     d = prepare_dataset(DataConfig(source="digits", image_size=16))
     root = tmp_path / "folder"

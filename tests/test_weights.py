@@ -463,6 +463,7 @@ def test_imported_torch_model_gives_the_same_logits(tmp_path, name, suffix, size
     assert np.abs(got - expected).max() / np.abs(expected).max() < 1e-4
 
 
+@pytest.mark.slow
 def test_a_trained_run_exports_in_torchvision_layout(tmp_path, tiny_config):
     from safetensors.numpy import load_file
 

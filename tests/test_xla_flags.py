@@ -4,6 +4,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from cnncli import xla_flags
 from cnncli.xla_flags import CPU_DEFAULTS, apply_defaults, jaxlib_knows
 from tests.three_steps import run_three_steps, weight_spread
@@ -82,6 +84,7 @@ def test_an_unknown_flag_is_never_set(tmp_path):
     assert proc.stdout.strip() == "[] None"
 
 
+@pytest.mark.slow
 def test_default_flags_give_the_losses_of_xla_default():
     """The ResNet-20 training step (augmentation, BatchNorm, SGD with momentum and weight decay) under
     cnn's flags equals the one under XLA's own defaults within float32 rounding, as three steps at

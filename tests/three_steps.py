@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 
 import numpy as np
 
@@ -32,23 +33,31 @@ state, losses = init_train_state(params, stats, tx, ema=False), []
 for _ in range(3):
     state, m = step(state, x, y)
     losses.append(float(m["loss"]))
-print(json.dumps({"flags": os.environ.get("XLA_FLAGS", ""), "kernels": kernels_in_use(), "losses": losses,
-                  "params": [np.asarray(p).ravel()[:64].tolist() for p in jax.tree.leaves(state.params)]}))
+np.savez(os.environ["THREE_STEPS_OUT"], *[np.asarray(p) for p in jax.tree.leaves(state.params)])  # every value
+print(json.dumps({"flags": os.environ.get("XLA_FLAGS", ""), "kernels": kernels_in_use(), "losses": losses}))
 """
 
 
 def run_three_steps(**env: str) -> dict:
-    """SCRIPT's report, run on the CPU with `env` over this environment (cnn's switches cleared)."""
+    """SCRIPT's report, run on the CPU with `env` over this environment (cnn's switches cleared): its
+    flags, kernels and losses, and under "params" every value of every parameter leaf after the steps."""
     environ = {k: v for k, v in os.environ.items()
                if k not in ("XLA_FLAGS", "CNN_XLA_DEFAULTS", "CNN_ONEDNN", "PERTURB")}
-    environ.update(JAX_PLATFORMS="cpu", **env)
-    proc = subprocess.run([sys.executable, "-c", SCRIPT], env=environ, capture_output=True, text=True, timeout=300,
-                          check=False)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "params.npz")
+        environ.update(JAX_PLATFORMS="cpu", THREE_STEPS_OUT=out, **env)
+        proc = subprocess.run([sys.executable, "-c", SCRIPT], env=environ, capture_output=True, text=True,
+                              timeout=300, check=False)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        report = json.loads(proc.stdout.strip().splitlines()[-1])
+        with np.load(out) as arrays:
+            report["params"] = [arrays[f"arr_{i}"] for i in range(len(arrays.files))]
+    return report
 
 
 def weight_spread(run: dict, reference: dict) -> float:
-    """Median over parameter leaves of the largest difference, relative to the reference's largest value."""
+    """Median over parameter leaves of the largest difference (over every value of the leaf), relative to
+    the reference's largest value."""
+    assert [np.shape(a) for a in run["params"]] == [np.shape(b) for b in reference["params"]]
     return float(np.median([np.max(np.abs(np.subtract(a, b))) / np.max(np.abs(b))
                             for a, b in zip(run["params"], reference["params"])]))
