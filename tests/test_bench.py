@@ -29,6 +29,7 @@ def bench_json(*args) -> dict:
     return json.loads(res.stdout)
 
 
+@pytest.mark.slow
 def test_bench_tiny_model_gives_a_wellformed_report():
     from cnncli.summary.report import summarize_model
 
@@ -91,6 +92,7 @@ def assert_timed_and_counted(r: dict, batch: int, macs: int) -> None:
     assert math.isfinite(r["final_loss"])
 
 
+@pytest.mark.slow
 def test_bench_names_xla_where_onednn_does_not_take_the_step():
     import jax
 
@@ -101,6 +103,7 @@ def test_bench_names_xla_where_onednn_does_not_take_the_step():
     assert_timed_and_counted(r, 4, resnet20_macs(8, 3))
 
 
+@pytest.mark.slow
 def test_bench_times_a_config_on_its_own_data(tiny_config):
     r = bench_json(tiny_config, "--data", "config")
     assert (r["model"], r["batch_size"], r["input_size"], r["channels"], r["data"]) == ("resnet20", 32, 16, 1, "config")
@@ -128,6 +131,7 @@ def _reference():
     return module
 
 
+@pytest.mark.slow
 def test_reference_resnet20_matches_cnn_loss_over_three_sgd_steps():
     torch = pytest.importorskip("torch", reason="the PyTorch reference needs the bench extra: pip install -e '.[bench]'")
     import jax

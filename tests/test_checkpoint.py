@@ -36,6 +36,7 @@ def make_state(seed):
     return state.replace(opt_state=opt_state, step=jnp.int32(7))
 
 
+@pytest.mark.slow
 def test_round_trip_is_bitwise(tmp_path):
     state = make_state(0)
     mgr = CheckpointManager(tmp_path / "checkpoints")

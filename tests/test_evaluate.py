@@ -266,6 +266,7 @@ def test_cli_bad_input_is_one_line(run, tmp_path):
     assert res.exit_code == 2 and "--batch-size" in res.output
 
 
+@pytest.mark.slow
 def test_data_path_evaluates_the_same_images_from_an_image_folder(run, tmp_path):
     """--data-path with the folder source: file-backed decoding gives the in-memory numbers."""
     from PIL import Image

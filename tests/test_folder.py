@@ -122,6 +122,7 @@ def test_loader_yields_batches_in_order(tree):
     assert all(np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1]) for a, b in zip(got, again))
 
 
+@pytest.mark.slow
 def test_loader_with_two_workers_matches_in_process(tree):
     root, _ = tree
     src = load_source(DataConfig(source="folder", path=str(root)))

@@ -120,6 +120,7 @@ def test_zero_init_residual_zeroes_last_bn_scale():
     assert float(jnp.abs(m.layer1[0].bn1.scale.value).sum()) > 0.0
 
 
+@pytest.mark.slow
 def test_remat_gives_same_gradients():
     x = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))
 

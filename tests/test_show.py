@@ -50,6 +50,7 @@ def show(*args, tmp_path=None):
     return data, png
 
 
+@pytest.mark.slow
 def test_filters_of_an_untrained_rgb_model(tmp_path):
     from cnncli.show.subject import load_subject
 

@@ -555,6 +555,7 @@ def test_predict_on_imported_imagenet_weights_prints_class_names(tmp_path):
     assert preds[0]["probability"] >= preds[1]["probability"] >= preds[2]["probability"] > 0
 
 
+@pytest.mark.slow
 def test_eval_of_imported_weights_on_a_named_dataset(tmp_path):
     """`cnn eval WEIGHTS_DIR --set data.source=...`: the weights' normalisation and model, any data."""
     import dataclasses
