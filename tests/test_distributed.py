@@ -46,6 +46,7 @@ def test_two_devices_match_one(tiny_config, tmp_path):
     assert all(math.isfinite(v) for v in a + b)
 
 
+@pytest.mark.slow
 def test_batch_must_divide_over_devices(tiny_config, tmp_path):
     proc, _ = _train(tmp_path, "odd", 2, tiny_config, "--set", "train.batch_size=33")
     assert proc.returncode == 2
