@@ -429,8 +429,9 @@ def _torch_modules():
 
 @pytest.mark.parametrize("name,suffix,size,source", [
     ("resnet18", ".pth", 64, "torchvision"), ("resnet18", ".safetensors", 64, "torchvision"),
-    ("vgg11_bn", ".pth", 64, "torchvision"), ("alexnet_tv", ".safetensors", 127, "torchvision"),
-    ("vgg11", ".pth", 224, "timm"),
+    pytest.param("vgg11_bn", ".pth", 64, "torchvision", marks=pytest.mark.slow),  # ~14 s here
+    ("alexnet_tv", ".safetensors", 127, "torchvision"),
+    pytest.param("vgg11", ".pth", 224, "timm", marks=pytest.mark.slow),  # ~12 s here
 ])
 def test_imported_torch_model_gives_the_same_logits(tmp_path, name, suffix, size, source):
     torch, builders = _torch_modules()
