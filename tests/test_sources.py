@@ -28,7 +28,7 @@ def test_the_table_names_every_source_once_and_the_config_offers_exactly_those()
 
     choices = {f.name: f for f in dataclasses.fields(DataConfig)}["source"].metadata["choices"]
     assert tuple(choices) == SOURCE_NAMES == tuple(SOURCES)
-    assert SOURCE_NAMES == ("digits", "mnist", "fashion_mnist", "kmnist", "cifar10", "cifar100", "folder", "npz",
+    assert SOURCE_NAMES == ("digits", "mnist", "fashion_mnist", "kmnist", "cifar10", "cifar100", "folder", "npz", "packed",
                             "synthetic")
     for spec in SOURCES.values():
         module, _, function = spec.loader.partition(":")
