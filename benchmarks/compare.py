@@ -39,6 +39,34 @@ VARIANT_ENV = {
     "heap-reuse": {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1:glibc.malloc.mmap_max=0:glibc.malloc.arena_max=1:"
                                      "glibc.malloc.trim_threshold=17179869184"},
 }
+# Kept allocators, each configured to keep freed large blocks mapped (what the large-block cache does):
+# mimalloc from the `cmeel-mimalloc` wheel with its purge delay off, jemalloc and tcmalloc from the
+# system's packages (libjemalloc2, libtcmalloc-minimal4) with their decay / release turned off.
+KEPT_ALLOCATORS = {
+    "mimalloc": ("cmeel-mimalloc", "libmimalloc.so", {"MIMALLOC_PURGE_DELAY": "-1"}),
+    "jemalloc": (None, "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2",
+                 {"MALLOC_CONF": "dirty_decay_ms:-1,muzzy_decay_ms:-1,retain:true"}),
+    "tcmalloc": (None, "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4", {"TCMALLOC_RELEASE_RATE": "0"}),
+}
+
+
+def kept_allocator_env(name: str) -> dict[str, str]:
+    """LD_PRELOAD and settings of the kept allocator `name` (KEPT_ALLOCATORS); {} where it is not installed."""
+    import importlib.metadata
+
+    dist, library, settings = KEPT_ALLOCATORS[name]
+    if dist is not None:
+        try:
+            files = importlib.metadata.distribution(dist).files or ()
+        except importlib.metadata.PackageNotFoundError:
+            return {}
+        found = [f for f in files if str(f).endswith("/" + library)]
+        if not found:
+            return {}
+        library = str(found[0].locate()).replace("\\", "/")
+    return {"LD_PRELOAD": str(Path(library).resolve()), **settings} if Path(library).exists() else {}
+
+
 XLA_VARIANTS = {
     "default": None,
     "xla-kernels": None,
@@ -46,6 +74,9 @@ XLA_VARIANTS = {
     "huge-pages-only": None,
     "xla-default": None,
     "heap-reuse": None,
+    "mimalloc": None,
+    "jemalloc": None,
+    "tcmalloc": None,
     "ynn-off": "--xla_cpu_experimental_ynn_fusion_type=",
     "ynn-no-individual-conv": "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution",
     "ynn-dot-eltwise-reduce": "--xla_cpu_experimental_ynn_fusion_type=dot,eltwise,reduce",
@@ -63,8 +94,14 @@ def _run_json(cmd: list[str], env: dict[str, str]) -> dict:
 def run_cnn(model: str, batch: int, size: int | None, steps: int, dtype: str, variant: str) -> dict:
     env = {k: v for k, v in os.environ.items()
            if k not in ("XLA_FLAGS", "CNN_ONEDNN", "CNN_MALLOC_DEFAULTS", "CNN_XLA_DEFAULTS", "GLIBC_TUNABLES",
-                        "LD_PRELOAD", "CNN_RELAUNCHED")}
+                        "LD_PRELOAD", "CNN_RELAUNCHED", "MALLOC_CONF", "TCMALLOC_RELEASE_RATE")
+           and not k.startswith("MIMALLOC_")}
     env.update(VARIANT_ENV.get(variant, {}))
+    if variant in KEPT_ALLOCATORS:
+        kept = kept_allocator_env(variant)
+        if not kept:
+            return {"error": f"{variant} is not installed"}
+        env.update(kept)
     flags = XLA_VARIANTS[variant]
     if flags:
         env["XLA_FLAGS"] = flags

@@ -24,6 +24,8 @@ VARIANTS = {
 
 CHILD = r"""
 import json, sys, time
+import cnncli
+cnncli.apply_cpu_defaults()  # what the `cnn` command applies at start (XLA flags, oneDNN kernels)
 import jax, jax.numpy as jnp, numpy as np
 from cnncli.config import AugmentConfig, OptimizerConfig, ScheduleConfig
 from cnncli.models import create_model

@@ -276,6 +276,19 @@ def _time_eval(req: BenchRequest, parts, state, work: _Workload, mesh, batch_siz
     return times, compile_s
 
 
+def _started_with(name: str) -> str:
+    """`name`'s value in the environment this process started with (what ld.so and glibc read: the
+    `cnn` command restores the user's own values after its relaunch, cnncli/entry.py)."""
+    try:
+        for entry in Path("/proc/self/environ").read_bytes().split(b"\0"):
+            key, _, value = entry.partition(b"=")
+            if key.decode(errors="replace") == name:
+                return value.decode(errors="replace")
+        return ""
+    except OSError:
+        return os.environ.get(name, "")
+
+
 def _device_info() -> dict[str, Any]:
     import jax
 
@@ -384,7 +397,7 @@ def _report(req: BenchRequest, cfg: Config, work: _Workload, device: dict, step_
         "final_loss": final_loss,
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "kernels": kernels,
-        "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
-        "ld_preload": os.environ.get("LD_PRELOAD", ""),  # the large-block cache (cnncli/entry.py)
+        "glibc_tunables": _started_with("GLIBC_TUNABLES"),
+        "ld_preload": _started_with("LD_PRELOAD"),  # the allocator (cnncli/entry.py)
         "jax_version": jax.__version__,
     }

@@ -1,4 +1,5 @@
-"""The `cnn` console script: once, relaunch with cnn's allocator settings where they pay; then the CLI.
+"""The `cnn` console script: cnn's allocator settings for the commands that compute (one relaunch),
+cnn's CPU defaults (cnncli.apply_cpu_defaults), then the CLI.
 
 XLA:CPU allocates each training step's temporary buffers as one block (196 MB for ResNet-20 at
 batch 128) that glibc maps fresh from the kernel and unmaps again every step, so every step
@@ -9,20 +10,24 @@ a sixth of the step. Two settings, both read only when a process starts:
   faults such blocks 2 MiB at a time (about 480 faults a step). Needs glibc 2.35 or later and
   the kernel's transparent huge pages in `madvise` mode (with `always` there is nothing to gain,
   with `never` nothing to have).
-- LD_PRELOAD=<the large-block cache> (cnncli/native/large_blocks.c, built on first use): freed
-  blocks of 32 MiB or more stay mapped and are reused, so a step faults about once. The memory
-  kept is at most the most that was live at once. Needs glibc and a C compiler.
+- LD_PRELOAD=<the large-block cache> (cnncli/native/large_blocks.c, built once): freed blocks of
+  32 MiB or more stay mapped and are reused, so a step faults about once. The memory kept is at
+  most the most that was live at once. Needs glibc and a C compiler.
 
-So `cnn` sets what applies and replaces itself with the same command, once (the same process
-id, a few tens of ms), when the CPU is the platform that will run (cnncli.xla_flags.cpu_will_run),
-CNN_MALLOC_DEFAULTS is not 0, and the user's environment has not chosen already: the tunable is
-left out where GLIBC_TUNABLES names it, and neither is set where LD_PRELOAD brings another
-allocator. Only the `cnn` command does this: a Python program that imports cnn runs with its
-own allocator. The effect on the step's time and memory is in benchmarks/RESULTS.md.
+So `cnn` replaces itself with the same command, once, under what applies, when the command
+computes (train, eval, predict, show, bench; never for help), the CPU is the platform that will run
+(cnncli.xla_flags.cpu_will_run), CNN_MALLOC_DEFAULTS is not 0, and the user's environment has not
+chosen already: the tunable is left out where GLIBC_TUNABLES names it, and neither is set where
+LD_PRELOAD brings another allocator. The settings go into the new process's environment only (this
+one's is left as it was, so a failed exec changes nothing), and the relaunched process restores the
+user's values at start, so that its own children (Grain workers, a compiler, any subprocess) do not
+inherit them. A Python program that imports cnn runs with its own allocator. The effect on the
+step's time and memory is in benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
@@ -30,6 +35,10 @@ from pathlib import Path
 
 TUNABLE = "glibc.malloc.hugetlb=1"
 _THP_MODE = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+# In the relaunched process's environment: the user's values of the variables cnn set (null: unset).
+RELAUNCHED = "CNN_RELAUNCHED"
+# The commands that compile and run a network: they get the allocator settings and the oneDNN kernels.
+COMPUTING = frozenset({"train", "eval", "predict", "show", "bench"})
 
 
 def _glibc_version() -> tuple[int, int] | None:
@@ -56,30 +65,53 @@ def _large_block_cache() -> str | None:
     return str(path) if path else None
 
 
-def relaunch_argv(environ) -> list[str] | None:
-    """The command to relaunch this process with, cnn's settings added to `environ`; None to go on as is."""
+def computing_command(args: list[str]) -> bool:
+    """Whether the command line `args` (without the program) runs a command that computes, help aside."""
+    if any(a in ("--help", "-h") for a in args):
+        return False
+    command = next((a for a in args if not a.startswith("-")), None)
+    return command in COMPUTING
+
+
+def relaunch_env(environ) -> dict[str, str] | None:
+    """The environment to relaunch this process with (a copy of `environ` with cnn's settings); None
+    to go on as is. `environ` itself is never changed."""
     from cnncli.xla_flags import cpu_will_run
 
     if environ.get("CNN_MALLOC_DEFAULTS", "1").strip() == "0" or sys.platform != "linux":
         return None
     glibc = _glibc_version()
-    if environ.get("LD_PRELOAD") or environ.get("CNN_RELAUNCHED") or glibc is None:
+    if environ.get("LD_PRELOAD") or RELAUNCHED in environ or glibc is None:
         return None
-    argv = list(getattr(sys, "orig_argv", []))
-    if not argv or set(sys.argv[1:]) <= {"--help", "-h"} or not cpu_will_run(environ):
-        return None  # (help computes nothing: no relaunch to pay for)
+    if not getattr(sys, "orig_argv", None) or not computing_command(sys.argv[1:]) or not cpu_will_run(environ):
+        return None
     tunable = ("glibc.malloc.hugetlb" not in environ.get("GLIBC_TUNABLES", "")
                and glibc >= (2, 35) and _thp_mode() == "madvise")
     preload = _large_block_cache()
     if not tunable and not preload:
         return None
+    changes = {}
     if tunable:
         current = environ.get("GLIBC_TUNABLES", "")
-        environ["GLIBC_TUNABLES"] = f"{current}:{TUNABLE}" if current else TUNABLE
+        changes["GLIBC_TUNABLES"] = f"{current}:{TUNABLE}" if current else TUNABLE
     if preload:
-        environ["LD_PRELOAD"] = preload
-    environ["CNN_RELAUNCHED"] = "1"
-    return argv
+        changes["LD_PRELOAD"] = preload
+    saved = {name: environ.get(name) for name in changes}
+    return {**environ, **changes, RELAUNCHED: json.dumps(saved)}
+
+
+def restore_user_environment(environ) -> None:
+    """In a relaunched process: put back the user's values of what cnn set for it, so that its
+    children start as the user would have them (what ld.so read at this process's start stays)."""
+    try:
+        saved = json.loads(environ.pop(RELAUNCHED, None) or "{}")
+    except ValueError:
+        return
+    for name, value in (saved.items() if isinstance(saved, dict) else ()):
+        if value is None:
+            environ.pop(name, None)
+        elif isinstance(value, str):
+            environ[name] = value
 
 
 def main() -> None:
@@ -87,12 +119,21 @@ def main() -> None:
 
     interrupts.install()  # from the first line (the relaunch below starts it again): a signal is one line
     try:
-        argv = relaunch_argv(os.environ)
-        if argv is not None:
-            try:
-                os.execv(sys.executable, argv)
-            except OSError:
-                pass  # go on with glibc's defaults
+        if RELAUNCHED in os.environ:
+            restore_user_environment(os.environ)
+        else:
+            env = relaunch_env(os.environ)
+            if env is not None:
+                try:
+                    os.execve(sys.executable, list(sys.orig_argv), env)
+                except OSError:
+                    pass  # go on with glibc's defaults: this process's environment was never changed
+        args = sys.argv[1:]
+        if args and not any(a in ("--help", "-h") for a in args):
+            from cnncli.cpu_defaults import apply_cpu_defaults
+
+            # XLA flags before jax starts; oneDNN built (once per machine) and loaded before any tracing
+            apply_cpu_defaults(kernels=computing_command(args))
         from cnncli.cli import main as cli_main
     except BaseException as exc:
         interrupt = interrupts.within(exc)

@@ -10,8 +10,8 @@ flag it does not know. So a default is added to the environment only when all of
 - the user's own XLA_FLAGS do not mention it (theirs always win);
 - CNN_XLA_DEFAULTS is not 0.
 
-`cnncli/__init__.py` calls `apply_defaults()`, so every process that imports cnn before using
-jax -- the `cnn` command, the tests, the benchmarks, a user's script -- compiles the same way.
+Importing this module changes nothing: the `cnn` command calls `apply_defaults()` at start
+(through `cnncli.apply_cpu_defaults()`, which a Python program calls the same way before it uses jax).
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ import mmap
 import os
 import sys
 from pathlib import Path
+
+from cnncli.native.cache import cache_dir
 
 # (flag, value, names the value needs in jaxlib, why). Measured in benchmarks/RESULTS.md.
 CPU_DEFAULTS: tuple[tuple[str, str, tuple[str, ...], str], ...] = (
@@ -70,9 +72,9 @@ def _scan(paths: list[Path], flag: str) -> bool:
     return False
 
 
-def _cache_file() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "cnn" / "xla_flags.json"
+def _cache_file() -> Path | None:
+    folder = cache_dir("xla")
+    return folder / "flags.json" if folder is not None else None
 
 
 def jaxlib_knows(flag: str) -> bool:
@@ -80,24 +82,31 @@ def jaxlib_knows(flag: str) -> bool:
     value's name).
 
     Found by its name in jaxlib's shared library (a few ms when present; a full scan of ~350 MB
-    when absent), remembered per library file in ~/.cache/cnn/xla_flags.json."""
+    when absent), remembered per library file in cnn's cache (cnncli/native/cache.py: xla/flags.json;
+    no cache where there is no such folder or it cannot be written)."""
     paths = _jaxlib_libraries()
     key = "|".join(f"{p}:{st.st_size}:{st.st_mtime_ns}" for p in paths for st in [p.stat()]) + "|" + flag
     cache = _cache_file()
+    known = {}
     try:
-        known = json.loads(cache.read_text())
+        known = json.loads(cache.read_text()) if cache is not None else {}
         if isinstance(known, dict) and isinstance(known.get(key), bool):
             return known[key]
     except (OSError, ValueError):
         known = {}
     found = _scan(paths, flag)
+    if cache is None:
+        return found
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
         entries = known if isinstance(known, dict) else {}
         entries = {k: v for k, v in entries.items() if k.startswith(key.rsplit("|", 1)[0])}  # this jaxlib only
         tmp = cache.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({**entries, key: found}))
-        tmp.replace(cache)
+        try:
+            tmp.write_text(json.dumps({**entries, key: found}))
+            tmp.replace(cache)
+        finally:
+            tmp.unlink(missing_ok=True)
     except OSError:
         pass  # an unwritable cache: scan again next time
     return found

@@ -16,7 +16,11 @@ if os.environ["JAX_PLATFORMS"].split(",")[0].strip() not in ("", "cpu"):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_gpu_deterministic_ops=true").strip()
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # several test workers share one card
 
-import cnncli  # noqa: F401 E402 - cnn's XLA defaults (cnncli/xla_flags.py) before any test starts jax
+import cnncli  # noqa: E402
+
+# What the `cnn` command does at start (cnncli/entry.py): cnn's XLA flags before any test starts jax,
+# and the oneDNN kernels loaded (built once per machine) before any test traces a convolution.
+cnncli.apply_cpu_defaults()
 
 TINY_CONFIG = """\
 model:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from cnncli import entry, xla_flags
-from cnncli.entry import TUNABLE, relaunch_argv
+from cnncli.entry import RELAUNCHED, TUNABLE, computing_command, relaunch_env, restore_user_environment
 
 
 @pytest.fixture
@@ -22,19 +22,27 @@ def suitable(monkeypatch):
     monkeypatch.setattr(sys, "argv", ["/venv/bin/cnn", "train", "x.yaml"])
 
 
+def _added(env: dict) -> dict:
+    """What relaunch_env adds or changes, the record of the user's values aside; and that it left env alone."""
+    before = dict(env)
+    new = relaunch_env(env)
+    assert env == before  # the parent's environment is never changed
+    if new is None:
+        return None
+    saved = json.loads(new.pop(RELAUNCHED))
+    assert saved == {k: before.get(k) for k in saved}  # the user's values, to restore after the exec
+    return {k: v for k, v in new.items() if before.get(k) != v}
+
+
 def test_relaunch_only_where_it_pays(suitable, monkeypatch):
-    env = {}
-    assert relaunch_argv(env) == ["python", "/venv/bin/cnn", "train", "x.yaml"]
-    assert env["GLIBC_TUNABLES"] == TUNABLE and env["LD_PRELOAD"] == "/cache/large-blocks.so"
-    assert relaunch_argv(env) is None  # once: the relaunched process goes on
-    env = {"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}
-    relaunch_argv(env)
-    assert env["GLIBC_TUNABLES"] == f"glibc.malloc.arena_max=2:{TUNABLE}"  # the user's own tunables kept
-    env = {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"}  # the user's choice of huge pages kept
-    assert relaunch_argv(env) and env == {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0",
-                                          "LD_PRELOAD": "/cache/large-blocks.so", "CNN_RELAUNCHED": "1"}
+    assert _added({}) == {"GLIBC_TUNABLES": TUNABLE, "LD_PRELOAD": "/cache/large-blocks.so"}
+    assert relaunch_env({RELAUNCHED: "{}"}) is None  # once: the relaunched process goes on
+    assert _added({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}) == {
+        "GLIBC_TUNABLES": f"glibc.malloc.arena_max=2:{TUNABLE}", "LD_PRELOAD": "/cache/large-blocks.so"}
+    # the user's choice of huge pages kept
+    assert _added({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"}) == {"LD_PRELOAD": "/cache/large-blocks.so"}
     for env in ({"CNN_MALLOC_DEFAULTS": "0"}, {"LD_PRELOAD": "/usr/lib/libjemalloc.so"}):
-        assert relaunch_argv(env) is None
+        assert relaunch_env(env) is None
     for attr, value, want in (("_glibc_version", lambda: (2, 31), {"LD_PRELOAD"}),  # too old for the tunable
                               ("_glibc_version", lambda: None, None),  # not glibc: neither
                               ("_thp_mode", lambda: "always", {"LD_PRELOAD"}),
@@ -42,20 +50,54 @@ def test_relaunch_only_where_it_pays(suitable, monkeypatch):
                               ("_large_block_cache", lambda: None, {"GLIBC_TUNABLES"})):  # no compiler
         with monkeypatch.context() as m:
             m.setattr(entry, attr, value)
-            env = {}
-            argv = relaunch_argv(env)
-            assert (argv is None) == (want is None)
-            assert set(env) - {"CNN_RELAUNCHED"} == (want or set())
+            added = _added({})
+            assert (None if added is None else set(added)) == want
     with monkeypatch.context() as m:
         m.setattr(entry, "_thp_mode", lambda: "never")
         m.setattr(entry, "_large_block_cache", lambda: None)
-        assert relaunch_argv({}) is None  # nothing to gain
-    for args in ([], ["--help"], ["-h"]):  # help alone computes nothing
+        assert relaunch_env({}) is None  # nothing to gain
+    for args in ([], ["--help"], ["-h"], ["train", "--help"], ["bench", "resnet20", "-h"], ["--debug", "eval", "-h"],
+                 ["runs"], ["summarize", "resnet20"], ["models"]):  # help, and commands that compute nothing
         with monkeypatch.context() as m:
             m.setattr(sys, "argv", ["/venv/bin/cnn", *args])
-            assert relaunch_argv({}) is None
+            assert relaunch_env({}) is None, args
     monkeypatch.setattr(xla_flags, "cpu_will_run", lambda environ: False)  # a GPU will run
-    assert relaunch_argv({}) is None
+    assert relaunch_env({}) is None
+
+
+def test_which_commands_compute():
+    assert [computing_command(a.split()) for a in ("train x.yaml", "--debug eval runs/a", "bench resnet20",
+                                                   "predict r i.png", "show filters r")] == [True] * 5
+    assert [computing_command(a.split()) for a in ("", "--help", "train --help", "runs", "models", "data c.yaml",
+                                                   "plot a", "summarize resnet50", "weights export r -o f")] == [False] * 9
+
+
+def test_the_relaunched_process_gives_its_children_the_users_environment():
+    env = {"PATH": "/bin", "GLIBC_TUNABLES": f"glibc.malloc.arena_max=2:{TUNABLE}", "LD_PRELOAD": "/c/lb.so",
+           RELAUNCHED: json.dumps({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2", "LD_PRELOAD": None})}
+    restore_user_environment(env)
+    assert env == {"PATH": "/bin", "GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}
+
+
+def test_a_failed_exec_changes_nothing(suitable, monkeypatch):
+    import cnncli.cli
+    import cnncli.cpu_defaults
+
+    tried, ran = [], []
+
+    def failing_exec(path, argv, env):
+        tried.append(env)
+        raise OSError(8, "Exec format error")
+
+    monkeypatch.setattr(os, "execve", failing_exec)
+    monkeypatch.setattr(cnncli.cli, "main", lambda: ran.append("cli"))
+    monkeypatch.setattr(cnncli.cpu_defaults, "apply_cpu_defaults", lambda kernels: ran.append(kernels))
+    for k in ("LD_PRELOAD", "CNN_MALLOC_DEFAULTS", RELAUNCHED):
+        monkeypatch.delenv(k, raising=False)
+    before = dict(os.environ)
+    entry.main()
+    assert tried and tried[0]["LD_PRELOAD"] == "/cache/large-blocks.so"
+    assert dict(os.environ) == before and ran == [True, "cli"]
 
 
 def _here_it_pays() -> bool:
@@ -65,11 +107,15 @@ def _here_it_pays() -> bool:
 
 FAULTS = r"""
 import os, sys
-from cnncli.entry import relaunch_argv
+from cnncli.entry import RELAUNCHED, relaunch_env, restore_user_environment
 sys.argv = ["cnn", "train"]  # as `cnn train` would: help alone does not relaunch
-argv = relaunch_argv(os.environ)
-if argv:
-    os.execv(sys.executable, argv)
+if RELAUNCHED in os.environ:
+    restore_user_environment(os.environ)  # what `cnn` does first thing after its relaunch
+else:
+    env = relaunch_env(os.environ)
+    if env:
+        os.execve(sys.executable, sys.orig_argv, env)
+assert "LD_PRELOAD" not in os.environ  # the children of the relaunched process start without it
 import resource, jax, jax.numpy as jnp
 f = jax.jit(lambda x: jnp.sum(jnp.cumsum(x, axis=0) * 2))  # 32 MB temporary buffers per call
 x = jax.random.normal(jax.random.key(0), (2048, 4096))
@@ -78,7 +124,8 @@ for _ in range(3):
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 for _ in range(5):
     f(x).block_until_ready()
-print(os.environ.get("GLIBC_TUNABLES", ""), (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 5)
+started = dict(e.split("=", 1) for e in open("/proc/self/environ").read().split("\0") if "=" in e)
+print(started.get("GLIBC_TUNABLES", ""), (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 5)
 """
 
 

@@ -1,6 +1,7 @@
 """oneDNN's convolutions (cnncli.kernels) against lax's: forward, both gradients, a whole training
 step, and the fallback wherever the oneDNN path does not apply."""
 
+import importlib.metadata
 import os
 import platform
 import subprocess
@@ -29,11 +30,20 @@ def onednn_here():
     """Where the wheels exist the oneDNN path must be there: a comparison of lax with itself proves nothing."""
     if not ONEDNN_PLATFORM:
         pytest.skip(f"no oneDNN wheels for {sys.platform} {platform.machine()}")
+    if not _installed("onednn-cpu-gomp"):
+        pytest.skip("the oneDNN wheels are not installed (the `cpu` extra)")
     if jax.default_backend() != "cpu":
         pytest.skip(f"the oneDNN kernels are for the CPU; jax runs on {jax.default_backend()}")
     usable, why = onednn_status()
     assert usable, why
     assert jax.device_count() == 1
+
+
+def _installed(dist: str) -> bool:
+    try:
+        return importlib.metadata.distribution(dist) is not None
+    except importlib.metadata.PackageNotFoundError:
+        return False
 
 
 def _targets(fn, *args) -> set[str]:
@@ -139,19 +149,62 @@ def test_training_step_with_onednn_equals_xla():
     assert weight_spread(runs["onednn"], runs["xla"]) <= 3 * yardstick
 
 
-@pytest.mark.slow
-def test_a_failed_build_falls_back_to_lax_and_says_why(tmp_path):
-    code = ("import jax.numpy as jnp, numpy as np; from jax import lax\n"
+FALLBACK = ("import jax.numpy as jnp, numpy as np, cnncli; from jax import lax\n"
+            "done = cnncli.apply_cpu_defaults()\n"
             "from cnncli.kernels import conv_general_dilated, kernels_in_use\n"
             "x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 8, 8, 3)), jnp.float32)\n"
             "k = jnp.ones((3, 3, 3, 4))\n"
             "a = conv_general_dilated(x, k, (1, 1), ((1, 1), (1, 1)), dimension_numbers=('NHWC', 'HWIO', 'NHWC'))\n"
             "b = lax.conv_general_dilated(x, k, (1, 1), ((1, 1), (1, 1)), dimension_numbers=('NHWC', 'HWIO', 'NHWC'))\n"
-            "print(kernels_in_use()); print(bool((a == b).all()))")
-    proc = _run(code, CXX="/bin/false", XDG_CACHE_HOME=str(tmp_path))
+            "print(done['kernels'] == kernels_in_use()); print(kernels_in_use()); print(bool((a == b).all()))")
+
+
+@pytest.mark.slow
+def test_a_failed_build_falls_back_to_lax_and_says_why(tmp_path):
+    proc = _run(FALLBACK, CXX="/bin/false", XDG_CACHE_HOME=str(tmp_path))
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stdout.splitlines() == ["XLA (building the oneDNN handlers failed: no message)", "True"]
+    assert proc.stdout.splitlines() == ["True", "XLA (building the oneDNN handlers failed: no message)", "True"]
+    assert proc.stderr.splitlines() == [
+        "cnn: building the oneDNN handlers with false (a few seconds)",
+        "cnn: convolutions run on XLA's own kernels: building the oneDNN handlers failed: no message"]
     assert not list((tmp_path / "cnn" / "kernels").glob("*"))  # no half-built library left behind
+
+
+def test_no_compiler_falls_back_to_lax_with_one_line(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "CXX"}
+    environ = {**env, "JAX_PLATFORMS": "cpu", "PATH": str(tmp_path / "empty"), "XDG_CACHE_HOME": str(tmp_path)}
+    environ.pop("CNN_ONEDNN", None)
+    proc = subprocess.run([sys.executable, "-c", FALLBACK], env=environ, capture_output=True, text=True,
+                          timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    why = "no C++ compiler (g++) to build the oneDNN handlers"
+    assert proc.stdout.splitlines() == ["True", f"XLA ({why})", "True"]
+    assert proc.stderr.splitlines() == [f"cnn: convolutions run on XLA's own kernels: {why}"]
+
+
+def test_tracing_never_builds_or_loads(tmp_path):
+    """Without apply_cpu_defaults() a Conv traces to XLA's own convolution and no compiler runs."""
+    code = FALLBACK.replace("done = cnncli.apply_cpu_defaults()", "done = {'kernels': None}")
+    marker = tmp_path / "compiler-ran"
+    compiler = tmp_path / "g++"
+    compiler.write_text(f"#!/bin/sh\ntouch {marker}\nexit 1\n")
+    compiler.chmod(0o755)
+    proc = _run(code, CXX=str(compiler), XDG_CACHE_HOME=str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.splitlines()[1:] == [
+        "XLA (not loaded (cnncli.apply_cpu_defaults() loads them; the cnn command does))", "True"]
+    assert not marker.exists() and proc.stderr == ""
+
+
+@pytest.mark.slow
+def test_an_unwritable_cache_builds_for_the_process_and_leaves_no_folder(tmp_path):
+    (tmp_path / "cache").write_text("a file where cnn's cache folder would be")
+    (tmp_path / "tmp").mkdir()
+    proc = _run(FALLBACK, XDG_CACHE_HOME=str(tmp_path / "cache"), TMPDIR=str(tmp_path / "tmp"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.splitlines()[1].startswith("oneDNN 3.")
+    assert proc.stderr.splitlines() == ["cnn: building the oneDNN handlers with g++ (a few seconds)"]
+    assert list((tmp_path / "tmp").iterdir()) == []
 
 
 NORM_SHAPES = [(8, 5, 6, 7), (16, 8, 8, 64), (1, 3, 3, 16)]
@@ -209,7 +262,7 @@ def test_batch_norm_outside_training_stays_with_flax():
 def test_a_damaged_library_is_rebuilt_not_loaded(tmp_path):
     """Loading a truncated shared library can crash the process (SIGBUS): the build seals the file
     with its SHA-256 and a file that does not match it is built again."""
-    code = "from cnncli.kernels import kernels_in_use; print(kernels_in_use())"
+    code = "import cnncli; print(cnncli.apply_cpu_defaults()['kernels'])"
     first = _run(code, XDG_CACHE_HOME=str(tmp_path))
     assert first.returncode == 0 and first.stdout.strip().startswith("oneDNN"), first.stderr[-2000:]
     (library,) = (tmp_path / "cnn" / "kernels").glob("*.so")

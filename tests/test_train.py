@@ -292,7 +292,7 @@ def test_ema_follows_its_recursion_and_is_evaluated_alongside(tiny_config, tmp_p
 def test_compile_cache_is_on_by_default_and_times_are_reported(tiny_config, tmp_path):
     """A second run of the same config takes its executables from the persistent cache; --no-cache
     neither reads nor writes it. Compile time and the time to the first step are reported apart."""
-    env = dict(os.environ, CNN_CACHE_DIR=str(tmp_path / "cache"))
+    env = dict(os.environ, CNN_CACHE_DIR=str(tmp_path / "cache"))  # JAX's in <cache>/jax (cnncli/native/cache.py)
 
     def train(name, *extra):
         proc = subprocess.run([sys.executable, "-m", "cnncli.cli", "train", str(tiny_config), "--run-dir",
@@ -303,12 +303,12 @@ def test_compile_cache_is_on_by_default_and_times_are_reported(tiny_config, tmp_
         return json.loads(proc.stdout)
 
     first = train("a")
-    cached = sorted(p.name for p in (tmp_path / "cache").iterdir())
+    cached = sorted(p.name for p in (tmp_path / "cache" / "jax").iterdir())
     assert first["compile_cache_hits"] == 0 and cached
     assert 0 < first["compile_time_s"] < first["first_step_s"] < first["wall_time_s"]
     second = train("b")
     assert second["compile_cache_hits"] > 0
-    before = sorted((p.name, p.stat().st_mtime_ns) for p in (tmp_path / "cache").iterdir())
+    before = sorted((p.name, p.stat().st_mtime_ns) for p in (tmp_path / "cache" / "jax").iterdir())
     off = train("c", "--no-cache", "--set", "train.seed=9")  # a new seed: new constants, new executables
     assert off["compile_cache_hits"] == 0
-    assert sorted((p.name, p.stat().st_mtime_ns) for p in (tmp_path / "cache").iterdir()) == before
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in (tmp_path / "cache" / "jax").iterdir()) == before

@@ -24,7 +24,7 @@ def test_jaxlib_knows_real_flags_and_not_made_up_ones(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     assert jaxlib_knows("xla_force_host_platform_device_count")  # a flag every jaxlib has
     assert not jaxlib_knows("xla_cpu_no_such_flag_in_any_jaxlib")
-    cached = (tmp_path / "cnn" / "xla_flags.json").read_text()
+    cached = (tmp_path / "cnn" / "xla" / "flags.json").read_text()
     assert "xla_cpu_no_such_flag_in_any_jaxlib" in cached
     assert not jaxlib_knows("xla_cpu_no_such_flag_in_any_jaxlib")  # answered from the cache
 
@@ -54,18 +54,22 @@ def test_defaults_are_added_only_where_safe(monkeypatch):
     assert apply_defaults(env) == [] and "XLA_FLAGS" not in env
 
 
-def test_importing_cnn_sets_them_before_jax_starts_and_jax_runs():
-    code = ("import os, cnncli, jax, jax.numpy as jnp; jax.block_until_ready(jnp.ones(3) + 1); "
-            "print(os.environ.get('XLA_FLAGS', ''))")
+def test_importing_cnn_sets_nothing_and_the_call_sets_them_before_jax_starts():
+    code = ("import os, cnncli, cnncli.models, cnncli.train.step, jax, jax.numpy as jnp; "
+            "print(repr(os.environ.get('XLA_FLAGS'))); cnncli.apply_cpu_defaults(kernels=False); "
+            "jax.block_until_ready(jnp.ones(3) + 1); print(os.environ.get('XLA_FLAGS', ''))")
     proc = _fresh(code, JAX_PLATFORMS="cpu")
     assert proc.returncode == 0, proc.stderr
-    assert (FLAG in proc.stdout) == jaxlib_knows(FLAG)
+    imported, applied = proc.stdout.splitlines()
+    assert imported == "None"  # importing cnn left XLA_FLAGS alone
+    assert (FLAG in applied) == jaxlib_knows(FLAG)
     off = _fresh(code, JAX_PLATFORMS="cpu", CNN_XLA_DEFAULTS="0")
     assert off.returncode == 0 and FLAG not in off.stdout
 
 
 def test_too_late_once_jax_has_a_backend():
-    proc = _fresh("import os, jax; jax.devices(); import cnncli; print(repr(os.environ.get('XLA_FLAGS')))",
+    proc = _fresh("import os, jax; jax.devices(); import cnncli; cnncli.apply_cpu_defaults(kernels=False); "
+                  "print(repr(os.environ.get('XLA_FLAGS')))",
                   JAX_PLATFORMS="cpu")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "None"

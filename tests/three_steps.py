@@ -12,6 +12,8 @@ import numpy as np
 
 SCRIPT = r"""
 import json, os
+import cnncli
+cnncli.apply_cpu_defaults()  # as the `cnn` command does at start
 import jax, numpy as np
 from cnncli.config import AugmentConfig, OptimizerConfig, ScheduleConfig
 from cnncli.kernels import kernels_in_use

@@ -25,7 +25,7 @@ def train(
     format: Annotated[Format, typer.Option("--format", help="Final summary format.")] = Format.table,
     cache: Annotated[bool, typer.Option(
         "--cache/--no-cache", help="Reuse compiled steps across runs (JAX's persistent compilation cache in "
-                                   "$CNN_CACHE_DIR or ~/.cache/cnn/jax).")] = True,
+                                   "<cache>/jax, <cache> being $CNN_CACHE_DIR, $XDG_CACHE_HOME/cnn or ~/.cache/cnn).")] = True,
     init_from: Annotated[Optional[Path], typer.Option(
         "--init-from", help="Start from stored weights: a `cnn weights import` directory or a run (sets "
                             "model.init_from).")] = None,
@@ -133,15 +133,17 @@ def _new(config: Path, overrides, name: str | None, run_dir: Path | None):
 
 def _enable_compilation_cache() -> None:
     """JAX's persistent compilation cache: a second run of the same config skips most of its compile time."""
-    import os
-
     import jax
 
-    path = Path(os.environ.get("CNN_CACHE_DIR") or Path.home() / ".cache" / "cnn" / "jax")
+    from cnncli.native.cache import cache_dir
+
+    path = cache_dir("jax")
+    if path is None:
+        return  # no folder to keep it in: compile every time, as with --no-cache
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError:
-        return  # an unwritable home: compile every time, as with --no-cache
+        return  # an unwritable cache: compile every time, as with --no-cache
     jax.config.update("jax_compilation_cache_dir", str(path))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 

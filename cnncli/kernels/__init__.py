@@ -1,12 +1,13 @@
 """Hand-picked kernels that XLA's own code generation does not match on some machines.
 
 Today oneDNN's convolutions (conv.py) and training-mode batch norm (batchnorm.py) on the CPU,
-built on first use (build.py) from onednn.cc; when they apply is onednn.py's call. Every
+built once per machine (build.py) from onednn.cc and loaded by `load_onednn()` (never on import or
+while tracing); when they apply is onednn.py's call. Every
 kernel here has a pure-XLA fallback and is tested against it.
 """
 
 from cnncli.kernels.batchnorm import batch_norm_train
 from cnncli.kernels.conv import conv_general_dilated
-from cnncli.kernels.onednn import kernels_in_use, onednn_status, xla_kernels
+from cnncli.kernels.onednn import kernels_in_use, load_onednn, onednn_status, xla_kernels
 
-__all__ = ["batch_norm_train", "conv_general_dilated", "kernels_in_use", "onednn_status", "xla_kernels"]
+__all__ = ["batch_norm_train", "conv_general_dilated", "kernels_in_use", "load_onednn", "onednn_status", "xla_kernels"]

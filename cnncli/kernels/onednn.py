@@ -1,4 +1,8 @@
-"""When the oneDNN kernels apply: the switch, the one-time build, and the reason when they do not.
+"""When the oneDNN kernels apply: the switch, the loading, and the reason when they do not.
+
+They apply only once `load_onednn()` has built (once per machine) and loaded the handlers in this
+process: the `cnn` command calls it at start, a Python program through `cnncli.apply_cpu_defaults()`.
+Tracing never builds or loads anything: before `load_onednn()` every op traces to XLA's own kernels.
 
 They run on a single CPU device only (a custom call has no sharding rule, so XLA would gather
 a sharded batch onto every device). `CNN_ONEDNN=0` turns them off; `xla_kernels()` does so for
@@ -13,7 +17,7 @@ import contextlib
 import contextvars
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
@@ -37,21 +41,38 @@ def _switched_off() -> bool:
     return os.environ.get("CNN_ONEDNN", "1") == "0"
 
 
-def onednn_status() -> tuple[bool, str]:
-    """(usable, description): oneDNN's version when the handlers load here, else why not."""
+def _stderr(line: str) -> None:
+    import sys
+
+    print(line, file=sys.stderr, flush=True)
+
+
+def load_onednn(announce: Callable[[str], None] = _stderr) -> tuple[bool, str]:
+    """Build the handlers if this machine has none yet and load them, once per process; `announce`
+    gets one line before a build, or when they cannot be had for a reason the user should know (no
+    compiler, a failed build). Returns onednn_status()."""
     if _switched_off():
-        return False, "turned off by CNN_ONEDNN=0"
+        return onednn_status()
     with _lock:
         if not _loaded:
             from cnncli.kernels.build import Unavailable, build_and_load
 
             try:
-                _loaded["handlers"] = build_and_load()
+                _loaded["handlers"] = build_and_load(announce)
             except Unavailable as e:
                 _loaded["reason"] = str(e)
+                if not e.quiet:
+                    announce(f"cnn: convolutions run on XLA's own kernels: {e}")
+    return onednn_status()
+
+
+def onednn_status() -> tuple[bool, str]:
+    """(usable, description): oneDNN's version when the handlers are loaded here, else why not."""
+    if _switched_off():
+        return False, "turned off by CNN_ONEDNN=0"
     if "handlers" in _loaded:
         return True, f"oneDNN {_loaded['handlers'].onednn_version}"
-    return False, _loaded["reason"]
+    return False, _loaded.get("reason", "not loaded (cnncli.apply_cpu_defaults() loads them; the cnn command does)")
 
 
 def kernels_in_use() -> str:

@@ -1,4 +1,4 @@
-"""Compile a library once into ~/.cache/cnn/<kind>/, atomically, sealed against damage.
+"""Compile a library once into cnn's cache (cache.py: <cache>/<kind>/), atomically, sealed against damage.
 
 A library is named by a hash of everything it is built from, so an upgrade builds a new one.
 The build writes a temporary file and renames it into place (a concurrent process sees the old
@@ -9,20 +9,19 @@ a damaged one can crash the process. Failures are BuildError with one line to sh
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import subprocess
 import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
+
+from cnncli.native.cache import cache_dir
 
 
 class BuildError(Exception):
     """Why a library could not be built (one line)."""
-
-
-def _cache_dir(kind: str) -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "cnn" / kind
 
 
 def _seal(library: Path) -> Path:
@@ -48,6 +47,8 @@ def _compile_sealed(cmd: list[str], out: Path, what: str) -> None:
             proc = subprocess.run([*cmd, "-o", tmp], check=False, capture_output=True, text=True, timeout=300)
         except subprocess.TimeoutExpired:
             raise BuildError(f"building {what} took over 300 s") from None
+        except (FileNotFoundError, PermissionError) as e:  # the compiler itself, not the folder
+            raise BuildError(f"cannot run the compiler {cmd[0]}: {e.strerror}") from None
         if proc.returncode != 0:
             lines = proc.stderr.strip().splitlines()
             first = next((ln for ln in lines if "error" in ln), lines[-1] if lines else "no message")
@@ -60,23 +61,36 @@ def _compile_sealed(cmd: list[str], out: Path, what: str) -> None:
             os.unlink(tmp)
 
 
-def build_cached(kind: str, name: str, key_parts: list[str], cmd: list[str], what: str,
-                 temporary_fallback: bool = True) -> Path:
-    """The library `name`-<hash of key_parts>.so, built with `cmd` unless an intact one is cached.
-    An unwritable cache builds into a private temporary folder instead (left behind: one per
-    process), or raises BuildError without `temporary_fallback`."""
+@contextlib.contextmanager
+def built_library(kind: str, name: str, key_parts: list[str], cmd: list[str], what: str,
+                  announce: Callable[[str], None] = lambda line: None, temporary: bool = True) -> Iterator[Path]:
+    """The library `name`-<hash of key_parts>.so, valid inside the block: an intact one from cnn's
+    cache, else built now (`announce` gets one line first) into the cache, or, where there is no
+    writable cache, into a temporary folder removed when the block ends (a loaded library stays
+    mapped; BuildError instead without `temporary`). BuildError when it cannot be built."""
     key = hashlib.sha256("|".join(key_parts).encode()).hexdigest()[:16]
-    path = _cache_dir(kind) / f"{name}-{key}.so"
-    if intact(path):
-        return path
-    try:
-        _compile_sealed(cmd, path, what)
-    except OSError as e:
-        if not temporary_fallback:
-            raise BuildError(f"cannot build {what}: {e}") from None
-        path = Path(tempfile.mkdtemp(prefix=f"cnn-{kind}-")) / path.name
+    folder = cache_dir(kind)
+    path = folder / f"{name}-{key}.so" if folder is not None else None
+    if path is not None and intact(path):
+        yield path
+        return
+    if path is None and not temporary:
+        raise BuildError(f"no cache folder to build {what} into")
+    announce(f"cnn: building {what} with {Path(cmd[0]).name} (a few seconds)")
+    if path is not None:
         try:
             _compile_sealed(cmd, path, what)
-        except OSError:
+        except OSError as e:
+            if not temporary:
+                raise BuildError(f"cannot build {what}: {e}") from None
+            path = None  # an unwritable cache: build for this process alone
+    if path is not None:
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix=f"cnn-{kind}-") as tmp:
+        path = Path(tmp) / f"{name}-{key}.so"
+        try:
+            _compile_sealed(cmd, path, what)
+        except OSError as e:
             raise BuildError(f"cannot build {what}: {e}") from None
-    return path
+        yield path

@@ -1,7 +1,7 @@
 """The large-block cache (large_blocks.c), built on first use for the `cnn` command to preload.
 
 `library()` gives the path of the compiled cache, or None where it cannot be had: not Linux,
-no C compiler, a failed build, an unwritable ~/.cache. Then `cnn` runs with glibc's allocator
+no C compiler, a failed build, no writable cache (cnncli/native/cache.py). Then `cnn` runs with glibc's allocator
 alone, as before.
 """
 
@@ -12,7 +12,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from cnncli.native.build import BuildError, build_cached
+from cnncli.native.build import BuildError, built_library
 
 SOURCE = Path(__file__).with_name("large_blocks.c")
 FILE_PREFIX = "large-blocks"
@@ -29,7 +29,8 @@ def library() -> Path | None:
         return None
     cmd = [compiler, "-O2", "-shared", "-fPIC", "-w", str(SOURCE), "-ldl", "-lpthread"]
     try:
-        return build_cached("malloc", FILE_PREFIX, [SOURCE.read_text(), compiler], cmd,
-                            "the large-block cache", temporary_fallback=False)  # not a folder per command
+        with built_library("malloc", FILE_PREFIX, [SOURCE.read_text(), compiler], cmd, "the large-block cache",
+                           temporary=False) as path:  # preloaded by a later process: in the cache or not at all
+            return path
     except (BuildError, OSError):
         return None
