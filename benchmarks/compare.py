@@ -25,12 +25,12 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 # "default" is what `cnn` does by itself: its XLA flag (cnncli/xla_flags.py), its allocator
-# settings (cnncli/entry.py: glibc's huge-page tunable and the large-block cache) and its oneDNN
-# kernels (cnncli/kernels). "xla-kernels" is that without the oneDNN kernels, "huge-pages-only"
-# with the tunable but not the cache, "glibc-malloc" with neither, "xla-default" without any of
-# them (XLA's and glibc's own defaults); "heap-reuse" replaces the cache with glibc's heap (no
-# mmap, one arena, no trimming: as fast, but its resident memory creeps up); the ynn-* variants
-# set XLA_FLAGS explicitly.
+# settings (cnncli/entry.py: mimalloc with its purge delay off, else glibc's huge-page tunable) and
+# its oneDNN kernels (cnncli/kernels). "xla-kernels" is that without the oneDNN kernels,
+# "huge-pages-only" with glibc and its tunable, "glibc-malloc" with glibc alone, "xla-default"
+# without any of them (XLA's and glibc's own defaults); "heap-reuse" is glibc's heap tuned to keep
+# blocks (no mmap, one arena, no trimming: its resident memory creeps up); "mimalloc", "jemalloc"
+# and "tcmalloc" are the kept allocators below, set explicitly; the ynn-* variants set XLA_FLAGS.
 VARIANT_ENV = {
     "xla-kernels": {"CNN_ONEDNN": "0"},
     "glibc-malloc": {"CNN_MALLOC_DEFAULTS": "0"},
@@ -114,10 +114,10 @@ def run_cnn(model: str, batch: int, size: int | None, steps: int, dtype: str, va
 
 def cnn_malloc_env() -> dict[str, str]:
     """What the `cnn` command relaunches itself with (cnncli/entry.py), for PyTorch's process."""
-    from cnncli.native.large_blocks import library
+    from cnncli.entry import TUNABLE, _kept_allocator
 
-    path = library()
-    return {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1", **({"LD_PRELOAD": str(path)} if path else {})}
+    path = _kept_allocator()
+    return {"LD_PRELOAD": path, "MIMALLOC_PURGE_DELAY": "-1"} if path else {"GLIBC_TUNABLES": TUNABLE}
 
 
 def run_torch(model: str, batch: int, size: int | None, steps: int, dtype: str, compiled: bool,

@@ -4,25 +4,27 @@ cnn's CPU defaults (cnncli.apply_cpu_defaults), then the CLI.
 XLA:CPU allocates each training step's temporary buffers as one block (196 MB for ResNet-20 at
 batch 128) that glibc maps fresh from the kernel and unmaps again every step, so every step
 faults in and zeroes all of it anew: 50,000 faults of 4 KiB a step on this project's machine,
-a sixth of the step. Two settings, both read only when a process starts:
+a sixth of the step. Settings read only when a process starts fix that:
 
-- GLIBC_TUNABLES=glibc.malloc.hugetlb=1: glibc asks for transparent huge pages, and the kernel
-  faults such blocks 2 MiB at a time (about 480 faults a step). Needs glibc 2.35 or later and
-  the kernel's transparent huge pages in `madvise` mode (with `always` there is nothing to gain,
-  with `never` nothing to have).
-- LD_PRELOAD=<the large-block cache> (cnncli/native/large_blocks.c, built once): freed blocks of
-  32 MiB or more stay mapped and are reused, so a step faults about once. The memory kept is at
-  most the most that was live at once. Needs glibc and a C compiler.
+- LD_PRELOAD of mimalloc (the `cmeel-mimalloc` wheel, in the `cpu` extra) with
+  MIMALLOC_PURGE_DELAY=-1: freed blocks stay mapped and are reused, so a step faults about once.
+  The memory kept is what the process freed, reused before anything new is mapped: the resident
+  size stays at the step's peak between steps instead of dropping.
+- Where mimalloc is not installed, GLIBC_TUNABLES=glibc.malloc.hugetlb=1: glibc asks for
+  transparent huge pages, and the kernel faults such blocks 2 MiB at a time (about 480 faults a
+  step). Needs glibc 2.35 or later and the kernel's transparent huge pages in `madvise` mode (with
+  `always` there is nothing to gain, with `never` nothing to have).
 
-So `cnn` replaces itself with the same command, once, under what applies, when the command
-computes (train, eval, predict, show, bench; never for help), the CPU is the platform that will run
-(cnncli.xla_flags.cpu_will_run), CNN_MALLOC_DEFAULTS is not 0, and the user's environment has not
-chosen already: the tunable is left out where GLIBC_TUNABLES names it, and neither is set where
-LD_PRELOAD brings another allocator. The settings go into the new process's environment only (this
-one's is left as it was, so a failed exec changes nothing), and the relaunched process restores the
+(mimalloc replaced a large-block cache of cnn's own, large_blocks.c: measured as fast or faster,
+benchmarks/RESULTS.md, "kept allocators".) So `cnn` replaces itself with the same command, once,
+under what applies, when the command computes (train, eval, predict, show, bench; never for help),
+the CPU is the platform that will run (cnncli.xla_flags.cpu_will_run), CNN_MALLOC_DEFAULTS is not 0,
+and the user's environment has not chosen already: nothing is set where LD_PRELOAD brings another
+allocator, the tunable is left out where GLIBC_TUNABLES names it, the purge delay where the user's
+MIMALLOC_PURGE_DELAY sets it. The settings go into the new process's environment only (this one's
+is left as it was, so a failed exec changes nothing), and the relaunched process restores the
 user's values at start, so that its own children (Grain workers, a compiler, any subprocess) do not
-inherit them. A Python program that imports cnn runs with its own allocator. The effect on the
-step's time and memory is in benchmarks/RESULTS.md.
+inherit them. A Python program that imports cnn runs with its own allocator.
 """
 
 from __future__ import annotations
@@ -58,11 +60,19 @@ def _thp_mode() -> str | None:
     return text[text.index("[") + 1:text.index("]")] if "[" in text else None
 
 
-def _large_block_cache() -> str | None:
-    from cnncli.native.large_blocks import library
+def _kept_allocator() -> str | None:
+    """The path of mimalloc's library from the `cmeel-mimalloc` wheel, or None where it is not installed."""
+    import importlib.metadata
 
-    path = library()
-    return str(path) if path else None
+    try:
+        files = importlib.metadata.distribution("cmeel-mimalloc").files or ()
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    for f in files:
+        if str(f).endswith("/libmimalloc.so"):
+            path = Path(f.locate()).resolve()
+            return str(path) if path.is_file() else None
+    return None
 
 
 def computing_command(args: list[str]) -> bool:
@@ -85,17 +95,18 @@ def relaunch_env(environ) -> dict[str, str] | None:
         return None
     if not getattr(sys, "orig_argv", None) or not computing_command(sys.argv[1:]) or not cpu_will_run(environ):
         return None
-    tunable = ("glibc.malloc.hugetlb" not in environ.get("GLIBC_TUNABLES", "")
-               and glibc >= (2, 35) and _thp_mode() == "madvise")
-    preload = _large_block_cache()
-    if not tunable and not preload:
-        return None
     changes = {}
-    if tunable:
-        current = environ.get("GLIBC_TUNABLES", "")
-        changes["GLIBC_TUNABLES"] = f"{current}:{TUNABLE}" if current else TUNABLE
+    preload = _kept_allocator()
     if preload:
         changes["LD_PRELOAD"] = preload
+        if "MIMALLOC_PURGE_DELAY" not in environ:
+            changes["MIMALLOC_PURGE_DELAY"] = "-1"  # keep freed blocks mapped for the next step
+    elif ("glibc.malloc.hugetlb" not in environ.get("GLIBC_TUNABLES", "")
+          and glibc >= (2, 35) and _thp_mode() == "madvise"):
+        current = environ.get("GLIBC_TUNABLES", "")
+        changes["GLIBC_TUNABLES"] = f"{current}:{TUNABLE}" if current else TUNABLE
+    if not changes:
+        return None
     saved = {name: environ.get(name) for name in changes}
     return {**environ, **changes, RELAUNCHED: json.dumps(saved)}
 

@@ -1,4 +1,5 @@
-"""The `cnn` command relaunches itself once under glibc's huge-page tunable, where that pays."""
+"""The `cnn` command relaunches itself once under a kept allocator (mimalloc) or glibc's huge-page
+tunable, where that pays, and only the relaunched process runs under them."""
 
 import json
 import os
@@ -16,7 +17,7 @@ from cnncli.entry import RELAUNCHED, TUNABLE, computing_command, relaunch_env, r
 def suitable(monkeypatch):
     monkeypatch.setattr(entry, "_glibc_version", lambda: (2, 36))
     monkeypatch.setattr(entry, "_thp_mode", lambda: "madvise")
-    monkeypatch.setattr(entry, "_large_block_cache", lambda: "/cache/large-blocks.so")
+    monkeypatch.setattr(entry, "_kept_allocator", lambda: "/venv/libmimalloc.so")
     monkeypatch.setattr(xla_flags, "cpu_will_run", lambda environ: True)
     monkeypatch.setattr(sys, "orig_argv", ["python", "/venv/bin/cnn", "train", "x.yaml"], raising=False)
     monkeypatch.setattr(sys, "argv", ["/venv/bin/cnn", "train", "x.yaml"])
@@ -34,33 +35,34 @@ def _added(env: dict) -> dict:
     return {k: v for k, v in new.items() if before.get(k) != v}
 
 
+MIMALLOC = {"LD_PRELOAD": "/venv/libmimalloc.so", "MIMALLOC_PURGE_DELAY": "-1"}
+
+
 def test_relaunch_only_where_it_pays(suitable, monkeypatch):
-    assert _added({}) == {"GLIBC_TUNABLES": TUNABLE, "LD_PRELOAD": "/cache/large-blocks.so"}
+    assert _added({}) == MIMALLOC
+    assert _added({"MIMALLOC_PURGE_DELAY": "10"}) == {"LD_PRELOAD": "/venv/libmimalloc.so"}  # the user's kept
     assert relaunch_env({RELAUNCHED: "{}"}) is None  # once: the relaunched process goes on
-    assert _added({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}) == {
-        "GLIBC_TUNABLES": f"glibc.malloc.arena_max=2:{TUNABLE}", "LD_PRELOAD": "/cache/large-blocks.so"}
-    # the user's choice of huge pages kept
-    assert _added({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"}) == {"LD_PRELOAD": "/cache/large-blocks.so"}
     for env in ({"CNN_MALLOC_DEFAULTS": "0"}, {"LD_PRELOAD": "/usr/lib/libjemalloc.so"}):
         assert relaunch_env(env) is None
-    for attr, value, want in (("_glibc_version", lambda: (2, 31), {"LD_PRELOAD"}),  # too old for the tunable
-                              ("_glibc_version", lambda: None, None),  # not glibc: neither
-                              ("_thp_mode", lambda: "always", {"LD_PRELOAD"}),
-                              ("_thp_mode", lambda: "never", {"LD_PRELOAD"}),
-                              ("_large_block_cache", lambda: None, {"GLIBC_TUNABLES"})):  # no compiler
+    monkeypatch.setattr(entry, "_kept_allocator", lambda: None)  # mimalloc not installed: the tunable
+    assert _added({}) == {"GLIBC_TUNABLES": TUNABLE}
+    assert _added({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}) == {
+        "GLIBC_TUNABLES": f"glibc.malloc.arena_max=2:{TUNABLE}"}  # the user's own tunables kept
+    assert relaunch_env({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"}) is None  # the user's choice kept
+    for attr, value in (("_glibc_version", lambda: (2, 31)), ("_glibc_version", lambda: None),
+                        ("_thp_mode", lambda: "always"), ("_thp_mode", lambda: "never")):
         with monkeypatch.context() as m:
             m.setattr(entry, attr, value)
-            added = _added({})
-            assert (None if added is None else set(added)) == want
-    with monkeypatch.context() as m:
-        m.setattr(entry, "_thp_mode", lambda: "never")
-        m.setattr(entry, "_large_block_cache", lambda: None)
-        assert relaunch_env({}) is None  # nothing to gain
+            assert relaunch_env({}) is None
+    monkeypatch.setattr(entry, "_kept_allocator", lambda: "/venv/libmimalloc.so")
     for args in ([], ["--help"], ["-h"], ["train", "--help"], ["bench", "resnet20", "-h"], ["--debug", "eval", "-h"],
                  ["runs"], ["summarize", "resnet20"], ["models"]):  # help, and commands that compute nothing
         with monkeypatch.context() as m:
             m.setattr(sys, "argv", ["/venv/bin/cnn", *args])
             assert relaunch_env({}) is None, args
+    monkeypatch.setattr(entry, "_glibc_version", lambda: None)  # not glibc
+    assert relaunch_env({}) is None
+    monkeypatch.setattr(entry, "_glibc_version", lambda: (2, 36))
     monkeypatch.setattr(xla_flags, "cpu_will_run", lambda environ: False)  # a GPU will run
     assert relaunch_env({}) is None
 
@@ -96,7 +98,7 @@ def test_a_failed_exec_changes_nothing(suitable, monkeypatch):
         monkeypatch.delenv(k, raising=False)
     before = dict(os.environ)
     entry.main()
-    assert tried and tried[0]["LD_PRELOAD"] == "/cache/large-blocks.so"
+    assert tried and tried[0]["LD_PRELOAD"] == "/venv/libmimalloc.so"
     assert dict(os.environ) == before and ran == [True, "cli"]
 
 
@@ -106,7 +108,7 @@ def _here_it_pays() -> bool:
 
 
 FAULTS = r"""
-import os, sys
+import json, os, sys
 from cnncli.entry import RELAUNCHED, relaunch_env, restore_user_environment
 sys.argv = ["cnn", "train"]  # as `cnn train` would: help alone does not relaunch
 if RELAUNCHED in os.environ:
@@ -115,7 +117,6 @@ else:
     env = relaunch_env(os.environ)
     if env:
         os.execve(sys.executable, sys.orig_argv, env)
-assert "LD_PRELOAD" not in os.environ  # the children of the relaunched process start without it
 import resource, jax, jax.numpy as jnp
 f = jax.jit(lambda x: jnp.sum(jnp.cumsum(x, axis=0) * 2))  # 32 MB temporary buffers per call
 x = jax.random.normal(jax.random.key(0), (2048, 4096))
@@ -125,13 +126,16 @@ before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 for _ in range(5):
     f(x).block_until_ready()
 started = dict(e.split("=", 1) for e in open("/proc/self/environ").read().split("\0") if "=" in e)
-print(started.get("GLIBC_TUNABLES", ""), (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 5)
+print(json.dumps({"started": {k: started.get(k, "") for k in ("GLIBC_TUNABLES", "LD_PRELOAD")},
+                  "now": {k: os.environ.get(k, "") for k in ("GLIBC_TUNABLES", "LD_PRELOAD", "MIMALLOC_PURGE_DELAY")},
+                  "faults": (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 5}))
 """
 
 
 def _run(args, **env):
     environ = {k: v for k, v in os.environ.items()
-               if k not in ("GLIBC_TUNABLES", "CNN_MALLOC_DEFAULTS", "LD_PRELOAD", "CNN_RELAUNCHED")}
+               if k not in ("GLIBC_TUNABLES", "CNN_MALLOC_DEFAULTS", "LD_PRELOAD", "CNN_RELAUNCHED",
+                            "MIMALLOC_PURGE_DELAY")}
     environ.update(JAX_PLATFORMS="cpu", **env)
     return subprocess.run([sys.executable, *args], env=environ, capture_output=True, text=True, timeout=300,
                           check=False)
@@ -143,20 +147,26 @@ def test_relaunched_steps_fault_per_huge_page_and_then_not_at_all():
     Under the huge-page tunable alone the kernel backs them with 2 MiB pages where it has them free
     (562 here): how many it has free depends on the machine's fragmentation (for one sort, this
     machine faulted 19 times and a CI machine 529, against 8,193), so four times fewer is asked.
-    With the large-block cache too (what `cnn` does), the blocks stay mapped: about no faults."""
+    Under mimalloc with its purge delay off (what `cnn` does where it is installed), the blocks stay
+    mapped: about no faults. The relaunched process's own environment is the user's again."""
     if not _here_it_pays():
         pytest.skip("needs Linux, glibc >= 2.35 and transparent huge pages in madvise mode")
-    faults = {}
+    mimalloc = entry._kept_allocator()
+    runs = {}
     for name, env in (("cnn", {}), ("tunable", {"CNN_MALLOC_DEFAULTS": "0", "GLIBC_TUNABLES": TUNABLE}),
                       ("glibc", {"CNN_MALLOC_DEFAULTS": "0"})):
         proc = _run(["-c", FAULTS], **env)
         assert proc.returncode == 0, proc.stderr[-2000:]
-        tunables, count = proc.stdout.split()[-2:] if name != "glibc" else ("", proc.stdout.split()[-1])
-        faults[name] = float(count)
-        assert tunables == (TUNABLE if name != "glibc" else "")
-    assert faults["glibc"] > 8000  # 32 MB in 4 KiB pages at least
-    assert faults["tunable"] < 0.25 * faults["glibc"]
-    assert faults["cnn"] < 50, faults
+        runs[name] = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert runs["glibc"]["faults"] > 8000  # 32 MB in 4 KiB pages at least
+    assert runs["tunable"]["faults"] < 0.25 * runs["glibc"]["faults"]
+    assert runs["tunable"]["started"] == {"GLIBC_TUNABLES": TUNABLE, "LD_PRELOAD": ""}
+    assert runs["cnn"]["now"] == {"GLIBC_TUNABLES": "", "LD_PRELOAD": "", "MIMALLOC_PURGE_DELAY": ""}
+    if mimalloc:
+        assert runs["cnn"]["started"] == {"GLIBC_TUNABLES": "", "LD_PRELOAD": mimalloc}
+        assert runs["cnn"]["faults"] < 50, runs
+    else:
+        assert runs["cnn"]["started"] == {"GLIBC_TUNABLES": TUNABLE, "LD_PRELOAD": ""}
 
 
 @pytest.mark.slow
@@ -167,5 +177,21 @@ def test_the_cnn_command_relaunches_itself():
                  "--format", "json"])
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads(proc.stdout)
-    assert report["glibc_tunables"] == TUNABLE
-    assert Path(report["ld_preload"]).name.startswith("large-blocks-")
+    mimalloc = entry._kept_allocator()
+    assert (report["ld_preload"], report["glibc_tunables"]) == ((mimalloc, "") if mimalloc else ("", TUNABLE))
+
+
+@pytest.mark.slow
+def test_the_allocator_changes_no_number():
+    """Three ResNet-20 training steps under mimalloc (as `cnn` preloads it) and under glibc's malloc:
+    the same losses and weights, bit for bit."""
+    mimalloc = entry._kept_allocator()
+    if mimalloc is None:
+        pytest.skip("mimalloc (the `cpu` extra) is not installed")
+    from tests.three_steps import run_three_steps
+
+    kept = run_three_steps(LD_PRELOAD=mimalloc, MIMALLOC_PURGE_DELAY="-1", CNN_MALLOC_DEFAULTS="0")
+    glibc = run_three_steps(LD_PRELOAD="", CNN_MALLOC_DEFAULTS="0")
+    assert kept["kernels"] == glibc["kernels"]
+    assert kept["losses"] == glibc["losses"]
+    assert kept["params"] == glibc["params"]
