@@ -17,7 +17,7 @@ a sixth of the step. Settings read only when a process starts fix that:
 
 (mimalloc replaced a large-block cache of cnn's own, large_blocks.c: measured as fast or faster,
 benchmarks/RESULTS.md, "kept allocators".) So `cnn` replaces itself with the same command, once,
-under what applies, when the command computes (train, eval, predict, show, bench; never for help),
+under what applies, when the command computes (train, eval, predict, show, bench, report; never for help),
 the CPU is the platform that will run (cnncli.xla_flags.cpu_will_run), CNN_MALLOC_DEFAULTS is not 0,
 and the user's environment has not chosen already: nothing is set where LD_PRELOAD brings another
 allocator, the tunable is left out where GLIBC_TUNABLES names it, the purge delay where the user's
@@ -40,7 +40,7 @@ _THP_MODE = Path("/sys/kernel/mm/transparent_hugepage/enabled")
 # In the relaunched process's environment: the user's values of the variables cnn set (null: unset).
 RELAUNCHED = "CNN_RELAUNCHED"
 # The commands that compile and run a network: they get the allocator settings and the oneDNN kernels.
-COMPUTING = frozenset({"train", "eval", "predict", "show", "bench"})
+COMPUTING = frozenset({"train", "eval", "predict", "show", "bench", "report"})
 
 
 def _glibc_version() -> tuple[int, int] | None:
