@@ -7,7 +7,7 @@ one sentence first.
 
 JAX_PLATFORMS is checked against the installed plugins (no jax import). XLA_FLAGS can only be
 judged by XLA itself, so a child process starts jax's CPU backend with it (about a second, paid
-once per value: an accepted value is remembered in ~/.cache/cnn/xla_flags_accepted.json, keyed
+once per value: an accepted value is remembered in cnn's cache, <cache>/xla/accepted.json (cnncli/native/cache.py), keyed
 by the value and the jaxlib version). Nothing is checked or written while XLA_FLAGS is unset.
 """
 
@@ -59,9 +59,11 @@ def platforms_problem(environ) -> str | None:
     return None
 
 
-def _cache_file() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "cnn" / "xla_flags_accepted.json"
+def _cache_file() -> Path | None:
+    from cnncli.native.cache import cache_dir
+
+    folder = cache_dir("xla")  # None where no cache folder can be named: judged every time
+    return folder / "accepted.json" if folder is not None else None
 
 
 def _key(value: str) -> str | None:
@@ -78,8 +80,9 @@ def _key(value: str) -> str | None:
 
 
 def _accepted() -> set[str]:
+    path = _cache_file()
     try:
-        data = json.loads(_cache_file().read_text())
+        data = json.loads(path.read_text()) if path is not None else []
         return set(data) if isinstance(data, list) else set()
     except (OSError, ValueError):
         return set()
@@ -87,6 +90,8 @@ def _accepted() -> set[str]:
 
 def _remember(key: str) -> None:
     path = _cache_file()
+    if path is None:
+        return
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         keys = sorted(_accepted() | {key})[-256:]
