@@ -52,12 +52,12 @@ def _image(args: tuple[str, int, int]) -> None:
 
 def make_folder(root: Path, classes: int, per_class: int, size: int) -> int:
     jobs = []
-    for split, share in (("train", 1.0), ("val", 0.1), ("test", 0.1)):
+    for s, (split, share) in enumerate((("train", 1.0), ("val", 0.1), ("test", 0.1))):
         for c in range(classes):
             folder = root / split / f"class{c:04d}"
             folder.mkdir(parents=True, exist_ok=True)
             for i in range(max(1, int(per_class * share))):
-                jobs.append((str(folder / f"{i:05d}.jpg"), size, hash((split, c, i)) & 0xFFFFFFFF))
+                jobs.append((str(folder / f"{i:05d}.jpg"), size, (s * 1_000_003 + c) * 100_003 + i))
     with ProcessPoolExecutor(max_workers=os.cpu_count()) as pool:
         list(pool.map(_image, jobs, chunksize=16))
     return len(jobs)
