@@ -6,8 +6,8 @@ the batch sharded over the mesh of `cnncli.distributed`) and compiled ahead of t
 compile time is measured apart from running time. Steady-state time is the median over
 several windows of steps after a warm-up, each window ended by waiting for the device.
 
-FLOPs come two ways: `flops_per_step` is XLA's cost analysis of the compiled step (on GPU it
-leaves out the convolutions that run as cuDNN calls; where the step's convolutions and batch
+FLOPs come two ways: `flops_per_step` is XLA's cost analysis of the compiled step (null on a
+GPU, where it would leave out the convolutions that run as cuDNN calls; where the step's convolutions and batch
 norms are oneDNN calls, it is the analysis of the same step compiled with XLA's own -- the
 figure `cnn summarize` reports, cnncli.train.xla_cost), `model_flops_per_step` is counted from
 the traced forward pass (convolutions and matrix products, x 3 for the backward pass).

@@ -31,6 +31,9 @@ exit 9
 def gpu_box(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", f"{_fake_nvidia_smi(tmp_path)}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.delenv("JAX_PLATFORMS", raising=False)
+    import jax
+
+    monkeypatch.setattr(jax, "default_backend", lambda: "cpu")  # jax on the CPU, also where the suite runs on a GPU
     return tmp_path
 
 

@@ -246,10 +246,14 @@ def test_parse_memory_rejects(text):
 def test_xla_cross_check_on_a_tiny_model():
     s = summarize_model("resnet20", width=0.25, input_size=16, batch_size=4, compile=True, advice=False)
     x = s["xla"]
-    assert x["backend"] == jax.default_backend() and x["note"] is None
+    assert x["backend"] == jax.default_backend()
     # a training step is about three forward passes of 2 FLOPs per MAC
     assert x["analytic_flops"] == 3 * 2 * s["total_macs"] * 4
-    assert 0.8 < x["flops"] / x["analytic_flops"] < 1.2 and x["flops_ratio"] == x["flops"] / x["analytic_flops"]
+    if jax.default_backend() == "gpu":  # XLA counts no cuDNN convolution there: no figure rather than a twelfth
+        assert x["flops"] is None and x["flops_ratio"] is None and x["note"].startswith("no FLOP cross-check on a GPU")
+    else:
+        assert x["note"] is None
+        assert 0.8 < x["flops"] / x["analytic_flops"] < 1.2 and x["flops_ratio"] == x["flops"] / x["analytic_flops"]
     # the arguments hold at least the state (params, BN statistics, momentum) and the uint8 batch; the
     # state is donated, so it is aliased to the output
     state = s["memory"]["params_bytes"] + s["memory"]["optimizer_bytes"]
@@ -358,7 +362,7 @@ def test_table_fits_80_columns_and_wide_is_exact():
     (["resnet5O"], "unknown model 'resnet5O' (did you mean 'resnet56' or 'resnet50'"),
     (["alexnet", "--input-size", "64"], "too small for alexnet: the minimum is 67x67"),
     (["vgg16", "--memory", "eighty"], "--memory must be a number with a unit such as 80GB"),
-    (["vgg16", "--batch-size", "ten"], "Invalid value for '--batch-size': Input should be a valid integer"),
+    (["vgg16", "--batch-size", "ten"], "Invalid value for '--batch-size': "),  # the rest is Typer's, by version
     (["vgg16", "--batch-size", "0"], "Invalid value for '--batch-size'"),
     (["vgg16", "--optimizer", "lion"], "Invalid value for '--optimizer'"),
     (["no/such/run"], "no such config file, run directory or checkpoint: no/such/run"),

@@ -50,7 +50,7 @@ def compile_train_step(model: Any, *, batch_size: int, optimizer: Any, augment: 
     from cnncli.train.optim import build_optimizer, build_schedule
     from cnncli.train.state import init_train_state, split_model
     from cnncli.train.step import make_train_step
-    from cnncli.train.xla_cost import xla_flops
+    from cnncli.train.xla_cost import gpu_leaves_out_convolutions, xla_flops
 
     h, w, c = model.input_shape
     schedule = build_schedule(ScheduleConfig(), optimizer.lr, 1, 1)
@@ -100,6 +100,9 @@ def compile_train_step(model: Any, *, batch_size: int, optimizer: Any, augment: 
     if memory is not None:
         result.update(memory)
     missing = [k for k, v in (("cost_analysis", result["flops"]), ("memory_analysis", memory)) if v is None]
-    if missing:
+    if gpu_leaves_out_convolutions():
+        result["note"] = ("no FLOP cross-check on a GPU: XLA's cost analysis there leaves out the convolutions "
+                          "cuDNN runs" + ("" if memory is not None else "; the backend gives no memory_analysis"))
+    elif missing:
         result["note"] = f"the {result['backend']} backend gives no {' or '.join(missing)}"
     return result
