@@ -2,9 +2,7 @@
 
 `batch_norm_train(x, scale, shift, eps)` normalises an NHWC float32 batch over N, H and W with
 the batch's own statistics and returns (y, mean, biased variance), computed exactly as flax's
-BatchNorm computes them in training with `use_fast_variance=False` (the mean squared deviation
-from the mean: two passes, stable where |mean| >> std), the variance cnn's BatchNorm uses and the
-one oneDNN's gradient is given. The forward pass stays
+BatchNorm computes them in training (mean of squares minus squared mean). The forward pass stays
 in XLA, which fuses it with the ReLU and residual add around it (oneDNN's own forward measured
 slower than XLA's fusions here); the backward pass, several passes over the data in XLA, is one
 oneDNN call on both cores. The statistics come back without a gradient: they feed only the
@@ -27,7 +25,7 @@ from cnncli.kernels.onednn import onednn_applies
 
 def applies(x: Any, norm: Any) -> bool:
     """Whether flax BatchNorm `norm`, called on `x` in training mode, may take this path."""
-    if x.ndim != 4 or x.dtype != jnp.float32 or norm.axis not in (-1, 3) or norm.use_fast_variance:
+    if x.ndim != 4 or x.dtype != jnp.float32 or norm.axis not in (-1, 3) or not norm.use_fast_variance:
         return False
     if norm.scale is None or norm.bias is None or norm.axis_name is not None:
         return False
@@ -53,7 +51,7 @@ def _shapes(x: jax.Array):
 def _norm(x, scale, shift, eps):
     axes = (0, 1, 2)
     mean = jnp.mean(x, axis=axes)
-    var = jnp.mean(jnp.square(x - mean), axis=axes)
+    var = jnp.maximum(jnp.mean(jnp.square(x), axis=axes) - jnp.square(mean), 0.0)
     y = (x - mean) * (lax.rsqrt(var + eps) * scale) + shift
     return y, mean, var
 

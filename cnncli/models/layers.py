@@ -108,14 +108,9 @@ def torch_linear_init(fan_in: int) -> tuple[Any, Any]:
 class BatchNorm(nnx.BatchNorm):
     """BatchNorm; `momentum` uses Flax's convention (PyTorch's 0.1 is 0.9 here).
 
-    The batch variance is the mean squared deviation from the batch mean (two passes), not flax's
-    default E[x^2] - E[x]^2, which cancels catastrophically in float32 where |mean| >> std (6% off at
-    mean/std = 1000; two passes: 5e-5). In training on a CPU its gradient is one oneDNN call where
-    that applies (cnncli.kernels); the forward pass is flax's arithmetic either way: batch
-    statistics, biased variance, running averages moved by `momentum`."""
-
-    def __init__(self, *args: Any, use_fast_variance: bool = False, **kwargs: Any):
-        super().__init__(*args, use_fast_variance=use_fast_variance, **kwargs)
+    In training on a CPU its gradient is one oneDNN call where that applies (cnncli.kernels); the
+    forward pass is flax's arithmetic either way: batch statistics, biased variance, running
+    averages moved by `momentum`."""
 
     def __call__(self, x: jax.Array) -> jax.Array:
         if self.use_running_average is False and onednn_norm_applies(x, self):
