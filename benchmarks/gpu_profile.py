@@ -79,8 +79,8 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=Path("profile-out"))
     ap.add_argument("--no-trace", action="store_true", help="time only: the bench's figures without the profiler")
     ap.add_argument("--fast-variance", action="store_true",
-                    help="BatchNorm's batch variance as E[x^2]-E[x]^2 in one pass (flax's fast variance), to time "
-                         "what cnn's two-pass default costs")
+                    help="BatchNorm's batch variance forced to E[x^2]-E[x]^2 in one pass (flax's fast variance, cnn's "
+                         "default again), to time it against a two-pass variant")
     a = ap.parse_args()
 
     import jax
