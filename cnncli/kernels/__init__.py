@@ -6,8 +6,8 @@ while tracing); when they apply is onednn.py's call. Every
 kernel here has a pure-XLA fallback and is tested against it.
 """
 
-from cnncli.kernels.batchnorm import batch_norm_train
+from cnncli.kernels.batchnorm import batch_norm_train, batch_stats
 from cnncli.kernels.conv import conv_general_dilated
 from cnncli.kernels.onednn import kernels_in_use, load_onednn, onednn_status, xla_kernels
 
-__all__ = ["batch_norm_train", "conv_general_dilated", "kernels_in_use", "load_onednn", "onednn_status", "xla_kernels"]
+__all__ = ["batch_norm_train", "batch_stats", "conv_general_dilated", "kernels_in_use", "load_onednn", "onednn_status", "xla_kernels"]
