@@ -31,7 +31,7 @@ def bench_json(*args) -> dict:
 
 @pytest.mark.slow
 def test_bench_tiny_model_gives_a_wellformed_report():
-    from cnncli.summary.report import summarize_model
+    from cnncli.summary.report import SummaryOptions, summarize_model
 
     r = bench_json("resnet20", "--batch-size", 8, "--input-size", 16)
     assert all(k in r for k in KEYS)
@@ -47,7 +47,7 @@ def test_bench_tiny_model_gives_a_wellformed_report():
     assert r["images_per_second"] == pytest.approx(8 / (r["step_time_ms"] / 1e3))
     assert r["achieved_flops_per_second"] == pytest.approx(r["model_flops_per_step"] / (r["step_time_ms"] / 1e3))
     # Model FLOPs: three forward passes, 2 FLOPs per multiply-accumulate (the summary counts them layer by layer).
-    forward = 2 * summarize_model("resnet20", input_size=16)["total_macs"] * 8
+    forward = 2 * summarize_model("resnet20", SummaryOptions(input_size=16)).total_macs * 8
     assert r["model_flops_per_step"] == pytest.approx(3 * forward)
     if r["device"]["platform"] == "cpu":
         assert r["mfu"] is None  # no known peak for a CPU
