@@ -86,9 +86,10 @@ def main() -> int:
     import jax
 
     from cnncli import bench
+    from cnncli.bench import timing
 
     a.out.mkdir(parents=True, exist_ok=True)
-    timed = bench._time_windows
+    timed = timing.time_windows
 
     def traced(run_one, sync, warmup, steps, windows, progress, label):
         if label != "train":
@@ -104,7 +105,7 @@ def main() -> int:
             jax.profiler.stop_trace()
 
     if not a.no_trace:
-        bench._time_windows = traced
+        timing.time_windows = traced
     if a.fast_variance:
         from cnncli.models import layers
 

@@ -31,7 +31,7 @@ def bench_json(*args) -> dict:
 
 @pytest.mark.slow
 def test_bench_tiny_model_gives_a_wellformed_report():
-    from cnncli.summary.report import summarize_model
+    from cnncli.summary.report import SummaryOptions, summarize_model
 
     r = bench_json("resnet20", "--batch-size", 8, "--input-size", 16)
     assert all(k in r for k in KEYS)
@@ -47,7 +47,7 @@ def test_bench_tiny_model_gives_a_wellformed_report():
     assert r["images_per_second"] == pytest.approx(8 / (r["step_time_ms"] / 1e3))
     assert r["achieved_flops_per_second"] == pytest.approx(r["model_flops_per_step"] / (r["step_time_ms"] / 1e3))
     # Model FLOPs: three forward passes, 2 FLOPs per multiply-accumulate (the summary counts them layer by layer).
-    forward = 2 * summarize_model("resnet20", input_size=16)["total_macs"] * 8
+    forward = 2 * summarize_model("resnet20", SummaryOptions(input_size=16)).total_macs * 8
     assert r["model_flops_per_step"] == pytest.approx(3 * forward)
     if r["device"]["platform"] == "cpu":
         assert r["mfu"] is None  # no known peak for a CPU
@@ -171,3 +171,45 @@ def test_reference_resnet20_matches_cnn_loss_over_three_sgd_steps():
         with jax.default_matmul_precision("highest"):  # no TF32 on a GPU: float32 on both sides
             state, metrics = step(state, images, labels)
         assert float(torch_step(x, y)) == pytest.approx(float(metrics["loss"]), rel=1e-4, abs=1e-5)
+
+
+def test_report_figures_from_the_measurements():
+    """The report's derived figures, from made-up measurements on a chip with a known peak (the MFU branch
+    no CPU run reaches): medians over the windows, FLOPs times the devices, MFU against 2 x the H200's peak."""
+    import dataclasses
+
+    from cnncli.bench import BenchRequest
+    from cnncli.bench.report import Measured, bench_report
+    from cnncli.bench.workload import Workload
+    from cnncli.config import config_from_dict
+
+    cfg = config_from_dict({"model": {"name": "resnet20"}, "train": {"batch_size": 64}}, "test", [])
+    work = Workload((32, 32, 3), 10, [0.5] * 3, [0.25] * 3)
+    device = {"platform": "gpu", "kind": "NVIDIA H200", "count": 2}
+    m = Measured(step_times=[0.030, 0.010, 0.020], eval_times=[0.004, 0.008], compile_s=12.0, eval_compile_s=3.0,
+                 flops_per_device=1e12, model_flops=9e11, final_loss=2.5, kernels="XLA")
+    r = bench_report(BenchRequest("resnet20", steps=3), cfg, work, device, m)
+    assert r["step_time_ms"] == pytest.approx(20.0) and r["step_time_ms_spread"] == pytest.approx(20.0)
+    assert r["step_time_ms_windows"] == pytest.approx([30.0, 10.0, 20.0]) and r["windows"] == 3
+    assert r["images_per_second"] == pytest.approx(64 / 0.020)
+    assert r["eval_step_time_ms"] == pytest.approx(6.0) and r["eval_images_per_second"] == pytest.approx(64 / 0.006)
+    assert r["flops_per_step"] == 2e12 and r["xla_flops_per_second"] == pytest.approx(2e12 / 0.020)
+    assert r["achieved_flops_per_second"] == pytest.approx(9e11 / 0.020)
+    assert r["peak_flops_per_second"] == 2 * 989.4e12
+    assert r["mfu"] == pytest.approx(9e11 / 0.020 / (2 * 989.4e12))
+    assert (r["batch_size"], r["input_size"], r["channels"], r["final_loss"]) == (64, 32, 3, 2.5)
+    cpu = bench_report(BenchRequest("resnet20"), cfg, work, {**device, "platform": "cpu"},
+                       dataclasses.replace(m, flops_per_device=None))
+    assert (cpu["mfu"], cpu["peak_flops_per_second"], cpu["flops_per_step"], cpu["xla_flops_per_second"]) == (
+        None, None, None, None)
+
+
+def test_time_windows_splits_the_steps_and_syncs_each_window():
+    from cnncli.bench.timing import time_windows
+
+    calls, syncs, said = [], [], []
+    times = time_windows(lambda: calls.append(1) or len(calls), syncs.append, warmup=2, steps=7, windows=3,
+                         progress=said.append, label="train")
+    assert len(calls) == 2 + 7 and len(times) == 3 and all(t >= 0 for t in times)
+    assert syncs == [2, 2 + 3, 2 + 3 + 2, 2 + 3 + 2 + 2]  # after the warm-up, then after windows of 3, 2, 2 steps
+    assert [s.split(",")[0] for s in said] == ["train: window 1/3", "train: window 2/3", "train: window 3/3"]

@@ -34,9 +34,9 @@ def test_the_four_configs_share_one_recipe():
 @pytest.mark.parametrize("name,convs,adds", [("plain20", 19, 0), ("plain56", 55, 0), ("resnet20", 19, 9),
                                              ("resnet56", 55, 27)])
 def test_plain_twins_have_the_same_layers_without_shortcuts(name, convs, adds):
-    from cnncli.summary import summarize_model
+    from cnncli.summary import SummaryOptions, summarize_model
 
-    layers = summarize_model(name, input_size=16, in_channels=1, advice=False)["layers"]
+    layers = summarize_model(name, SummaryOptions(input_size=16, in_channels=1, advice=False)).layers
     assert sum(r["type"] == "conv" for r in layers) == convs
     assert sum(r["type"] == "add" for r in layers) == adds
 

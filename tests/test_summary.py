@@ -1,6 +1,7 @@
 """`cnn summarize`: the lecture's tables, totals, training memory and XLA's cross-check."""
 
 import csv
+import dataclasses
 import io
 import json
 import math
@@ -14,7 +15,8 @@ from typer.testing import CliRunner
 
 from cnncli.cli import app
 from cnncli.models import create_model
-from cnncli.summary import MemoryModel, SummaryError, group_blocks, parse_memory, summarize_model, walk_layers
+from cnncli.summary import (MemoryModel, SummaryError, SummaryOptions, group_blocks, parse_memory, summarize_model,
+                            walk_layers)
 from cnncli.summary.render import display_rows, to_csv, to_markdown
 from cnncli.summary.target import resolve_target, summarize_targets
 
@@ -36,7 +38,7 @@ VGG16_FC_WEIGHTS = [102_760_448, 16_777_216, 4_096_000]
 
 @pytest.fixture(scope="module")
 def vgg16():
-    return summarize_model("vgg16")
+    return summarize_model("vgg16").as_dict()
 
 
 def counted(layers):
@@ -77,7 +79,7 @@ def test_vgg16_totals_are_the_real_sums(vgg16):
 
 
 def test_alexnet_table():
-    s = summarize_model("alexnet", advice=False)
+    s = summarize_model("alexnet", SummaryOptions(advice=False)).as_dict()
     lecture = [("conv", [55, 55, 96], 11, 4, 0), ("pool", [27, 27, 96], 3, 2, 0),
                ("conv", [27, 27, 256], 5, 1, 2), ("pool", [13, 13, 256], 3, 2, 0),
                ("conv", [13, 13, 384], 3, 1, 1), ("conv", [13, 13, 384], 3, 1, 1),
@@ -107,12 +109,13 @@ def test_macs_match_reference_counts(name, macs):
     assert all(r.macs == 0 for r in rows if r.type not in ("conv", "fc"))
 
 
-@pytest.mark.parametrize("name,options", [
-    ("resnet20", {}), ("resnet18", {"width": 0.25, "input_size": 64}), ("vgg16_bn", {"width": 0.25, "input_size": 40}),
-    ("plain20", {"width": 0.5}), ("resnet50", {"width": 0.25, "input_size": 64}), ("alexnet", {"lrn": True}),
+@pytest.mark.parametrize("name,input_size,model_options", [
+    ("resnet20", None, {}), ("resnet18", 64, {"width": 0.25}), ("vgg16_bn", 40, {"width": 0.25}),
+    ("plain20", None, {"width": 0.5}), ("resnet50", 64, {"width": 0.25}), ("alexnet", None, {"lrn": True}),
 ])
-def test_totals_equal_the_sum_of_the_rows(name, options):
-    s = summarize_model(name, advice=False, **options)
+def test_totals_equal_the_sum_of_the_rows(name, input_size, model_options):
+    opts = SummaryOptions(input_size=input_size, model_options=model_options, advice=False)
+    s = summarize_model(name, opts).as_dict()
     layers = s["layers"]
     assert s["trainable_params"] == sum(r["params"] for r in layers)
     assert s["non_trainable_params"] == sum(r["non_trainable"] for r in layers)
@@ -142,15 +145,17 @@ def test_totals_equal_the_sum_of_the_rows(name, options):
 
 
 def test_adaptive_pool_counts_when_it_resizes():
-    at_224 = summarize_model("vgg11", width=0.25, advice=False)
-    at_256 = summarize_model("vgg11", width=0.25, input_size=256, advice=False)
+    at_224 = summarize_model("vgg11", SummaryOptions(model_options={"width": 0.25}, advice=False)).as_dict()
+    at_256 = summarize_model("vgg11", SummaryOptions(input_size=256, model_options={"width": 0.25},
+                                                     advice=False)).as_dict()
     pool = {s["input_shape"][0]: next(r for r in s["layers"] if r["name"] == "avgpool") for s in (at_224, at_256)}
     assert pool[224]["activations"] == 0  # 7x7 in, 7x7 out: the input itself
     assert pool[256]["activations"] == 7 * 7 * 128  # 8x8 averaged to 7x7: a new tensor
 
 
 def test_resnet_blocks_group_stages():
-    s = summarize_model("resnet18", width=0.25, input_size=64, advice=False)
+    opts = SummaryOptions(input_size=64, model_options={"width": 0.25}, advice=False)
+    s = summarize_model("resnet18", opts).as_dict()
     blocks = [g for g in group_blocks(s["layers"]) if g["type"] == "block"]
     assert [b["name"] for b in blocks] == [f"layer{i}.{j}" for i in range(1, 5) for j in range(2)]
     first_down = blocks[2]  # layer2.0: 3x3/2 then 3x3, a 1x1/2 projection shortcut
@@ -187,31 +192,34 @@ def test_optimizer_state_matches_optax(optimizer, name):
     opt_state = jax.eval_shape(tx.init, params)
     # per-parameter state (step counters are scalars)
     state_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(opt_state) if x.ndim > 0)
-    s = summarize_model("resnet20", width=0.25, optimizer=optimizer, advice=False)
-    assert s["memory"]["optimizer_bytes"] == state_bytes
+    s = summarize_model("resnet20", SummaryOptions(model_options={"width": 0.25}, optimizer=optimizer, advice=False))
+    assert s.memory["optimizer_bytes"] == state_bytes
     assert _optimizer_config(optimizer).name == name
 
 
 @pytest.mark.parametrize("name,budget,options", [
-    ("vgg16", "80GB", {}), ("resnet50", "80GiB", {"dtype": "bfloat16", "optimizer": "adam"}),
-    ("alexnet", "16GB", {"optimizer": "sgd"}), ("resnet20", "81920MB", {}), ("resnet20", "12345678", {}),
+    ("vgg16", "80GB", SummaryOptions()),
+    ("resnet50", "80GiB", SummaryOptions(model_options={"dtype": "bfloat16"}, optimizer="adam")),
+    ("alexnet", "16GB", SummaryOptions(optimizer="sgd")), ("resnet20", "81920MB", SummaryOptions()),
+    ("resnet20", "12345678", SummaryOptions()),
 ])
 def test_largest_batch_fits_and_one_more_does_not(name, budget, options):
     budget_bytes = parse_memory(budget)
-    s = summarize_model(name, memory_budget=budget_bytes, batch_size=None, advice=False, **options)
-    answer = s["memory"]["largest_batch"]
-    assert answer >= 1 and s["memory"]["batch_size"] == answer
-    assert s["memory"]["total_bytes"] <= budget_bytes and s["memory"]["fits"] is True
-    one_more = summarize_model(name, batch_size=answer + 1, advice=False, **options)
-    assert one_more["memory"]["total_bytes"] > budget_bytes
-    assert "activations" in s["memory"]["limited_by"]
+    options = dataclasses.replace(options, advice=False)
+    s = summarize_model(name, dataclasses.replace(options, memory_budget=budget_bytes, batch_size=None))
+    answer = s.memory["largest_batch"]
+    assert answer >= 1 and s.memory["batch_size"] == answer
+    assert s.memory["total_bytes"] <= budget_bytes and s.memory["fits"] is True
+    one_more = summarize_model(name, dataclasses.replace(options, batch_size=answer + 1))
+    assert one_more.memory["total_bytes"] > budget_bytes
+    assert "activations" in s.memory["limited_by"]
 
 
 def test_budget_below_the_parameters_gives_zero():
-    s = summarize_model("vgg16", memory_budget=10**9, batch_size=None, advice=False)
-    fixed = 3 * 4 * s["trainable_params"]
-    assert fixed > 10**9 and s["memory"]["largest_batch"] == 0 and s["memory"]["batch_size"] == 1
-    assert "parameters" in s["memory"]["limited_by"] and s["memory"]["fits"] is False
+    s = summarize_model("vgg16", SummaryOptions(memory_budget=10**9, batch_size=None, advice=False))
+    fixed = 3 * 4 * s.trainable_params
+    assert fixed > 10**9 and s.memory["largest_batch"] == 0 and s.memory["batch_size"] == 1
+    assert "parameters" in s.memory["limited_by"] and s.memory["fits"] is False
 
 
 def test_advice_ranked_by_bytes_saved(vgg16):
@@ -225,8 +233,8 @@ def test_advice_ranked_by_bytes_saved(vgg16):
     bf16 = next(a for a in advice if "bfloat16" in a["action"])
     assert bf16["saves_bytes"] == vgg16["activations_bytes_per_image"]  # batch 1: half of the x2 bytes
     half_input = next(a for a in advice if a["action"].startswith("halve the input"))
-    at_112 = summarize_model("vgg16", input_size=112, advice=False)
-    assert half_input["saves_bytes"] == 8 * (vgg16["activations_per_image"] - at_112["activations_per_image"])
+    at_112 = summarize_model("vgg16", SummaryOptions(input_size=112, advice=False))
+    assert half_input["saves_bytes"] == 8 * (vgg16["activations_per_image"] - at_112.activations_per_image)
 
 
 @pytest.mark.parametrize("text,expected", [
@@ -244,7 +252,8 @@ def test_parse_memory_rejects(text):
 
 
 def test_xla_cross_check_on_a_tiny_model():
-    s = summarize_model("resnet20", width=0.25, input_size=16, batch_size=4, compile=True, advice=False)
+    s = summarize_model("resnet20", SummaryOptions(input_size=16, model_options={"width": 0.25}, batch_size=4,
+                                                   compile=True, advice=False)).as_dict()
     x = s["xla"]
     assert x["backend"] == jax.default_backend()
     # a training step is about three forward passes of 2 FLOPs per MAC
@@ -331,6 +340,44 @@ def test_json_contract():
     assert isinstance(s["xla"]["flops"], float) and s["xla"]["temp_bytes"] > 0
 
 
+SUMMARY_KEYS = ["model", "input_shape", "num_classes", "total_params", "trainable_params", "non_trainable_params",
+                "param_dtype", "params_bytes", "total_macs", "total_flops", "input_activations",
+                "activations_per_image", "activations_bytes_per_image", "activations_bytes_per_image_with_backward",
+                "fc_params", "fc_param_share", "receptive_field", "layers", "memory", "advice", "xla"]
+
+
+def test_summary_is_a_frozen_value_whose_dict_is_the_json_form():
+    opts = SummaryOptions(input_size=32, model_options={"dtype": "bfloat16"}, batch_size=8, optimizer="adam")
+    s = summarize_model("resnet20", opts)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        s.total_macs = 0
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        opts.batch_size = 16
+    d = s.as_dict()
+    assert list(d) == SUMMARY_KEYS
+    # the derived figures: float32 parameters (4 bytes), bfloat16 activations (2 bytes), 2 FLOPs per MAC
+    # ResNet-20 by hand: 3x3 convolutions without bias (a 3->16 stem; six 16->16; 16->32 and five 32->32;
+    # 32->64 and five 64->64), BatchNorm's scale and bias on their 688 channels (its running mean and
+    # variance the non-trainable 2 x 688), option-A shortcuts (no weights), a 64->10 dense layer
+    convs = 9 * (3 * 16 + 6 * 16 * 16 + 16 * 32 + 5 * 32 * 32 + 32 * 64 + 5 * 64 * 64)
+    trainable = convs + 2 * 688 + 64 * 10 + 10
+    assert (s.trainable_params, s.non_trainable_params) == (trainable, 2 * 688)
+    assert d["total_params"] == trainable + 2 * 688
+    assert d["params_bytes"] == 4 * d["total_params"] and d["total_flops"] == 2 * s.total_macs
+    assert d["activations_bytes_per_image"] == 2 * s.activations_per_image
+    assert d["activations_bytes_per_image_with_backward"] == 2 * 2 * s.activations_per_image
+    assert d["fc_params"] == 64 * 10 + 10 and d["fc_param_share"] == 650 / trainable
+    assert d["input_shape"] == [32, 32, 3] and (d["memory"]["batch_size"], d["xla"]) == (8, None)
+    # the dict is a copy: changing it leaves the summary as it was
+    d["layers"][0]["params"] = -1
+    d["memory"]["batch_size"] = -1
+    assert s.layers[0]["params"] > 0 and s.memory["batch_size"] == 8 and s.as_dict()["memory"]["batch_size"] == 8
+    res = runner.invoke(app, ["summarize", "resnet20", "--input-size", "32", "--dtype", "bfloat16", "--batch-size",
+                              "8", "--optimizer", "adam", "--no-compile", "--format", "json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout) == {"source": None, "notes": [], **s.as_dict()}
+
+
 def test_several_models_side_by_side():
     res = runner.invoke(app, ["summarize", "resnet20", "plain20", "--no-compile", "--format", "json"])
     assert res.exit_code == 0, res.output
@@ -413,7 +460,7 @@ def fields(s, types):
 
 
 def test_alexnet_receptive_fields_are_the_lectures():
-    s = summarize_model("alexnet", advice=False)
+    s = summarize_model("alexnet", SummaryOptions(advice=False)).as_dict()
     by_name = {r["name"]: r["receptive_field"] for r in s["layers"]}
     assert (by_name["conv1"], by_name["pool1"], by_name["conv2"]) == (11, 19, 51)  # the lecture's figures
     path = [(11, 4), (3, 2), (5, 1), (3, 2), (3, 1), (3, 1), (3, 1), (3, 2)]
@@ -422,7 +469,7 @@ def test_alexnet_receptive_fields_are_the_lectures():
 
 
 def test_vgg16_receptive_fields():
-    s = summarize_model("vgg16", advice=False)
+    s = summarize_model("vgg16", SummaryOptions(advice=False)).as_dict()
     cfg = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]
     path = [(2, 2) if v == "M" else (3, 1) for v in cfg]
     got = [(r["receptive_field"], r["effective_stride"]) for r in s["layers"] if r["name"].startswith("features.")]
@@ -440,7 +487,7 @@ def test_vgg16_receptive_fields():
     ("plain20", [(3, 1)], [3, 3, 3], basic, 81),
 ])
 def test_resnet_receptive_fields_follow_the_deepest_path(name, stem, blocks, block, final):
-    s = summarize_model(name, advice=False, width=0.25)
+    s = summarize_model(name, SummaryOptions(model_options={"width": 0.25}, advice=False)).as_dict()
     path, ends = resnet_path(stem, blocks, block)
     hand = closed_form(path)
     main = [(r["receptive_field"], r["effective_stride"]) for r in s["layers"]
@@ -453,7 +500,8 @@ def test_resnet_receptive_fields_follow_the_deepest_path(name, stem, blocks, blo
 
 
 def test_shortcut_projection_starts_from_the_block_input():
-    layers = {r["name"]: r for r in summarize_model("resnet18", advice=False, width=0.25)["layers"]}
+    s = summarize_model("resnet18", SummaryOptions(model_options={"width": 0.25}, advice=False))
+    layers = {r["name"]: r for r in s.layers}
     entry = layers["layer1.1"]  # layer2.0's input
     proj = layers["layer2.0.downsample"]
     assert (proj["receptive_field"], proj["effective_stride"]) == (entry["receptive_field"],

@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cnncli.cli import app
-from cnncli.summary import summarize_model
+from cnncli.summary import SummaryOptions, summarize_model
 
 runner = CliRunner()
 
@@ -20,23 +20,24 @@ import json, jax
 from cnncli.config import OptimizerConfig, ScheduleConfig
 from cnncli.distributed import bytes_per_device, make_mesh, state_shardings
 from cnncli.models import create_model
-from cnncli.summary import summarize_model
+from cnncli.summary import SummaryOptions, summarize_model
 from cnncli.train.optim import build_optimizer, build_schedule
 from cnncli.train.state import init_train_state, split_model
 
 assert jax.device_count() == 4
-one = summarize_model("resnet18", input_size=32, num_classes=10, batch_size=4, compile=True, advice=False)
-out = {"one_device_flops": one["xla"]["flops"]}
+one = summarize_model("resnet18", SummaryOptions(input_size=32, num_classes=10, batch_size=4, compile=True,
+                                                 advice=False))
+out = {"one_device_flops": one.xla["flops"]}
 for shard in (False, True):
-    s = summarize_model("resnet18", input_size=32, num_classes=10, batch_size=16, devices=4, shard_params=shard,
-                        compile=True, advice=False)
+    s = summarize_model("resnet18", SummaryOptions(input_size=32, num_classes=10, batch_size=16, devices=4,
+                                                   shard_params=shard, compile=True, advice=False))
     model = create_model("resnet18", num_classes=10, input_shape=(32, 32, 3))
     parts, params, stats = split_model(model)
     sched = build_schedule(ScheduleConfig(), 0.1, 1, 1)
     tx = build_optimizer(OptimizerConfig(name="sgd", momentum=0.9), sched)
     state = init_train_state(params, stats, tx, ema=False)
     placed = jax.device_put(state, state_shardings(make_mesh(), state, shard=shard))
-    out[str(shard)] = {"memory": s["memory"], "xla": s["xla"],
+    out[str(shard)] = {"memory": s.memory, "xla": s.xla,
                        "params": bytes_per_device({"p": placed.params, "b": placed.batch_stats}),
                        "opt": bytes_per_device(placed.opt_state)}
 print(json.dumps(out))
@@ -92,9 +93,8 @@ def test_xla_compiles_the_sharded_step_per_device(four_devices, shard):
 
 @pytest.mark.slow
 def test_devices_split_the_batch_not_the_replicated_state():
-    one = summarize_model("vgg11", input_size=32, num_classes=10, batch_size=64, compile=False)["memory"]
-    eight = summarize_model("vgg11", input_size=32, num_classes=10, batch_size=64, devices=8,
-                            compile=False)["memory"]
+    one = summarize_model("vgg11", SummaryOptions(input_size=32, num_classes=10, batch_size=64)).memory
+    eight = summarize_model("vgg11", SummaryOptions(input_size=32, num_classes=10, batch_size=64, devices=8)).memory
     assert eight["params_bytes"] == one["params_bytes"] and eight["optimizer_bytes"] == one["optimizer_bytes"]
     assert eight["activations_bytes"] * 8 == one["activations_bytes"]
     assert eight["batch_per_device"] == 8
@@ -102,9 +102,9 @@ def test_devices_split_the_batch_not_the_replicated_state():
 
 def test_largest_batch_is_a_multiple_of_the_devices_that_fits_each():
     budget = 2 * 10**9
-    s = summarize_model("vgg11", input_size=64, num_classes=10, batch_size=None, memory_budget=budget, devices=8,
-                        shard_params=True, compile=False)
-    mem = s["memory"]
+    s = summarize_model("vgg11", SummaryOptions(input_size=64, num_classes=10, batch_size=None, memory_budget=budget,
+                                                devices=8, shard_params=True))
+    mem = s.memory
     largest = mem["largest_batch"]
     assert largest > 0 and largest % 8 == 0 and mem["batch_size"] == largest
     per_image = mem["activations_bytes_per_image"]
@@ -146,8 +146,8 @@ def test_config_shard_params_is_taken_unless_overridden(tmp_path):
 
 
 def test_a_budget_nothing_fits_is_reported_per_device_not_refused():
-    s = summarize_model("vgg11", input_size=32, num_classes=10, batch_size=None, memory_budget=10**6, devices=8,
-                        compile=False)
-    mem = s["memory"]
+    s = summarize_model("vgg11", SummaryOptions(input_size=32, num_classes=10, batch_size=None, memory_budget=10**6,
+                                                devices=8))
+    mem = s.memory
     assert (mem["largest_batch"], mem["batch_size"], mem["fits"]) == (0, 8, False)
     assert mem["limited_by"].startswith("parameters, gradients and optimizer state alone take")

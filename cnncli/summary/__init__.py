@@ -5,8 +5,8 @@ load inside the functions that need them.
 """
 
 from cnncli.summary.memory import MemoryModel, SummaryError, parse_memory
-from cnncli.summary.report import summarize_model
+from cnncli.summary.report import ModelSummary, SummaryOptions, summarize_model
 from cnncli.summary.walk import LayerRow, group_blocks, walk_layers
 
-__all__ = ["LayerRow", "MemoryModel", "SummaryError", "group_blocks", "parse_memory", "summarize_model",
-           "walk_layers"]
+__all__ = ["LayerRow", "MemoryModel", "ModelSummary", "SummaryError", "SummaryOptions", "group_blocks", "parse_memory",
+           "summarize_model", "walk_layers"]

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from cnncli.summary.memory import DTYPE_BYTES, OPTIMIZER_STATE_COPIES, MemoryModel, SummaryError, rank_advice
@@ -90,126 +92,203 @@ def _half_input(name: str, input_shape: tuple[int, int, int], num_classes: int, 
     return side, side * side * c + sum(r.activations for r in walk_layers(model, (side, side, c)))
 
 
-def summarize_model(name: str, *, input_size: int | None = None, in_channels: int | None = None,
-                    num_classes: int | None = None, batch_size: int = 1, optimizer: str = "sgd_momentum",
-                    memory_budget: int | None = None, compile: bool = False, optimizer_config: Any = None,
-                    augment: Any = None, advice: bool = True, devices: int = 1, shard_params: bool = False,
-                    **options: Any) -> dict[str, Any]:
-    """The summary of a registered model as a JSON-ready dict.
+@dataclasses.dataclass(frozen=True)
+class SummaryOptions:
+    """What to summarize a registered model for: its shape, the training step it is sized for, the extra work.
 
-    Args:
-      name: a registered model name.
-      input_size / in_channels / num_classes: override the family's defaults.
-      batch_size: the batch the training memory (and XLA's compilation) is for; with
-        `memory_budget` and batch_size None, the largest batch that fits is used.
-      optimizer: a key of OPTIMIZER_STATE_COPIES (sgd, sgd_momentum, adam, ...).
-      memory_budget: bytes; adds the largest batch that fits and what limits it.
-      compile: lower and compile the real training step and report XLA's figures.
-      optimizer_config: the OptimizerConfig to compile with (default: built from `optimizer`).
-      augment: the AugmentConfig to compile with (default: none).
-      advice: rank the lecture's memory advice for this model.
-      devices: data-parallel devices the global `batch_size` is split over; the memory figures
-        are one device's.
-      shard_params: parameters, gradients and optimizer state split over the devices
-        (`train.shard_params`) instead of a full copy on each.
-      **options: model options (width, dtype, dropout, ...), as create_model takes them.
+    input_size / in_channels / num_classes override the family's defaults; `model_options` are
+    create_model's options (width, dtype, dropout, ...). `batch_size` is the global batch the
+    training memory (and XLA's compilation) is for; None with a `memory_budget` (bytes) takes the
+    largest batch that fits, None without one a batch of one per device. `optimizer` is a key of
+    OPTIMIZER_STATE_COPIES; `optimizer_config` and `augment` the OptimizerConfig and AugmentConfig to
+    compile with (default: built from `optimizer`, no augmentation). `devices` data-parallel devices
+    split the global batch, the memory figures being one device's; `shard_params` splits parameters,
+    gradients and optimizer state over them (`train.shard_params`) instead of a full copy on each.
+    `compile` lowers and compiles the real training step for XLA's figures; `advice` ranks the
+    lecture's memory advice for this model.
     """
-    from cnncli.models import create_model, get_spec
 
-    spec = get_spec(name)
-    if optimizer not in OPTIMIZER_STATE_COPIES:
-        raise SummaryError(f"unknown optimizer {optimizer!r}; expected one of {', '.join(OPTIMIZER_STATE_COPIES)}")
-    dtype = options.get("dtype") or "float32"
+    input_size: int | None = None
+    in_channels: int | None = None
+    num_classes: int | None = None
+    model_options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    batch_size: int | None = 1
+    optimizer: str = "sgd_momentum"
+    optimizer_config: Any = None
+    augment: Any = None
+    devices: int = 1
+    shard_params: bool = False
+    memory_budget: int | None = None
+    compile: bool = False
+    advice: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSummary:
+    """One model's summary; `as_dict()` is its JSON form (`cnn summarize --format json`).
+
+    `layers` are the walked rows' dicts (cnncli.summary.walk.LayerRow.to_dict), `memory` the
+    MemoryModel's breakdown with the budget's answer, `advice` the ranked Advice dicts and `xla`
+    compile_train_step's figures with the analytic comparison (None without `compile`).
+    """
+
+    model: str
+    input_shape: tuple[int, int, int]
+    num_classes: int
+    trainable_params: int
+    non_trainable_params: int
+    param_dtype: str
+    compute_dtype: str
+    total_macs: int
+    input_activations: int
+    activations_per_image: int  # elements, the input's included
+    activations_bytes_per_image_with_backward: int
+    fc_params: int
+    receptive_field: dict[str, Any] | None
+    layers: tuple[dict[str, Any], ...]
+    memory: dict[str, Any]
+    advice: tuple[dict[str, Any], ...] = ()
+    xla: dict[str, Any] | None = None
+
+    @property
+    def total_params(self) -> int:
+        return self.trainable_params + self.non_trainable_params
+
+    @property
+    def total_flops(self) -> int:
+        return 2 * self.total_macs
+
+    def as_dict(self) -> dict[str, Any]:
+        """The JSON-ready dict (a deep copy): these keys, in this order."""
+        return copy.deepcopy({
+            "model": self.model,
+            "input_shape": list(self.input_shape),
+            "num_classes": self.num_classes,
+            "total_params": self.total_params,
+            "trainable_params": self.trainable_params,
+            "non_trainable_params": self.non_trainable_params,
+            "param_dtype": self.param_dtype,
+            "params_bytes": self.total_params * DTYPE_BYTES[self.param_dtype],
+            "total_macs": self.total_macs,
+            "total_flops": self.total_flops,
+            "input_activations": self.input_activations,
+            "activations_per_image": self.activations_per_image,
+            "activations_bytes_per_image": self.activations_per_image * DTYPE_BYTES[self.compute_dtype],
+            "activations_bytes_per_image_with_backward": self.activations_bytes_per_image_with_backward,
+            "fc_params": self.fc_params,
+            "fc_param_share": self.fc_params / self.trainable_params if self.trainable_params else 0.0,
+            "receptive_field": self.receptive_field,
+            "layers": list(self.layers),
+            "memory": self.memory,
+            "advice": list(self.advice),
+            "xla": self.xla,
+        })
+
+
+def _checked_dtype(opts: SummaryOptions) -> str:
+    """The compute dtype, once the optimizer and dtype are known ones."""
+    if opts.optimizer not in OPTIMIZER_STATE_COPIES:
+        raise SummaryError(f"unknown optimizer {opts.optimizer!r}; expected one of {', '.join(OPTIMIZER_STATE_COPIES)}")
+    dtype = opts.model_options.get("dtype") or "float32"
     if dtype not in DTYPE_BYTES:
         raise SummaryError(f"dtype must be one of {', '.join(DTYPE_BYTES)}, got {dtype!r}")
-    h = input_size or spec.default_input[0]
-    c = in_channels or spec.default_input[2]
-    model = create_model(name, num_classes=num_classes, input_shape=(h, h, c), abstract=True, **options)
-    rows = walk_layers(model, model.input_shape)
-    layers = [r.to_dict() for r in rows]
-    trainable = sum(r.params for r in rows)
-    non_trainable = sum(r.non_trainable for r in rows)
-    input_activations = h * h * c
-    activations = input_activations + sum(r.activations for r in rows)
-    total_macs = sum(r.macs for r in rows)
-    if devices < 1:
-        raise SummaryError(f"--devices must be a positive integer, got {devices}")
-    if devices == 1:
-        shard_params = False  # one device holds everything either way
+    return dtype
+
+
+def _memory_model(model: Any, activations: int, dtype: str, opts: SummaryOptions) -> MemoryModel:
+    """One device's training-memory formula for `model` (shard_params means nothing on one device)."""
     from flax import nnx
 
-    from cnncli.distributed import elements_per_device
+    if opts.devices < 1:
+        raise SummaryError(f"--devices must be a positive integer, got {opts.devices}")
+    shard = opts.shard_params and opts.devices > 1
+    return MemoryModel(_elements_per_device(model, nnx.Param, opts.devices, shard),
+                       _elements_per_device(model, nnx.BatchStat, opts.devices, shard), activations, opts.optimizer,
+                       compute_dtype=dtype, devices=opts.devices, sharded=shard)
 
-    mem = MemoryModel(_elements_per_device(model, nnx.Param, devices, shard_params),
-                      _elements_per_device(model, nnx.BatchStat, devices, shard_params), activations, optimizer,
-                      compute_dtype=dtype, devices=devices, sharded=shard_params)
 
-    largest = mem.largest_batch(memory_budget) if memory_budget is not None else None
-    if batch_size is None:
-        batch_size = max(devices, largest) if largest is not None else devices
-    if batch_size < 1:
-        raise SummaryError(f"--batch-size must be a positive integer, got {batch_size}")
-    if batch_size % devices:
-        raise SummaryError(f"the batch ({batch_size}) must be divisible by the number of devices ({devices}): "
+def _batch_and_memory(mem: MemoryModel, opts: SummaryOptions) -> tuple[int, dict[str, Any]]:
+    """(the global batch, the JSON `memory` block): the breakdown at that batch and the budget's answer."""
+    budget, devices = opts.memory_budget, opts.devices
+    largest = mem.largest_batch(budget) if budget is not None else None
+    batch = opts.batch_size
+    if batch is None:
+        batch = max(devices, largest) if largest is not None else devices
+    if batch < 1:
+        raise SummaryError(f"--batch-size must be a positive integer, got {batch}")
+    if batch % devices:
+        raise SummaryError(f"the batch ({batch}) must be divisible by the number of devices ({devices}): "
                            "it is the global batch, split evenly over them")
-    memory = mem.breakdown(batch_size)
-    memory.update(budget_bytes=memory_budget, largest_batch=largest, limited_by=None,
-                  fits=memory["total_bytes"] <= memory_budget if memory_budget is not None else None)
-    if memory_budget is not None:
+    memory = mem.breakdown(batch)
+    memory.update(budget_bytes=budget, largest_batch=largest, limited_by=None,
+                  fits=memory["total_bytes"] <= budget if budget is not None else None)
+    if budget is not None:
         at = max(largest, devices)
         act = at // devices * mem.bytes_per_image()
         if largest == 0:
             memory["limited_by"] = (f"parameters, gradients and optimizer state alone take {mem.fixed_bytes():,} "
-                                    f"bytes, more than the {memory_budget:,} available")
+                                    f"bytes, more than the {budget:,} available")
         else:
             memory["limited_by"] = (f"activations: {act / mem.total(at):.0%} of the memory at batch {at} "
                                     f"({mem.bytes_per_image():,} bytes per image)")
+    return batch, memory
 
-    fc_params, _ = _fc_figures(layers, model.num_classes)
-    ranked = []
-    if advice:
-        half = _half_input(name, model.input_shape, model.num_classes, options)
-        remat = _remat_activations(layers, input_activations) if "remat" in spec.options else None
-        fc_held, fc_replacement = _fc_figures(layers, model.num_classes,
-                                              lambda shape: elements_per_device(shape, devices, shard_params))
-        ranked = [a.to_dict() for a in rank_advice(
-            mem, batch_size, memory_budget, fc_params=fc_held, fc_replacement=fc_replacement,
-            half_input_activations=half[1] if half else None, half_input_size=half[0] if half else None,
-            remat_activations=remat)]
 
-    xla = None
-    if compile:
-        from cnncli.summary.xla import compile_train_step
+def _ranked_advice(name: str, model: Any, layers: list[dict[str, Any]], mem: MemoryModel, batch: int,
+                   opts: SummaryOptions) -> list[dict[str, Any]]:
+    """The lecture's memory advice for this model at this batch, ranked by bytes saved."""
+    from cnncli.distributed import elements_per_device
+    from cnncli.models import get_spec
 
-        xla = compile_train_step(model, batch_size=batch_size,
-                                 optimizer=optimizer_config or _optimizer_config(optimizer), augment=augment,
-                                 devices=devices, shard_params=shard_params)
-        analytic = TRAIN_STEP_FORWARDS * 2 * total_macs * (batch_size // devices)
-        xla["analytic_flops"] = analytic
-        xla["flops_ratio"] = xla["flops"] / analytic if xla["flops"] and analytic else None
-        xla["memory_ratio"] = xla["peak_bytes"] / memory["total_bytes"] if xla["peak_bytes"] else None
-        xla["devices"] = devices
+    h, w, c = model.input_shape
+    half = _half_input(name, model.input_shape, model.num_classes, dict(opts.model_options))
+    remat = _remat_activations(layers, h * w * c) if "remat" in get_spec(name).options else None
+    fc_held, fc_replacement = _fc_figures(layers, model.num_classes,
+                                          lambda shape: elements_per_device(shape, mem.devices, mem.sharded))
+    return [a.to_dict() for a in rank_advice(
+        mem, batch, opts.memory_budget, fc_params=fc_held, fc_replacement=fc_replacement,
+        half_input_activations=half[1] if half else None, half_input_size=half[0] if half else None,
+        remat_activations=remat)]
 
-    return {
-        "model": name,
-        "input_shape": list(model.input_shape),
-        "num_classes": model.num_classes,
-        "total_params": trainable + non_trainable,
-        "trainable_params": trainable,
-        "non_trainable_params": non_trainable,
-        "param_dtype": mem.param_dtype,
-        "params_bytes": (trainable + non_trainable) * mem.param_bytes,
-        "total_macs": total_macs,
-        "total_flops": 2 * total_macs,
-        "input_activations": input_activations,
-        "activations_per_image": activations,
-        "activations_bytes_per_image": activations * DTYPE_BYTES[dtype],
-        "activations_bytes_per_image_with_backward": mem.bytes_per_image(),
-        "fc_params": fc_params,
-        "fc_param_share": fc_params / trainable if trainable else 0.0,
-        "receptive_field": final_field(layers),
-        "layers": layers,
-        "memory": memory,
-        "advice": ranked,
-        "xla": xla,
-    }
+
+def _xla_figures(model: Any, mem: MemoryModel, batch: int, total_macs: int, total_bytes: int,
+                 opts: SummaryOptions) -> dict[str, Any]:
+    """XLA's figures for the compiled training step, beside the analytic FLOPs and memory."""
+    from cnncli.summary.xla import compile_train_step
+
+    xla = compile_train_step(model, batch_size=batch,
+                             optimizer=opts.optimizer_config or _optimizer_config(opts.optimizer),
+                             augment=opts.augment, devices=opts.devices, shard_params=mem.sharded)
+    analytic = TRAIN_STEP_FORWARDS * 2 * total_macs * (batch // opts.devices)
+    xla["analytic_flops"] = analytic
+    xla["flops_ratio"] = xla["flops"] / analytic if xla["flops"] and analytic else None
+    xla["memory_ratio"] = xla["peak_bytes"] / total_bytes if xla["peak_bytes"] else None
+    xla["devices"] = opts.devices
+    return xla
+
+
+def summarize_model(name: str, opts: SummaryOptions = SummaryOptions()) -> ModelSummary:
+    """The summary of the registered model `name`, as `opts` asks (see SummaryOptions)."""
+    from cnncli.models import create_model, get_spec
+
+    spec = get_spec(name)
+    dtype = _checked_dtype(opts)
+    h = opts.input_size or spec.default_input[0]
+    c = opts.in_channels or spec.default_input[2]
+    model = create_model(name, num_classes=opts.num_classes, input_shape=(h, h, c), abstract=True,
+                         **opts.model_options)
+    rows = walk_layers(model, model.input_shape)
+    layers = [r.to_dict() for r in rows]
+    trainable, total_macs = sum(r.params for r in rows), sum(r.macs for r in rows)
+    activations = h * h * c + sum(r.activations for r in rows)
+    mem = _memory_model(model, activations, dtype, opts)
+    batch, memory = _batch_and_memory(mem, opts)
+    return ModelSummary(
+        model=name, input_shape=tuple(model.input_shape), num_classes=model.num_classes,
+        trainable_params=trainable, non_trainable_params=sum(r.non_trainable for r in rows),
+        param_dtype=mem.param_dtype, compute_dtype=dtype, total_macs=total_macs, input_activations=h * h * c,
+        activations_per_image=activations, activations_bytes_per_image_with_backward=mem.bytes_per_image(),
+        fc_params=_fc_figures(layers, model.num_classes)[0], receptive_field=final_field(layers),
+        layers=tuple(layers), memory=memory,
+        advice=tuple(_ranked_advice(name, model, layers, mem, batch, opts)) if opts.advice else (),
+        xla=_xla_figures(model, mem, batch, total_macs, memory["total_bytes"], opts) if opts.compile else None)

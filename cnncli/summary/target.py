@@ -16,7 +16,7 @@ from cnncli.summary.memory import SummaryError
 
 @dataclasses.dataclass
 class Target:
-    """Everything summarize_model needs besides the command-line options."""
+    """Everything summarize_model needs besides the command-line options (cnncli.summary.report.SummaryOptions)."""
 
     model: str
     source: str | None = None  # the config file or run directory it came from
@@ -118,7 +118,7 @@ def summarize_targets(targets: list[str], *, input_size: int | None = None, in_c
     batch size anywhere, the largest batch that fits; otherwise 1 (per image), or one per device.
     `shard_params` None takes a config's train.shard_params.
     """
-    from cnncli.summary.report import summarize_model
+    from cnncli.summary.report import SummaryOptions, summarize_model
 
     resolved = [resolve_target(t) for t in targets]  # all names checked before any work
     out = []
@@ -126,17 +126,17 @@ def summarize_targets(targets: list[str], *, input_size: int | None = None, in_c
         options = dict(t.options)
         if dtype is not None:
             options["dtype"] = dtype
-        opt = optimizer or t.optimizer or "sgd_momentum"
-        batch = batch_size or t.batch_size or (None if memory_budget is not None else devices)
-        s = summarize_model(
-            t.model, input_size=input_size or t.input_size, in_channels=in_channels or t.in_channels,
-            num_classes=num_classes or t.num_classes, batch_size=batch, optimizer=opt, memory_budget=memory_budget,
-            compile=compile, optimizer_config=t.optimizer_config if optimizer is None else None,
-            augment=t.augment, devices=devices,
-            shard_params=t.shard_params if shard_params is None else shard_params, **options)
+        s = summarize_model(t.model, SummaryOptions(
+            input_size=input_size or t.input_size, in_channels=in_channels or t.in_channels,
+            num_classes=num_classes or t.num_classes, model_options=options,
+            batch_size=batch_size or t.batch_size or (None if memory_budget is not None else devices),
+            optimizer=optimizer or t.optimizer or "sgd_momentum",
+            optimizer_config=t.optimizer_config if optimizer is None else None, augment=t.augment,
+            devices=devices, shard_params=t.shard_params if shard_params is None else shard_params,
+            memory_budget=memory_budget, compile=compile))
         notes = list(t.notes)
         if options.get("remat"):
             notes.append("model.remat is on: the analytic activations count every layer's output as without "
                          "recomputation; XLA's figures include the saving")
-        out.append({"source": t.source, "notes": notes, **s})
+        out.append({"source": t.source, "notes": notes, **s.as_dict()})
     return out
