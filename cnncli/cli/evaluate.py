@@ -88,7 +88,7 @@ def _csv_text(report: dict[str, Any]) -> str:
 def _write_report(report: dict[str, Any], path: Path) -> None:
     import json
 
-    from cnncli.errors import CnnError
+    from cnncli.errors import CnnError, one_line
 
     from cnncli.rundir import refuse_run_file
 
@@ -98,7 +98,7 @@ def _write_report(report: dict[str, Any], path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
     except OSError as exc:
-        raise CnnError(f"cannot write the report to {path}: {exc.strerror or exc}") from None
+        raise CnnError(f"cannot write the report to {path}: {one_line(exc)}") from None
 
 
 def _print_tables(report: dict[str, Any], split: str) -> None:
