@@ -58,3 +58,21 @@ def test_a_malformed_dataset_pickle_is_one_line(tmp_path):
         load_pickle(path)
     assert str(err.value).startswith(f"{path}: not a readable pickle (") and "\n" not in str(err.value)
 
+
+
+def test_a_persistent_id_in_a_dataset_pickle_is_refused(tmp_path):
+    """The shared restricted unpickler refuses references outside the pickle (before: UnpicklingError)."""
+    import io
+
+    from cnncli.data.safe_pickle import load_pickle
+
+    class _External(pickle.Pickler):
+        def persistent_id(self, obj):
+            return "outside" if obj == "ref" else None
+
+    buf = io.BytesIO()
+    _External(buf, protocol=2).dump({"data": "ref"})
+    path = tmp_path / "data_batch_1"
+    path.write_bytes(buf.getvalue())
+    with pytest.raises(DataError, match=r"refused to unpickle: the file references a persistent object \(outside\)"):
+        load_pickle(path)
