@@ -92,3 +92,24 @@ def test_a_missing_folder_is_an_oserror_and_creates_nothing(tmp_path):
     with pytest.raises(FileNotFoundError):
         write_text_atomic(tmp_path / "no" / "a.txt", "x")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_resumed_runs_metric_files_are_replaced_whole_not_rewritten_in_place(tmp_path):
+    """Cutting metrics.jsonl / metrics.csv back to the resumed step writes new files and renames them:
+    a crash in the middle leaves the old history (before: the files were truncated, then rewritten)."""
+    from cnncli.metrics import CSV_COLUMNS, truncate_after, truncate_csv_after
+
+    jsonl = tmp_path / "metrics.jsonl"
+    lines = [f'{{"step": {s}, "split": "train", "loss": {s / 10}}}' for s in (1, 2, 3, 4, 5)]
+    jsonl.write_text("\n".join(lines) + '\n{"step": 6, "spl')  # a torn last line
+    inode = jsonl.stat().st_ino
+    assert truncate_after(jsonl, 3) == 1
+    assert jsonl.read_text() == "\n".join(lines[:3]) + "\n" and jsonl.stat().st_ino != inode
+    csv_path = tmp_path / "metrics.csv"
+    header = ",".join(CSV_COLUMNS)
+    rows = [",".join([str(e), str(10 * e)] + [""] * (len(CSV_COLUMNS) - 2)) for e in (1, 2, 3)]
+    csv_path.write_bytes(("\r\n".join([header, *rows]) + "\r\n").encode())
+    inode = csv_path.stat().st_ino
+    assert truncate_csv_after(csv_path, 20) == 0
+    assert csv_path.read_bytes() == ("\r\n".join([header, *rows[:2]]) + "\r\n").encode()
+    assert csv_path.stat().st_ino != inode and leftover_temps(tmp_path) == []
