@@ -16,11 +16,12 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
-import os
 import re
 import subprocess
 import sys
 from pathlib import Path
+
+from cnncli.atomic import write_text_atomic
 
 # Plugin modules that bring each platform, and the extra of cnncli that installs them.
 PLATFORM_PLUGINS = {
@@ -95,9 +96,7 @@ def _remember(key: str) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         keys = sorted(_accepted() | {key})[-256:]
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(keys))
-        os.replace(tmp, path)
+        write_text_atomic(path, json.dumps(keys))
     except OSError:
         pass  # judged again next time
 

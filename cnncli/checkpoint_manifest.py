@@ -8,11 +8,11 @@ them (and, for steps without a manifest, that the items are present and `meta` p
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import os
 from pathlib import Path
+
+from cnncli.atomic import write_text_atomic
 
 MANIFEST = "cnn_sha256.json"
 STRUCTURE = ("_CHECKPOINT_METADATA", "model", "train", "meta/metadata")
@@ -30,14 +30,7 @@ def seal(step_dir: Path) -> None:
     """Write the manifest of a complete step (atomically); OSError if the disk refuses it."""
     files = {p.relative_to(step_dir).as_posix(): {"size": p.stat().st_size, "sha256": digest(p)}
              for p in sorted(step_dir.rglob("*")) if p.is_file() and p.name != MANIFEST}
-    tmp = step_dir / (MANIFEST + ".tmp")
-    try:
-        tmp.write_text(json.dumps({"files": files}, indent=1) + "\n")
-        os.replace(tmp, step_dir / MANIFEST)
-    except OSError:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
+    write_text_atomic(step_dir / MANIFEST, json.dumps({"files": files}, indent=1) + "\n")
 
 
 def _manifest_damage(step_dir: Path) -> str | None:

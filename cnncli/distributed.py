@@ -24,7 +24,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from cnncli import errors
-from cnncli.errors import CnnError, ConfigError
+from cnncli.errors import CnnError, ConfigError, one_line
 
 
 class ClusterError(CnnError):
@@ -125,8 +125,7 @@ def initialize(spec: ClusterSpec | None) -> None:
             initialization_timeout=spec.initialization_timeout + 30,  # the watchdog answers first
             heartbeat_timeout_seconds=spec.heartbeat_timeout, shutdown_timeout_seconds=spec.shutdown_timeout)
     except (ValueError, RuntimeError) as exc:
-        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ClusterError(f"cannot join a cluster: {text[:200]}"
+        raise ClusterError(f"cannot join a cluster: {one_line(exc, limit=200)}"
                            + (" (--cluster-auto found no SLURM, Open MPI or TPU pod environment)" if spec.auto
                               else "")) from None
     finally:
@@ -159,10 +158,9 @@ def peer_failure(exc: BaseException) -> ClusterError | None:
     text = str(exc).strip()
     if not any(sign in text.lower() for sign in _PEER_SIGNS):
         return None
-    first = text.splitlines()[0][:200]
     return ClusterError(f"another process of this {jax.process_count()}-process run failed or stopped answering "
-                        f"(process {jax.process_index()} saw: {first}); restart all processes with --resume "
-                        "to continue from the last complete checkpoint")
+                        f"(process {jax.process_index()} saw: {one_line(exc, limit=200)}); restart all processes "
+                        "with --resume to continue from the last complete checkpoint")
 
 
 def is_primary() -> bool:

@@ -56,3 +56,20 @@ class TrainingInterrupted(CnnError):
 
 class WriteError(CnnError):
     """A file could not be written (disk full, read-only filesystem, no permission): what, where, why."""
+
+
+def one_line(exc: BaseException, *, typed: bool = False, limit: int = 300) -> str:
+    """An exception as one short line for a message that names its own context.
+
+    The first non-blank line of its text; an OSError's reason alone ("No space left on device",
+    without the errno and the file name, which the caller's message names); the type's name where
+    there is no text. `typed`: prefixed with the type's name ("ValueError: ..."), for an exception
+    nothing expected -- except a CnnError, whose text is already the user's message. At most
+    `limit` characters."""
+    if isinstance(exc, OSError) and exc.strerror and not typed:
+        text = exc.strerror
+    else:
+        text = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+    if typed and not isinstance(exc, CnnError):
+        text = f"{type(exc).__name__}: {text}" if text else ""
+    return (text or type(exc).__name__)[:limit]

@@ -3,12 +3,11 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
 from pathlib import Path
 from typing import Any
 
-from cnncli.errors import CheckpointError
+from cnncli.atomic import atomic_path, write_bytes_atomic
+from cnncli.errors import CheckpointError, one_line
 
 
 def flatten_tree(tree: Any) -> dict[str, Any]:
@@ -26,19 +25,16 @@ def flatten_tree(tree: Any) -> dict[str, Any]:
 def export_weights(path: Path, model_tree: Any, fmt: str) -> Path:
     """Write the weights as one portable file: safetensors, or flax msgpack of the flat dict."""
     flat = flatten_tree(model_tree)
-    tmp = path.with_name(path.name + ".tmp")
     try:
         if fmt == "safetensors":
             from safetensors.numpy import save_file
 
-            save_file(flat, str(tmp))
+            with atomic_path(path) as tmp:
+                save_file(flat, str(tmp))
         else:
             from flax import serialization
 
-            tmp.write_bytes(serialization.msgpack_serialize(flat))
-        os.replace(tmp, path)
+            write_bytes_atomic(path, serialization.msgpack_serialize(flat))
     except OSError as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise CheckpointError(f"could not write the exported weights {path}: {exc.strerror or exc}") from None
+        raise CheckpointError(f"could not write the exported weights {path}: {one_line(exc)}") from None
     return path

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 from pathlib import Path
 from typing import Any
+
+from cnncli.atomic import write_text_atomic
 
 CSV_COLUMNS = ["epoch", "step", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_top5_accuracy",
                "lr", "images_per_sec", "epoch_time_s", "wall_time_s"]
@@ -21,7 +24,7 @@ def _clean(v: Any) -> Any:
 def truncate_after(path: Path, step: int) -> int:
     """Keep the JSONL records with step <= `step` (resuming from an earlier checkpoint); drop lines that
     are not records (a torn last line of a killed process, damage). Returns how many lines were dropped
-    as unreadable."""
+    as unreadable. The file is replaced whole (cnncli.atomic): call it before a writer opens the file."""
     if not path.exists():
         return 0
     keep, bad = [], 0
@@ -36,12 +39,13 @@ def truncate_after(path: Path, step: int) -> int:
             continue
         if s <= step:
             keep.append(line)
-    path.write_text("".join(line + "\n" for line in keep))
+    write_text_atomic(path, "".join(line + "\n" for line in keep))
     return bad
 
 
 def truncate_csv_after(path: Path, step: int) -> int:
-    """Keep the epoch rows with step <= `step`; drop unreadable rows. Returns how many were dropped."""
+    """Keep the epoch rows with step <= `step`; drop unreadable rows. Returns how many were dropped. The file
+    is replaced whole (cnncli.atomic): call it before a writer opens the file."""
     if not path.exists():
         return 0
     rows, bad = [], 0
@@ -54,10 +58,11 @@ def truncate_csv_after(path: Path, step: int) -> int:
                 continue
             if s <= step:
                 rows.append({k: r.get(k) for k in CSV_COLUMNS})
-    with path.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
-        w.writeheader()
-        w.writerows(rows)
+    text = io.StringIO(newline="")
+    w = csv.DictWriter(text, fieldnames=CSV_COLUMNS)
+    w.writeheader()
+    w.writerows(rows)
+    write_text_atomic(path, text.getvalue())
     return bad
 
 

@@ -26,7 +26,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from cnncli.errors import CnnError, ConfigError, RunDirError
+from cnncli.errors import CnnError, ConfigError, RunDirError, one_line
 from cnncli.rundir import refuse_run_file
 from cnncli.runs import is_run_dir, metric_series, read_records, read_records_counted
 
@@ -55,7 +55,7 @@ def save_figure(fig: Figure, path: str | Path) -> Path:
     except ValueError as exc:  # unsupported format
         raise ConfigError(f"cannot write the figure to {path}: {exc}") from None
     except OSError as exc:
-        raise CnnError(f"cannot write the figure to {path}: {exc.strerror or exc}") from None
+        raise CnnError(f"cannot write the figure to {path}: {one_line(exc)}") from None
     return path
 
 

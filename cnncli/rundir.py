@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from cnncli import regular_file
+from cnncli.atomic import write_text_atomic
 from cnncli.errors import CnnError, RunDirError, WriteError
 
 MARKER = ".cnn-run"
@@ -67,13 +68,9 @@ def _write_atomic(path: Path, text: str, *, in_place_when_full: bool = False) ->
 
     `in_place_when_full`: where the disk has no room for the temporary, overwrite the file in the
     space it already holds, if the new text fits there (a run's last status on a full disk)."""
-    tmp = path.with_name(path.name + ".tmp")
     try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
+        write_text_atomic(path, text)
     except OSError as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
         if in_place_when_full and exc.errno in (errno.ENOSPC, errno.EDQUOT) and _overwrite_in_place(path, text):
             return
         raise WriteError(f"could not write {path}: {_reason(exc)}") from None

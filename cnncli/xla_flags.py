@@ -23,6 +23,7 @@ import os
 import sys
 from pathlib import Path
 
+from cnncli.atomic import write_text_atomic
 from cnncli.native.cache import cache_dir
 
 # (flag, value, names the value needs in jaxlib, why). Measured in benchmarks/RESULTS.md.
@@ -101,12 +102,7 @@ def jaxlib_knows(flag: str) -> bool:
         cache.parent.mkdir(parents=True, exist_ok=True)
         entries = known if isinstance(known, dict) else {}
         entries = {k: v for k, v in entries.items() if k.startswith(key.rsplit("|", 1)[0])}  # this jaxlib only
-        tmp = cache.with_suffix(f".{os.getpid()}.tmp")
-        try:
-            tmp.write_text(json.dumps({**entries, key: found}))
-            tmp.replace(cache)
-        finally:
-            tmp.unlink(missing_ok=True)
+        write_text_atomic(cache, json.dumps({**entries, key: found}))
     except OSError:
         pass  # an unwritable cache: scan again next time
     return found

@@ -11,6 +11,7 @@ import textwrap
 
 import pytest
 
+from cnncli.atomic import leftover_temps
 from cnncli.errors import RunDirError, WriteError
 from cnncli.rundir import LOCK, MARKER, RunDir, locate
 
@@ -100,7 +101,7 @@ def test_full_disk_write_is_one_line(tmp_path):
             run.write_json("big.json", {"x": "y" * 200_000})
         msg = str(err.value)
         assert "\n" not in msg and str(mnt / "run" / "big.json") in msg and "No space left" in msg
-        assert not (mnt / "run" / "big.json.tmp").exists()  # no half file left behind
+        assert leftover_temps(mnt / "run") == [] and not (mnt / "run" / "big.json").exists()  # no half file
         assert run.read_json("status.json")["status"] == "running"  # the old status is intact
         run.release()
         fill = mnt / "fill"
@@ -129,7 +130,7 @@ def test_a_failed_status_is_written_on_a_disk_full_to_the_last_block(tmp_path):
         run.set_status("failed", reason=reason, step=5)
         status = run.read_json("status.json")
         assert status["status"] == "failed" and status["reason"] == reason and status["pid"] == 1
-        assert not (mnt / "run" / "status.json.tmp").exists()
+        assert leftover_temps(mnt / "run") == []
         too_big = "x" * 8192  # more than the file's blocks hold: refused, the old status left whole
         with pytest.raises(WriteError, match="No space left"):
             run.set_status("failed", reason=too_big)

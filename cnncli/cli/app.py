@@ -9,7 +9,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from cnncli.errors import CnnError, TrainingInterrupted
+from cnncli.errors import CnnError, TrainingInterrupted, one_line
 
 app = typer.Typer(
     name="cnn",
@@ -62,7 +62,7 @@ def cli_errors(fn):
                 raise
             name = str(exc.filename or "")
             name = name if len(name) <= 80 else name[:77] + "..."
-            typer.echo(f"error: {exc.strerror or type(exc).__name__}" + (f": {name}" if name else ""), err=True)
+            typer.echo(f"error: {one_line(exc)}" + (f": {name}" if name else ""), err=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt as exc:  # SIGINT, SIGTERM, SIGHUP (cnncli.interrupts)
             if _state["debug"]:

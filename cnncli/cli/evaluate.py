@@ -88,17 +88,17 @@ def _csv_text(report: dict[str, Any]) -> str:
 def _write_report(report: dict[str, Any], path: Path) -> None:
     import json
 
-    from cnncli.errors import CnnError
-
+    from cnncli.atomic import write_text_atomic
+    from cnncli.errors import CnnError, one_line
     from cnncli.rundir import refuse_run_file
 
     refuse_run_file(path, "--output")
     text = _csv_text(report) if path.suffix.lower() == ".csv" else json.dumps(report, indent=2) + "\n"
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
+        write_text_atomic(path, text)
     except OSError as exc:
-        raise CnnError(f"cannot write the report to {path}: {exc.strerror or exc}") from None
+        raise CnnError(f"cannot write the report to {path}: {one_line(exc)}") from None
 
 
 def _print_tables(report: dict[str, Any], split: str) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 import yaml
 
 from cnncli import regular_file
-from cnncli.errors import ConfigError
+from cnncli.errors import ConfigError, one_line
 
 from cnncli.config.validate import _clip, _show
 
@@ -146,7 +146,7 @@ def read_yaml(path: Path) -> dict:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        problem = getattr(exc, "problem", None) or one_line(exc)
         raise ConfigError(f"{path}: invalid YAML{line}: {_clip(problem, 200)}") from None
     except YamlRefused as exc:
         raise ConfigError(f"{path}: {exc}") from None

@@ -16,7 +16,7 @@ import numpy as np
 from cnncli.data.dataset import SourceData, check_labels
 from cnncli.data.locate import missing_dataset, source_location
 from cnncli.data.safe_pickle import load_pickle, plain_keys
-from cnncli.errors import DataError
+from cnncli.errors import DataError, one_line
 
 if TYPE_CHECKING:
     from cnncli.config import DataConfig
@@ -76,7 +76,7 @@ def _read_names(path: Path) -> list[str] | None:
     try:
         text = path.read_bytes().decode("utf-8")
     except OSError as exc:
-        raise DataError(f"{path}: cannot read: {exc.strerror or exc}") from None
+        raise DataError(f"{path}: cannot read: {one_line(exc)}") from None
     except UnicodeDecodeError as exc:
         raise DataError(f"{path}: the class names are not UTF-8 text (byte {exc.start}: "
                         f"{exc.object[exc.start:exc.start + 1].hex()})") from None

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator
 
 import numpy as np
 
-from cnncli.errors import DataError
+from cnncli.errors import DataError, one_line
 
 # A plain iterable of index batches (not a sequence) is consumed in windows of about this
 # many images, each decoded by a fresh Grain pipeline; pass a sequence to avoid the restarts.
@@ -48,8 +48,7 @@ def _read_failure(path, exc: Exception) -> DataError:
         return DataError(f"image file not found: {path}")
     if isinstance(exc, IsADirectoryError):
         return DataError(f"{path} is a directory, expected an image file")
-    reason = str(exc).splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return DataError(f"{path}: cannot read the image ({reason})")
+    return DataError(f"{path}: cannot read the image ({one_line(exc)})")
 
 
 def _with_image(path, channels: int | None, use, draft_size: int | None = None):

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from cnncli.atomic import atomic_path, leftover_temps, write_text_atomic
 from cnncli.data.packed import FORMAT, MANIFEST, SPLITS, VERSION, WRITER_OPTIONS, file_crc32
 from cnncli.data.pipeline import prepare_dataset
 from cnncli.errors import DataError
@@ -37,12 +38,6 @@ SHARD_IMAGES = 1024  # images per ArrayRecord file: the unit of resumption
 DECODE_BATCH = 64
 
 Progress = Callable[[str, int, int], None]  # (split, images done, images in the split)
-
-
-def _write_json(path: Path, value) -> None:
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(json.dumps(value))
-    os.replace(tmp, path)
 
 
 def _encode(image: np.ndarray, image_format: str, quality: int) -> bytes:
@@ -99,26 +94,25 @@ def _pack_split(stage: Path, split: str, images: _Images, n: int, fmt: str, qual
     batches = images.batches(rows)
     for k in todo:
         name = f"{split}-{k:05d}.array_record"
-        tmp = stage / (name + ".partial")
-        writer = ArrayRecordWriter(str(tmp), WRITER_OPTIONS)
         labels, hist, dropped = [], np.zeros((0,), np.int64), len(images.dropped)
-        for _ in range(-(-len(shards[k]) // DECODE_BATCH)):
-            x, y = next(batches)
-            for image in x:
-                writer.write(_encode(np.ascontiguousarray(image), fmt, quality))
-            labels += [int(v) for v in y]
-            if split == "train":  # per-channel histograms: the exact mean/std of the stored pixels
-                h = np.stack([np.bincount(x[..., c].reshape(-1), minlength=256) for c in range(x.shape[-1])])
-                hist = h if hist.size == 0 else hist + h
-            done += len(y)
-            if progress:
-                progress(split, done, n)
-        writer.close()
-        os.replace(tmp, stage / name)
-        _write_json(stage / f"{split}-{k:05d}.json", {
+        with atomic_path(stage / name) as tmp:
+            writer = ArrayRecordWriter(str(tmp), WRITER_OPTIONS)
+            for _ in range(-(-len(shards[k]) // DECODE_BATCH)):
+                x, y = next(batches)
+                for image in x:
+                    writer.write(_encode(np.ascontiguousarray(image), fmt, quality))
+                labels += [int(v) for v in y]
+                if split == "train":  # per-channel histograms: the exact mean/std of the stored pixels
+                    h = np.stack([np.bincount(x[..., c].reshape(-1), minlength=256) for c in range(x.shape[-1])])
+                    hist = h if hist.size == 0 else hist + h
+                done += len(y)
+                if progress:
+                    progress(split, done, n)
+            writer.close()
+        write_text_atomic(stage / f"{split}-{k:05d}.json", json.dumps({
             "file": name, "count": len(labels), "bytes": (stage / name).stat().st_size,
             "crc32": file_crc32(stage / name), "labels": labels, "hist": hist.tolist(),
-            "dropped": images.dropped[dropped:]})
+            "dropped": images.dropped[dropped:]}))
 
 
 def _stats(hist: np.ndarray) -> tuple[list[float], list[float]]:
@@ -159,7 +153,7 @@ def _finish(stage: Path, head: dict, splits: dict[str, int]) -> dict:
                              "(data.skip_corrupt): " + ", ".join(dropped[:5]) + (", ..." if len(dropped) > 5 else "")]
     manifest["mean"], manifest["std"] = _stats(hist)
     manifest["stats_from"] = f"all {manifest['splits']['train']['count']} training images as stored"
-    _write_json(stage / MANIFEST, manifest)
+    write_text_atomic(stage / MANIFEST, json.dumps(manifest))
     for p in sidecars:
         p.unlink()
     return manifest
@@ -196,6 +190,8 @@ def pack_dataset(cfg: DataConfig, out: Path, *, side: int = 256, image_format: s
     except OSError:
         raise DataError(f"another `cnn data pack` is writing {stage}") from None
     try:
+        for leftover in leftover_temps(stage):  # a shard's temporary from a pack killed outright
+            leftover.unlink()
         if not (stage / MANIFEST).is_file():
             nworkers = cfg.num_workers if workers is None else workers
             try:

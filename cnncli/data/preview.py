@@ -8,7 +8,7 @@ import numpy as np
 
 from cnncli.config import DataConfig
 from cnncli.data.dataset import Dataset
-from cnncli.errors import DataError
+from cnncli.errors import DataError, one_line
 
 
 def check_grid_path(out: Path) -> Path:
@@ -81,5 +81,5 @@ def save_augmentation_grid(data: Dataset, cfg: DataConfig, out: Path, samples: i
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(out, dpi=100)
     except OSError as exc:
-        raise DataError(f"cannot write the sample grid to {out}: {exc.strerror or exc}") from None
+        raise DataError(f"cannot write the sample grid to {out}: {one_line(exc)}") from None
     return Path(out)

@@ -1,37 +1,32 @@
-"""A restricted unpickler for dataset files (the CIFAR Python distribution).
+"""Unpickling dataset files (the CIFAR Python distribution) through cnncli.restricted_pickle.
 
-Ordinary unpickling can call any importable function, so a tampered file could run code.
-This one resolves only what rebuilding plain containers, strings, numbers and numpy arrays
-needs; every other global is refused before anything is called. Object-dtype arrays (which
-would hold arbitrary objects) are refused too.
+The allowlist: what rebuilding plain containers, strings, numbers and numpy arrays needs;
+every other global is refused before anything is called. Object-dtype arrays (which would
+hold arbitrary objects) are refused too.
 """
 
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 
 import numpy as np
 
-from cnncli.errors import DataError
-
-
-class _Refused(Exception):
-    pass
+from cnncli.errors import DataError, one_line
+from cnncli.restricted_pickle import Refused, RestrictedUnpickler
 
 
 def _dtype(*args):
     """numpy.dtype, refusing object dtypes (their arrays carry arbitrary pickled objects)."""
     dt = np.dtype(*args)
     if dt.hasobject:
-        raise _Refused("numpy object arrays")
+        raise Refused("numpy object arrays")
     return dt
 
 
 def _encode(text, encoding="latin1"):
     """_codecs.encode as protocol-2 pickles use it for bytes: latin-1 only."""
     if not isinstance(text, str) or encoding.replace("-", "").lower() != "latin1":
-        raise _Refused(f"_codecs.encode with {encoding!r}")
+        raise Refused(f"_codecs.encode with {encoding!r}")
     return text.encode("latin1")
 
 
@@ -53,16 +48,10 @@ def _allowed() -> dict[tuple[str, str], object]:
     return table
 
 
-class RestrictedUnpickler(pickle.Unpickler):
-    """Unpickler that admits dicts, lists, tuples, strings, bytes, numbers and numpy arrays only."""
+class DatasetUnpickler(RestrictedUnpickler):
+    """Admits dicts, lists, tuples, strings, bytes, numbers and numpy arrays only."""
 
-    _table = _allowed()
-
-    def find_class(self, module: str, name: str):
-        obj = self._table.get((module, name))
-        if obj is None:
-            raise _Refused(f"{module}.{name}")
-        return obj
+    allowed = _allowed()
 
 
 def load_pickle(path: Path, encoding: str = "latin1"):
@@ -70,14 +59,14 @@ def load_pickle(path: Path, encoding: str = "latin1"):
     (latin-1: what numpy arrays need; "bytes": left as bytes, for text the caller decodes strictly)."""
     try:
         with open(path, "rb") as f:
-            return RestrictedUnpickler(f, encoding=encoding).load()
-    except _Refused as exc:
+            return DatasetUnpickler(f, encoding=encoding).load()
+    except Refused as exc:
         raise DataError(f"{path}: refused to unpickle: the file references {exc}, which is not a plain container, "
                         f"string, number or numpy array (tampered, or not a dataset file)") from None
     except OSError as exc:
-        raise DataError(f"{path}: cannot read: {exc}") from None
+        raise DataError(f"{path}: cannot read: {one_line(exc)}") from None
     except Exception as exc:  # malformed pickles raise many types (UnpicklingError, EOFError, ValueError, ...)
-        raise DataError(f"{path}: not a readable pickle ({type(exc).__name__}: {exc})") from None
+        raise DataError(f"{path}: not a readable pickle ({one_line(exc, typed=True)})") from None
 
 
 def plain_keys(obj):

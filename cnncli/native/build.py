@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
 import subprocess
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from cnncli.atomic import atomic_path, write_text_atomic
 from cnncli.native.cache import cache_dir
 
 
@@ -40,11 +40,9 @@ def _compile_sealed(cmd: list[str], out: Path, what: str) -> None:
     """Run `cmd` + ["-o", <temporary>] and move the result to `out`; OSError if `out`'s folder
     cannot be written, BuildError if the compiler fails or hangs."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, suffix=".so.tmp")
-    os.close(fd)
-    try:
+    with atomic_path(out) as tmp:
         try:
-            proc = subprocess.run([*cmd, "-o", tmp], check=False, capture_output=True, text=True, timeout=300)
+            proc = subprocess.run([*cmd, "-o", str(tmp)], check=False, capture_output=True, text=True, timeout=300)
         except subprocess.TimeoutExpired:
             raise BuildError(f"building {what} took over 300 s") from None
         except (FileNotFoundError, PermissionError) as e:  # the compiler itself, not the folder
@@ -53,12 +51,8 @@ def _compile_sealed(cmd: list[str], out: Path, what: str) -> None:
             lines = proc.stderr.strip().splitlines()
             first = next((ln for ln in lines if "error" in ln), lines[-1] if lines else "no message")
             raise BuildError(f"building {what} failed: {first.strip()[:300]}")
-        digest = hashlib.sha256(Path(tmp).read_bytes()).hexdigest()
-        os.replace(tmp, out)
-        _seal(out).write_text(digest)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
+    write_text_atomic(_seal(out), digest)
 
 
 @contextlib.contextmanager

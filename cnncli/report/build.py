@@ -13,7 +13,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from cnncli.errors import CnnError, ConfigError, RunDirError, WriteError
+from cnncli.atomic import write_text_atomic
+from cnncli.errors import CnnError, ConfigError, RunDirError, WriteError, one_line
 from cnncli.report import html as h
 from cnncli.report import sections
 from cnncli.report.facts import RunFacts, read_run
@@ -103,12 +104,9 @@ def write_report(runs: Sequence[str | Path], output: str | Path, *, examples: in
 
 
 def _write(output: Path, text: str) -> Path:
-    tmp = output.with_name(f".{output.name}.tmp")
     try:
         output.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, output)
+        write_text_atomic(output, text)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise WriteError(f"could not write {output}: {exc.strerror or exc}") from None
+        raise WriteError(f"could not write {output}: {one_line(exc)}") from None
     return output

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from cnncli.errors import one_line
 from cnncli.kernels import xla_kernels
 
 
@@ -92,8 +93,7 @@ def compile_train_step(model: Any, *, batch_size: int, optimizer: Any, augment: 
         with xla_kernels():  # a custom call's work is invisible to XLA's cost and memory analysis
             compiled = jitted.lower(parts, state, images, labels).compile()
     except Exception as exc:  # noqa: BLE001 - report any compiler failure (e.g. out of memory) instead of failing
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        result["note"] = f"compilation failed: {first[:200]}"
+        result["note"] = f"compilation failed: {one_line(exc, limit=200)}"
         return result
     result["flops"] = xla_flops(compiled)
     memory = _memory(compiled)

@@ -16,8 +16,8 @@ import os
 import signal
 from typing import TYPE_CHECKING
 
-from cnncli import interrupts
-from cnncli.errors import CnnError, TrainingInterrupted, WriteError
+from cnncli import errors, interrupts
+from cnncli.errors import TrainingInterrupted, WriteError
 from cnncli.rundir import RunDir
 
 if TYPE_CHECKING:
@@ -100,9 +100,8 @@ def _preemption_service() -> bool:
 
 
 def one_line(exc: BaseException) -> str:
-    """An exception as one short line for status.json and the console."""
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return f"{type(exc).__name__}: {text}"[:300] if not isinstance(exc, CnnError) else text[:300]
+    """An exception as one short line for status.json and the console: cnncli.errors.one_line, typed."""
+    return errors.one_line(exc, typed=True)
 
 
 def write_error(exc: OSError, run: RunDir, last_good: int | None) -> WriteError:

@@ -20,7 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from cnncli.errors import CheckpointError, WriteError
+from cnncli.atomic import atomic_path
+from cnncli.errors import CheckpointError, WriteError, one_line
 from cnncli.rundir import refuse_run_file
 from cnncli.weights import layouts
 from cnncli.weights.store import (
@@ -192,17 +193,11 @@ def export_weights(src: str | Path, out: str | Path, layout: str = "torchvision"
     else:
         tensors = flatten_tree({"params": params.to_pure_dict(), "batch_stats": batch_stats.to_pure_dict()})
         metadata = {"format": "cnn", "model": name}
-    tmp = out.with_name(out.name + ".tmp")
     try:
-        save_file(tensors, str(tmp), metadata=metadata)
-        os.replace(tmp, out)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise WriteError(f"cannot write {out}: {exc.strerror or exc}") from None
+        with atomic_path(out) as tmp:
+            save_file(tensors, str(tmp), metadata=metadata)
     except Exception as exc:  # noqa: BLE001 - safetensors reports I/O failures as its own SafetensorError
-        tmp.unlink(missing_ok=True)
-        raise WriteError(f"cannot write {out}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
-                         ) from None
+        raise WriteError(f"cannot write {out}: {one_line(exc)}") from None
     return out, len(tensors)
 
 

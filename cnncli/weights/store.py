@@ -22,7 +22,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from cnncli.errors import CheckpointError, WriteError
+from cnncli.errors import CheckpointError, WriteError, one_line
 from cnncli.rundir import refuse_run_file
 
 INFO = "weights.json"
@@ -95,7 +95,7 @@ def save_weights(out: Path, info: dict, params: Any, batch_stats: Any, *, force:
         _check_free(out, force)  # another command may have written it meanwhile
         _put_in_place(tmp, out, force)
     except OSError as exc:
-        raise WriteError(f"cannot write the weights directory {out}: {exc.strerror or exc}") from None
+        raise WriteError(f"cannot write the weights directory {out}: {one_line(exc)}") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
@@ -155,8 +155,7 @@ def load_weights(path: str | Path) -> Weights:
         with ocp.StandardCheckpointer() as ckptr:
             tree = ckptr.restore(path / MODEL, {"params": params, "batch_stats": batch_stats})
     except Exception as exc:  # noqa: BLE001 - orbax raises many types for missing / mismatched / damaged trees
-        first = (str(exc).strip() or type(exc).__name__).splitlines()[0][:200]
-        raise CheckpointError(f"cannot restore the weights in {path / MODEL}: {first}") from None
+        raise CheckpointError(f"cannot restore the weights in {path / MODEL}: {one_line(exc, limit=200)}") from None
     return Weights(info, tree["params"], tree["batch_stats"], graphdef, rest)
 
 

@@ -3,7 +3,7 @@
 A `.pth` written by `torch.save` is a zip archive: `<name>/data.pkl` (a pickle of the object,
 protocol 2), `<name>/data/<key>` (the raw bytes of each storage) and `<name>/byteorder`.
 Ordinary unpickling can call any importable function, so a tampered file could run code.
-The unpickler here (the approach of cnncli.data.safe_pickle) resolves only the globals that
+The unpickler here (a cnncli.restricted_pickle.RestrictedUnpickler) resolves only the globals that
 rebuilding tensors needs -- `torch._utils._rebuild_tensor_v2`, the typed storage classes,
 `collections.OrderedDict` -- each to a local stand-in; every other global is refused before
 anything is called, and nothing from torch is imported.
@@ -14,17 +14,13 @@ from __future__ import annotations
 import collections
 import io
 import math
-import pickle
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
-from cnncli.errors import CheckpointError
-
-
-class _Refused(Exception):
-    pass
+from cnncli.errors import CheckpointError, one_line
+from cnncli.restricted_pickle import Refused, RestrictedUnpickler
 
 
 class _Malformed(Exception):
@@ -60,11 +56,11 @@ def _rebuild_tensor(storage, offset, size, stride, requires_grad=False, hooks=No
     A tensor may not hold more elements than its storage: a stride-0 view of one element as 2^28
     would cost a gigabyte wherever it is copied."""
     if not isinstance(storage, np.ndarray) or storage.ndim != 1:
-        raise _Refused("a tensor whose storage is not a saved storage")
+        raise Refused("a tensor whose storage is not a saved storage")
     if not (isinstance(offset, int) and isinstance(size, tuple) and isinstance(stride, tuple)
             and len(size) == len(stride) and len(size) <= 32
             and all(isinstance(v, int) and v >= 0 for v in size + stride)):
-        raise _Refused("a tensor with a malformed shape or stride")
+        raise Refused("a tensor with a malformed shape or stride")
     numel = math.prod(size)  # Python ints: no wrap-around
     if numel == 0:
         return np.zeros(size, storage.dtype)
@@ -81,7 +77,7 @@ def _rebuild_tensor(storage, offset, size, stride, requires_grad=False, hooks=No
 def _rebuild_parameter(data, requires_grad=False, hooks=None, *state):
     """torch._utils._rebuild_parameter (an nn.Parameter saved directly): its tensor."""
     if not isinstance(data, np.ndarray):
-        raise _Refused("a parameter that is not a tensor")
+        raise Refused("a parameter that is not a tensor")
     return data
 
 
@@ -98,25 +94,21 @@ _GLOBALS: dict[tuple[str, str], object] = {
 }
 
 
-class TorchUnpickler(pickle.Unpickler):
+class TorchUnpickler(RestrictedUnpickler):
     """Admits containers, strings, numbers and tensors; storages are read from the zip archive."""
+
+    allowed = _GLOBALS
 
     def __init__(self, file, archive: zipfile.ZipFile, prefix: str, big_endian: bool):
         super().__init__(file, encoding="utf-8")
         self._archive, self._prefix, self._big_endian = archive, prefix, big_endian
         self._storages: dict[str, np.ndarray] = {}
 
-    def find_class(self, module: str, name: str):
-        obj = _GLOBALS.get((module, name))
-        if obj is None:
-            raise _Refused(f"{module}.{name}")
-        return obj
-
     def persistent_load(self, pid):
         if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"
                 and isinstance(pid[1], _StorageType) and isinstance(pid[2], str) and isinstance(pid[4], int)
                 and pid[4] >= 0):
-            raise _Refused(f"a persistent object other than a storage ({str(pid)[:60]})")
+            raise Refused(f"a persistent object other than a storage ({str(pid)[:60]})")
         kind, key, numel = pid[1], pid[2], pid[4]
         if key not in self._storages:
             name = f"{self._prefix}data/{key}"
@@ -126,7 +118,7 @@ class TorchUnpickler(pickle.Unpickler):
             self._storages[key] = arr.astype(kind.dtype) if dtype != kind.dtype else arr
         stored = self._storages[key]
         if stored.dtype != kind.dtype:
-            raise _Refused(f"storage {key!r} read as two different types")
+            raise Refused(f"storage {key!r} read as two different types")
         return stored
 
 
@@ -142,7 +134,7 @@ def _read_entry(archive: zipfile.ZipFile, name: str, needed: int | None, *, what
     try:
         info = archive.getinfo(name)
     except KeyError:
-        raise _Refused(f"a {what} {name!r} that the archive does not hold") from None
+        raise Refused(f"a {what} {name!r} that the archive does not hold") from None
     if needed is not None and info.file_size < needed:
         raise _Malformed(f"{what} {name!r} holds {info.file_size:,} bytes, the pickle says {needed:,}")
     limit = max(EXPANSION_FLOOR, MAX_EXPANSION * info.compress_size)
@@ -189,7 +181,7 @@ def read_state_dict(path: str | Path) -> dict[str, np.ndarray]:
         raise CheckpointError(f"no such weights file: {path}")
     try:
         obj = _read_safetensors(path) if path.suffix == ".safetensors" else _read_pth(path)
-    except _Refused as exc:
+    except Refused as exc:
         raise CheckpointError(f"{path}: refused to unpickle: the file references {exc}, which is not a tensor, "
                               "storage or plain container (tampered, or not a state dict); nothing was run") from None
     except _Malformed as exc:
@@ -197,9 +189,9 @@ def read_state_dict(path: str | Path) -> dict[str, np.ndarray]:
     except CheckpointError:
         raise
     except OSError as exc:
-        raise CheckpointError(f"{path}: cannot read: {exc.strerror or exc}") from None
+        raise CheckpointError(f"{path}: cannot read: {one_line(exc)}") from None
     except Exception as exc:  # noqa: BLE001 - malformed pickles / headers raise many types
-        raise CheckpointError(f"{path}: not a readable weights file ({type(exc).__name__}: {exc})") from None
+        raise CheckpointError(f"{path}: not a readable weights file ({one_line(exc, typed=True)})") from None
     return _tensors_of(obj, path)
 
 
