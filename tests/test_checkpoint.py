@@ -14,6 +14,8 @@ import pytest
 from cnncli.checkpoint import (
     MANIFEST,
     CheckpointManager,
+    Damage,
+    DamageKind,
     find_checkpoint_dir,
     improves,
     metric_mode,
@@ -220,7 +222,7 @@ def test_a_step_whose_seal_was_deleted_is_passed_over_for_a_sealed_one(tmp_path)
     flip(ck / "3")  # what the seal would have caught: without it, wrong numbers decode silently
     model_t, train_t = zeros_like(tiny_tree(0)[0]), zeros_like(tiny_tree(0)[1])
     reader = CheckpointManager(ck, read_only=True)
-    assert reader.unverified(3) is not None and reader.unverified(2) is None
+    assert reader.state(3).unverified and not reader.state(2).unverified
     writer = CheckpointManager(ck)  # a resume
     got = writer.restore_latest_intact(model_t, train_t)
     assert got.step == 2 and got.meta == {"step": 2}
@@ -261,7 +263,7 @@ def test_checkpoint_without_manifest_still_checked_structurally(tmp_path):
         (ck / str(step) / MANIFEST).unlink()  # as written by an older version
     truncate(ck / "2")
     mgr = CheckpointManager(ck, read_only=True)
-    assert mgr.damage(2) is None  # no manifest: the truncation shows only on reading
+    assert mgr.state(2).damage is None  # no manifest: the truncation shows only on reading
     got = mgr.restore_latest_intact(zeros_like(tiny_tree(0)[0]))
     assert got.step == 1 and str(ck / "2") in got.skipped[0]
     assert_tree_equal(got.model, tiny_tree(1)[0])
@@ -272,7 +274,7 @@ def test_a_file_the_disk_cannot_read_is_damage_not_a_traceback(tmp_path, monkeyp
     newest readable step is used and a full-disk message can still name one."""
     import errno
 
-    import cnncli.checkpoint_manifest as manifest
+    import cnncli.checkpoint.seal as manifest
 
     ck = tmp_path / "ck"
     save_steps(ck, [1, 2])
@@ -285,7 +287,8 @@ def test_a_file_the_disk_cannot_read_is_damage_not_a_traceback(tmp_path, monkeyp
 
     monkeypatch.setattr(manifest, "digest", failing_disk)
     mgr = CheckpointManager(ck, read_only=True)
-    assert "is unreadable (Input/output error)" in mgr.damage(2)
+    found = mgr.state(2).damage
+    assert found.kind is DamageKind.FILE_UNREADABLE and found.reason.endswith(" is unreadable (Input/output error)")
     got = mgr.restore_latest_intact(zeros_like(tiny_tree(0)[0]))
     assert got.step == 1 and str(ck / "2") in got.skipped[0]
 
