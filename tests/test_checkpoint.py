@@ -481,3 +481,75 @@ def test_eval_of_a_damaged_trained_checkpoint_names_it_and_the_intact_ones(tiny_
     res = cnn("eval", run, "--checkpoint", other, "--format", "json")
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["checkpoint_step"] == other
+
+
+def test_damage_is_a_typed_value_decided_by_checks(tmp_path):
+    """A truncated array file: where the step is sealed the seal's check says WRONG_SIZE before Orbax reads
+    it; where it is not, Orbax's failed read into a target that fits makes it READ_FAILED. A target of
+    another shape is the user's mismatch, a plain CheckpointError: no message is parsed to tell them apart."""
+    from cnncli.checkpoint import DamagedCheckpoint
+
+    ck = tmp_path / "ck"
+    save_steps(ck, [1, 2, 3])
+    (ck / "2" / MANIFEST).unlink()
+    f = largest_array_file(ck / "3")
+    written = f.stat().st_size
+    for step in (2, 3):
+        truncate(ck / str(step))
+    target = zeros_like(tiny_tree(0)[0])
+    mgr = CheckpointManager(ck, read_only=True)
+    sealed = mgr.state(3)
+    assert not sealed.intact and sealed.sealed and not sealed.unverified
+    assert sealed.damage == Damage(DamageKind.WRONG_SIZE, f"{f.relative_to(ck / '3').as_posix()} has "
+                                   f"{written // 2} bytes, {written} were written")
+    assert mgr.state(2).unverified and mgr.state(1).intact and mgr.state(1).sealed
+    with pytest.raises(DamagedCheckpoint) as err:
+        mgr.restore(3, target)
+    assert err.value.damage is not None and err.value.damage.kind is DamageKind.WRONG_SIZE
+    with pytest.raises(DamagedCheckpoint) as err:
+        mgr.restore(2, target)
+    assert err.value.damage.kind is DamageKind.READ_FAILED and err.value.step_dir == ck / "2"
+    with pytest.raises(CheckpointError) as err:
+        mgr.restore(1, {"params": {"w": jnp.zeros((4, 4)), "b": jnp.zeros(5)}})
+    assert not isinstance(err.value, DamagedCheckpoint) and "does not match the model being restored" in str(err.value)
+    got = mgr.restore_latest_intact(target)
+    assert got.step == 1 and got.skipped == [  # the unsealed step 2 is not tried: a sealed one is older
+        f"checkpoint {ck / '2'} {UNVERIFIED}; passed over for sealed checkpoint 1",
+        f"checkpoint {ck / '3'} is damaged ({sealed.damage.reason}); skipped"]
+
+
+def process_wide_state():
+    import logging
+
+    def logger(name):
+        lg = logging.getLogger(name)
+        return lg.level, list(lg.filters), list(lg.handlers), lg.propagate, lg.disabled
+
+    return {"absl": logger("absl"), "asyncio": logger("asyncio"), "root": logger(""),
+            "unraisablehook": sys.unraisablehook}
+
+
+def test_a_manager_leaves_no_process_wide_change_behind(tmp_path):
+    """Loggers' levels and filters and sys.unraisablehook are the same after a save, a wait, restores
+    (one of a damaged step) and close, also when two managers' operations end out of order."""
+    import orbax.checkpoint  # noqa: F401 (its own import-time set-up is not ours)
+
+    from cnncli.checkpoint import DamagedCheckpoint
+
+    before = process_wide_state()
+    ck = tmp_path / "ck"
+    writer = CheckpointManager(ck)
+    model, train = tiny_tree(1)
+    writer.save(1, model, train, {"step": 1}, {"val_accuracy": 0.5})
+    writer.wait()
+    writer.save(2, model, train, {"step": 2}, {"val_accuracy": 0.6})
+    reader = CheckpointManager(ck, read_only=True)  # opened while the writer's save may be in flight
+    m, t, meta = reader.restore(1, zeros_like(model), zeros_like(train))
+    assert meta == {"step": 1}
+    assert_tree_equal(m, model)
+    writer.close()  # ends before the reader's last operation
+    truncate(ck / "2")
+    with pytest.raises(DamagedCheckpoint):
+        reader.restore(2, zeros_like(model))
+    reader.close()
+    assert process_wide_state() == before
