@@ -509,9 +509,12 @@ def test_damage_is_a_typed_value_decided_by_checks(tmp_path):
     with pytest.raises(DamagedCheckpoint) as err:
         mgr.restore(2, target)
     assert err.value.damage.kind is DamageKind.READ_FAILED and err.value.step_dir == ck / "2"
-    with pytest.raises(CheckpointError) as err:
-        mgr.restore(1, {"params": {"w": jnp.zeros((4, 4)), "b": jnp.zeros(5)}})
-    assert not isinstance(err.value, DamagedCheckpoint) and "does not match the model being restored" in str(err.value)
+    for other in ({"params": {"w": jnp.zeros((4, 4)), "b": jnp.zeros(5)}},  # another shape
+                  {"params": {"v": jnp.zeros((48, 48)), "b": jnp.zeros(5)}}):  # the same shapes, another name
+        with pytest.raises(CheckpointError) as err:
+            mgr.restore(1, other)
+        assert not isinstance(err.value, DamagedCheckpoint)
+        assert f"checkpoint {ck / '1'} does not match the model being restored: " in str(err.value)
     got = mgr.restore_latest_intact(target)
     assert got.step == 1 and got.skipped == [  # the unsealed step 2 is not tried: a sealed one is older
         f"checkpoint {ck / '2'} {UNVERIFIED}; passed over for sealed checkpoint 1",

@@ -6,7 +6,8 @@ Each checkpoint step holds three items:
   meta   -- JSON: epoch, data position, counters, plateau state, model identity, class names
 
 The package, in reading order:
-  manager.py   CheckpointManager: save (asynchronous, atomic), seal, restore, fall back past damage
+  manager.py   CheckpointManager: save (asynchronous, atomic), seal, restore
+  fallback.py  what a resume restores: the newest intact sealed step, past damaged and unverified ones
   state.py     the verdict on a step as values: StepState, Damage(kind, reason), DamagedCheckpoint
   seal.py      the SHA-256 manifest written beside a finished step, and the check that reads it
   best.py      metric_mode and improves: which step is best (Orbax ranks, by our direction)

@@ -8,22 +8,15 @@ import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 from cnncli.checkpoint import orbax_io
 from cnncli.checkpoint.best import improves, metric_mode
+from cnncli.checkpoint.fallback import Restored, restore_latest_intact
 from cnncli.checkpoint.orbax_io import first_line, quiet
-from cnncli.checkpoint.seal import damage, is_sealed, seal
-from cnncli.checkpoint.state import UNVERIFIED, Damage, DamagedCheckpoint, DamageKind, StepState
+from cnncli.checkpoint.seal import damage, has_manifest, seal
+from cnncli.checkpoint.state import Damage, DamagedCheckpoint, DamageKind, StepState
 from cnncli.errors import CheckpointError
-
-
-class Restored(NamedTuple):
-    step: int
-    model: Any
-    train: Any
-    meta: dict
-    skipped: list[str]  # one warning per damaged or unverified newer step passed over (or restored unverified)
 
 
 class CheckpointManager:
@@ -171,7 +164,7 @@ class CheckpointManager:
 
     # -- what is there ------------------------------------------------------------------
 
-    def _step_dirs(self) -> list[int]:
+    def step_dirs(self) -> list[int]:
         """Step directories on disk (complete or damaged; temporaries excluded)."""
         if not self.directory.is_dir():
             return []
@@ -180,7 +173,7 @@ class CheckpointManager:
     def incomplete_steps(self) -> list[int]:
         """Step directories on disk that Orbax does not list (emptied, an interrupted first save, or
         unreadable metrics)."""
-        return sorted(set(self._step_dirs()) - set(self.steps()))
+        return sorted(set(self.step_dirs()) - set(self.steps()))
 
     def steps(self) -> list[int]:
         return sorted(self._mgr.all_steps())
@@ -215,16 +208,17 @@ class CheckpointManager:
         found = None if step in self._intact else damage(self.directory / str(step))
         if found is None:
             self._intact.add(step)
-        return StepState(step, found, sealed=self._is_sealed(step))
+        return StepState(step, found, sealed=self.is_sealed(step))
 
-    def _is_sealed(self, step: int) -> bool:
-        return step in self._sealed or step in self._pending or is_sealed(self.directory / str(step))
+    def is_sealed(self, step: int) -> bool:
+        """Were its checksums written (or will they be: a step this manager is saving)?"""
+        return step in self._sealed or step in self._pending or has_manifest(self.directory / str(step))
 
     def intact_steps(self) -> list[int]:
-        return [s for s in self._step_dirs() if self.state(s).intact]
+        return [s for s in self.step_dirs() if self.state(s).intact]
 
     def _newest_intact(self) -> int | None:
-        return next((s for s in reversed(self._step_dirs()) if self.state(s).intact), None)
+        return next((s for s in reversed(self.step_dirs()) if self.state(s).intact), None)
 
     # -- reading ------------------------------------------------------------------------
 
@@ -234,7 +228,7 @@ class CheckpointManager:
     def _check(self, step: int) -> None:
         if step in self._pending:
             self._finish_pending()
-        if step not in self._step_dirs():
+        if step not in self.step_dirs():
             raise CheckpointError(f"{self.directory} has no checkpoint for step {step}; it has {self.steps()}")
         found = self.state(step).damage
         if found is not None:
@@ -273,63 +267,20 @@ class CheckpointManager:
             raise failure
 
     def _read_failed(self, step: int, exc: Exception, targets: dict[str, Any]) -> CheckpointError:
-        """A restore failed: the targets do not fit the step (a user's mismatch) when the shapes stored
-        in the step differ from theirs; otherwise the step is damaged."""
-        if self._stored_shapes_differ(step, targets):
+        """A restore failed: the targets do not fit the step (a user's mismatch) when the tree stored in the
+        step (key names, array shapes) differs from theirs; otherwise the step is damaged."""
+        if orbax_io.stored_tree_differs(self._mgr, step, targets):
             return CheckpointError(f"checkpoint {self.directory / str(step)} does not match the model being "
                                    f"restored: {first_line(exc)}")
         return self._damaged(step, Damage(DamageKind.READ_FAILED, first_line(exc)))
 
-    def _stored_shapes_differ(self, step: int, targets: dict[str, Any]) -> bool:
-        """Do the array shapes of each target differ from those stored in its item (compared as sorted
-        lists)? False where the stored shapes cannot be read: that is damage, not a mismatch."""
-        import jax
-        import numpy as np
-
-        try:
-            stored = self._mgr.item_metadata(step)
-            shapes = {name: sorted(tuple(m.shape) for m in jax.tree.leaves(stored[name])) for name in targets}
-        except Exception:  # noqa: BLE001 (unreadable metadata, whatever its reader raises)
-            return False
-        return any(shapes[name] != sorted(tuple(np.shape(leaf)) for leaf in jax.tree.leaves(t))
-                   for name, t in targets.items())
-
     def restore_latest_intact(self, model_target: Any, train_target: Any | None = None,
                               check_meta: Callable[[dict], None] | None = None) -> Restored | None:
-        """Restore the newest intact sealed step, passing over damaged and unverified newer ones; where no
-        sealed step restores, the newest intact unverified one (warned). None if there is no checkpoint.
+        """What a resume restores: the newest intact sealed step, past damaged and unverified newer ones,
+        which a writable manager moves aside (cnncli.checkpoint.fallback)."""
+        return restore_latest_intact(self, model_target, train_target, check_meta)
 
-        `check_meta(meta)` may raise to refuse a readable checkpoint (e.g. a different model):
-        that error propagates, with no fallback. A writable manager moves the newer steps passed
-        over aside (to `damaged-<step>` / `unverified-<step>`), so that training can write them again.
-        """
-        steps = self._step_dirs()
-        skipped: list[str] = []
-        unsealed = [s for s in steps if not self._is_sealed(s)]
-        sealed = [s for s in steps if s not in unsealed]
-        for step in [*reversed(sealed), *reversed(unsealed)]:  # the sealed steps first, each newest first
-            try:
-                if check_meta is not None:
-                    check_meta(self.restore_meta(step))
-                model, train, meta = self.restore(step, model_target, train_target)
-            except DamagedCheckpoint as exc:
-                skipped.append(f"checkpoint {exc.step_dir} is damaged ({exc.damage.reason}); skipped")
-                continue
-            newer = [s for s in steps if s > step]  # all tried and damaged, except unsealed ones above a sealed step
-            passed = [] if step in unsealed else [s for s in newer if s in unsealed]
-            skipped[:0] = [f"checkpoint {self.directory / str(s)} is unverified ({UNVERIFIED}); passed over for "
-                           f"sealed checkpoint {step}" for s in passed]
-            if step in unsealed:
-                skipped.append(f"checkpoint {self.directory / str(step)} is unverified ({UNVERIFIED}); "
-                               "restored as it is")
-            self._set_aside({s: "unverified" if s in passed else "damaged" for s in newer})
-            return Restored(step, model, train, meta, skipped)
-        if steps:
-            raise CheckpointError(f"no intact checkpoint in {self.directory}: all of steps "
-                                  f"{', '.join(map(str, steps))} are damaged")
-        return None
-
-    def _set_aside(self, steps: dict[int, str]) -> None:
+    def set_aside(self, steps: dict[int, str]) -> None:
         """Move step directories out of the way, each to `<prefix>-<step>`."""
         if self.read_only or not steps:
             return

@@ -81,6 +81,31 @@ def _metrics_readable(step_dir: Path) -> bool:
     return True
 
 
+def stored_tree_differs(manager: Any, step: int, targets: dict[str, Any]) -> bool:
+    """Does any target (by item name) differ from the tree stored in that item of `step`: its leaves'
+    key names and array shapes? False where the stored tree cannot be read: that is damage, not a mismatch."""
+    import jax
+
+    def leaves(tree: Any) -> list[tuple[tuple[str, ...], tuple[int, ...]]]:
+        return sorted((tuple(_key_name(k) for k in path), tuple(leaf.shape) if hasattr(leaf, "shape") else ())
+                      for path, leaf in jax.tree_util.tree_leaves_with_path(tree))
+
+    try:
+        stored = manager.item_metadata(step)
+        trees = {name: leaves(stored[name]) for name in targets}
+    except Exception:  # noqa: BLE001 (unreadable metadata, whatever its reader raises)
+        return False
+    return any(trees[name] != leaves(target) for name, target in targets.items())
+
+
+def _key_name(key: Any) -> str:
+    """A path key as a name: a dict key, an attribute or a position (Orbax stores named tuples as dicts)."""
+    for attr in ("key", "name", "idx"):
+        if hasattr(key, attr):
+            return str(getattr(key, attr))
+    return str(key)
+
+
 # -- Orbax's own reports ----------------------------------------------------------------------
 
 def _in_orbax(filename: str) -> bool:

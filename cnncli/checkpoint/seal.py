@@ -42,7 +42,7 @@ def seal(step_dir: Path) -> None:
         raise
 
 
-def is_sealed(step_dir: Path) -> bool:
+def has_manifest(step_dir: Path) -> bool:
     return (step_dir / MANIFEST).is_file()
 
 
