@@ -63,10 +63,13 @@ class CheckpointManager:
         self._finish_pending()
         args = ocp.args.Composite(model=ocp.args.StandardSave(model_tree), train=ocp.args.StandardSave(train_tree),
                                   meta=ocp.args.JsonSave(meta))
+        failed = None
         try:
             self._mgr.save(step, args=args, metrics=metrics, force=True)
         except Exception as exc:  # noqa: BLE001 (write failures come as any type; others are re-raised)
-            self._write_failed(step, exc)
+            failed = self._write_failed(step, exc)
+        if failed is not None:
+            raise failed
         self._pending.append(step)
         if metrics is not None:
             self._metrics[step] = dict(metrics)
@@ -109,10 +112,13 @@ class CheckpointManager:
             gc.collect()
 
     def _finish_pending(self) -> None:
+        failed = None
         try:
             self._mgr.wait_until_finished()
         except Exception as exc:  # noqa: BLE001 (write failures come as any type; others are re-raised)
-            self._write_failed(self._pending[-1] if self._pending else None, exc)
+            failed = self._write_failed(self._pending[-1] if self._pending else None, exc)
+        if failed is not None:
+            raise failed
         import jax
 
         pending, self._pending = self._pending, []
@@ -124,18 +130,23 @@ class CheckpointManager:
                 self._seal(step_dir)
 
     def _seal(self, step_dir: Path) -> None:
+        failed = None
         try:
             seal(step_dir)
         except OSError as exc:
-            self._write_failed(int(step_dir.name), exc, what=f"the checksums of checkpoint {step_dir}")
+            failed = self._write_failed(int(step_dir.name), exc, what=f"the checksums of checkpoint {step_dir}")
+        if failed is not None:
+            raise failed
         self._intact.add(int(step_dir.name))
         self._sealed.add(int(step_dir.name))
 
-    def _write_failed(self, step: int | None, exc: Exception, what: str | None = None) -> None:
-        """Re-raise a failed write as one line naming what failed and the last complete checkpoint.
+    def _write_failed(self, step: int | None, exc: Exception, what: str | None = None) -> CheckpointError:
+        """A failed write as one line naming what failed and the last complete checkpoint (other errors are
+        re-raised). The caller raises it outside its `except`, so that it holds no reference to Orbax's
+        error and what that error holds (the failed save's futures) goes when the manager closes.
 
-        Which one that is is read from the disk after the failure: Orbax may have completed the step
-        whose checksums could not be written, and no step whose save failed is named."""
+        Which checkpoint is named is read from the disk after the failure: Orbax may have completed the
+        step whose checksums could not be written, and no step whose save failed is named."""
         reason = orbax_io.write_failure(exc)
         if reason is None:
             raise exc
@@ -153,7 +164,7 @@ class CheckpointManager:
                     else f"a checkpoint in {self.directory}")
         kept = (f"the last complete checkpoint is {self.directory / str(last)} (intact)" if last is not None
                 else "no checkpoint is complete")
-        raise CheckpointError(f"could not write {what}: {reason}; {kept}") from None
+        return CheckpointError(f"could not write {what}: {reason}; {kept}")
 
     def last_complete_step(self) -> int | None:
         """The newest checkpoint whole on disk, once the saves in flight have ended (one that fails is
