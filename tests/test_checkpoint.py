@@ -556,3 +556,38 @@ def test_a_manager_leaves_no_process_wide_change_behind(tmp_path):
         reader.restore(2, zeros_like(model))
     reader.close()
     assert process_wide_state() == before
+
+
+def test_orbax_notices_inside_the_managers_operations_are_dropped_and_others_kept(tmp_path, caplog):
+    """Opening a read-only manager makes Orbax log notices (read_only resets, "Given directory is read
+    only") through absl's module-level functions; none reaches a handler. A record logged on the same
+    logger outside the manager's operations still does."""
+    import logging
+
+    from absl import logging as absl_logging
+
+    ck = tmp_path / "ck"
+    save_steps(ck, [1])
+    with caplog.at_level(logging.INFO):
+        mgr = CheckpointManager(ck, read_only=True)
+        mgr.restore(1, zeros_like(tiny_tree(1)[0]))
+        mgr.close()
+        absl_logging.warning("a notice of our own")
+    assert [r.getMessage() for r in caplog.records if r.name == "absl"] == ["a notice of our own"]
+
+
+OPEN_SCRIPT = """
+import sys
+from cnncli.checkpoint import CheckpointManager
+mgr = CheckpointManager(sys.argv[1], read_only=True)
+print(mgr.steps())
+mgr.close()
+"""
+
+
+def test_a_manager_opened_before_absl_is_imported_prints_nothing(tmp_path):
+    """`cnn eval` opens a read-only manager before anything has imported absl: Orbax's notices stay quiet."""
+    ck = tmp_path / "ck"
+    save_steps(ck, [1])
+    r = subprocess.run([sys.executable, "-c", OPEN_SCRIPT, str(ck)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip() == "[1]" and r.stderr == ""

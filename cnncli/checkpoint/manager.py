@@ -93,7 +93,7 @@ class CheckpointManager:
         if self._closed:
             return
         self._closed = True
-        with self._saving:
+        with quiet(), self._saving:
             try:
                 self._finish_pending()
             finally:

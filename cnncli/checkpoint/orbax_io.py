@@ -173,6 +173,10 @@ class _Quiet:
         with self._lock:
             self._depth += 1
             if self._depth == 1:
+                # absl's logger first: created by getLogger before absl is imported, it would be a plain
+                # Logger, whose records name absl's file rather than Orbax's as where they come from
+                from absl import logging as absl_logging  # noqa: F401
+
                 for name in ("absl", "asyncio"):
                     logging.getLogger(name).addFilter(self._filter)
                 self._previous_hook, sys.unraisablehook = sys.unraisablehook, self._hook
