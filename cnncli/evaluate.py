@@ -88,11 +88,12 @@ def _restore_model(manager, cfg: Config, step: int, ckpt_dir: Path) -> tuple[Any
     from cnncli.train.state import split_model
 
     meta = manager.restore_meta(step)
-    unverified = manager.unverified(step)
-    if unverified is not None:
+    if manager.state(step).unverified:
         import sys
 
-        sys.stderr.write(f"warning: checkpoint {ckpt_dir / str(step)} is unverified ({unverified})\n")
+        from cnncli.checkpoint import UNVERIFIED
+
+        sys.stderr.write(f"warning: checkpoint {ckpt_dir / str(step)} is unverified ({UNVERIFIED})\n")
     m = cfg.model
     identity = meta.get("model", {})
     model = create_model(m.name, num_classes=m.num_classes, input_shape=(m.input_size, m.input_size, m.in_channels),

@@ -14,6 +14,8 @@ import pytest
 from cnncli.checkpoint import (
     MANIFEST,
     CheckpointManager,
+    Damage,
+    DamageKind,
     find_checkpoint_dir,
     improves,
     metric_mode,
@@ -220,7 +222,7 @@ def test_a_step_whose_seal_was_deleted_is_passed_over_for_a_sealed_one(tmp_path)
     flip(ck / "3")  # what the seal would have caught: without it, wrong numbers decode silently
     model_t, train_t = zeros_like(tiny_tree(0)[0]), zeros_like(tiny_tree(0)[1])
     reader = CheckpointManager(ck, read_only=True)
-    assert reader.unverified(3) is not None and reader.unverified(2) is None
+    assert reader.state(3).unverified and not reader.state(2).unverified
     writer = CheckpointManager(ck)  # a resume
     got = writer.restore_latest_intact(model_t, train_t)
     assert got.step == 2 and got.meta == {"step": 2}
@@ -261,7 +263,7 @@ def test_checkpoint_without_manifest_still_checked_structurally(tmp_path):
         (ck / str(step) / MANIFEST).unlink()  # as written by an older version
     truncate(ck / "2")
     mgr = CheckpointManager(ck, read_only=True)
-    assert mgr.damage(2) is None  # no manifest: the truncation shows only on reading
+    assert mgr.state(2).damage is None  # no manifest: the truncation shows only on reading
     got = mgr.restore_latest_intact(zeros_like(tiny_tree(0)[0]))
     assert got.step == 1 and str(ck / "2") in got.skipped[0]
     assert_tree_equal(got.model, tiny_tree(1)[0])
@@ -272,7 +274,7 @@ def test_a_file_the_disk_cannot_read_is_damage_not_a_traceback(tmp_path, monkeyp
     newest readable step is used and a full-disk message can still name one."""
     import errno
 
-    import cnncli.checkpoint_manifest as manifest
+    import cnncli.checkpoint.seal as manifest
 
     ck = tmp_path / "ck"
     save_steps(ck, [1, 2])
@@ -285,7 +287,8 @@ def test_a_file_the_disk_cannot_read_is_damage_not_a_traceback(tmp_path, monkeyp
 
     monkeypatch.setattr(manifest, "digest", failing_disk)
     mgr = CheckpointManager(ck, read_only=True)
-    assert "is unreadable (Input/output error)" in mgr.damage(2)
+    found = mgr.state(2).damage
+    assert found.kind is DamageKind.FILE_UNREADABLE and found.reason.endswith(" is unreadable (Input/output error)")
     got = mgr.restore_latest_intact(zeros_like(tiny_tree(0)[0]))
     assert got.step == 1 and str(ck / "2") in got.skipped[0]
 
@@ -478,3 +481,113 @@ def test_eval_of_a_damaged_trained_checkpoint_names_it_and_the_intact_ones(tiny_
     res = cnn("eval", run, "--checkpoint", other, "--format", "json")
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["checkpoint_step"] == other
+
+
+def test_damage_is_a_typed_value_decided_by_checks(tmp_path):
+    """A truncated array file: where the step is sealed the seal's check says WRONG_SIZE before Orbax reads
+    it; where it is not, Orbax's failed read into a target that fits makes it READ_FAILED. A target of
+    another shape is the user's mismatch, a plain CheckpointError: no message is parsed to tell them apart."""
+    from cnncli.checkpoint import DamagedCheckpoint
+
+    ck = tmp_path / "ck"
+    save_steps(ck, [1, 2, 3])
+    (ck / "2" / MANIFEST).unlink()
+    f = largest_array_file(ck / "3")
+    written = f.stat().st_size
+    for step in (2, 3):
+        truncate(ck / str(step))
+    target = zeros_like(tiny_tree(0)[0])
+    mgr = CheckpointManager(ck, read_only=True)
+    sealed = mgr.state(3)
+    assert not sealed.intact and sealed.sealed and not sealed.unverified
+    assert sealed.damage == Damage(DamageKind.WRONG_SIZE, f"{f.relative_to(ck / '3').as_posix()} has "
+                                   f"{written // 2} bytes, {written} were written")
+    assert mgr.state(2).unverified and mgr.state(1).intact and mgr.state(1).sealed
+    with pytest.raises(DamagedCheckpoint) as err:
+        mgr.restore(3, target)
+    assert err.value.damage is not None and err.value.damage.kind is DamageKind.WRONG_SIZE
+    with pytest.raises(DamagedCheckpoint) as err:
+        mgr.restore(2, target)
+    assert err.value.damage.kind is DamageKind.READ_FAILED and err.value.step_dir == ck / "2"
+    for other in ({"params": {"w": jnp.zeros((4, 4)), "b": jnp.zeros(5)}},  # another shape
+                  {"params": {"v": jnp.zeros((48, 48)), "b": jnp.zeros(5)}}):  # the same shapes, another name
+        with pytest.raises(CheckpointError) as err:
+            mgr.restore(1, other)
+        assert not isinstance(err.value, DamagedCheckpoint)
+        assert f"checkpoint {ck / '1'} does not match the model being restored: " in str(err.value)
+    got = mgr.restore_latest_intact(target)
+    assert got.step == 1 and got.skipped == [  # the unsealed step 2 is not tried: a sealed one is older
+        f"checkpoint {ck / '2'} {UNVERIFIED}; passed over for sealed checkpoint 1",
+        f"checkpoint {ck / '3'} is damaged ({sealed.damage.reason}); skipped"]
+
+
+def process_wide_state():
+    import logging
+
+    def logger(name):
+        lg = logging.getLogger(name)
+        return lg.level, list(lg.filters), list(lg.handlers), lg.propagate, lg.disabled
+
+    return {"absl": logger("absl"), "asyncio": logger("asyncio"), "root": logger(""),
+            "unraisablehook": sys.unraisablehook}
+
+
+def test_a_manager_leaves_no_process_wide_change_behind(tmp_path):
+    """Loggers' levels and filters and sys.unraisablehook are the same after a save, a wait, restores
+    (one of a damaged step) and close, also when two managers' operations end out of order."""
+    import orbax.checkpoint  # noqa: F401 (its own import-time set-up is not ours)
+
+    from cnncli.checkpoint import DamagedCheckpoint
+
+    before = process_wide_state()
+    ck = tmp_path / "ck"
+    writer = CheckpointManager(ck)
+    model, train = tiny_tree(1)
+    writer.save(1, model, train, {"step": 1}, {"val_accuracy": 0.5})
+    writer.wait()
+    writer.save(2, model, train, {"step": 2}, {"val_accuracy": 0.6})
+    reader = CheckpointManager(ck, read_only=True)  # opened while the writer's save may be in flight
+    m, t, meta = reader.restore(1, zeros_like(model), zeros_like(train))
+    assert meta == {"step": 1}
+    assert_tree_equal(m, model)
+    writer.close()  # ends before the reader's last operation
+    truncate(ck / "2")
+    with pytest.raises(DamagedCheckpoint):
+        reader.restore(2, zeros_like(model))
+    reader.close()
+    assert process_wide_state() == before
+
+
+def test_orbax_notices_inside_the_managers_operations_are_dropped_and_others_kept(tmp_path, caplog):
+    """Opening a read-only manager makes Orbax log notices (read_only resets, "Given directory is read
+    only") through absl's module-level functions; none reaches a handler. A record logged on the same
+    logger outside the manager's operations still does."""
+    import logging
+
+    from absl import logging as absl_logging
+
+    ck = tmp_path / "ck"
+    save_steps(ck, [1])
+    with caplog.at_level(logging.INFO):
+        mgr = CheckpointManager(ck, read_only=True)
+        mgr.restore(1, zeros_like(tiny_tree(1)[0]))
+        mgr.close()
+        absl_logging.warning("a notice of our own")
+    assert [r.getMessage() for r in caplog.records if r.name == "absl"] == ["a notice of our own"]
+
+
+OPEN_SCRIPT = """
+import sys
+from cnncli.checkpoint import CheckpointManager
+mgr = CheckpointManager(sys.argv[1], read_only=True)
+print(mgr.steps())
+mgr.close()
+"""
+
+
+def test_a_manager_opened_before_absl_is_imported_prints_nothing(tmp_path):
+    """`cnn eval` opens a read-only manager before anything has imported absl: Orbax's notices stay quiet."""
+    ck = tmp_path / "ck"
+    save_steps(ck, [1])
+    r = subprocess.run([sys.executable, "-c", OPEN_SCRIPT, str(ck)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip() == "[1]" and r.stderr == ""

@@ -91,7 +91,7 @@ def test_finished_run_and_config_with_resume(finished):
 def test_full_disk_ends_in_one_line_with_a_true_status(tiny_config, tmp_path, size, resume):
     """One error line; status.json says failed; no temporaries left; the checkpoint the line names as the
     last complete one is intact and no newer one is; with space given back, the run resumes from it."""
-    from cnncli.checkpoint_manifest import damage
+    from cnncli.checkpoint.seal import damage
 
     disk = tmp_path / "disk"
     disk.mkdir()

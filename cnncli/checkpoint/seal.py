@@ -3,7 +3,8 @@
 tensorstore decodes a flipped byte inside a compressed or raw array chunk into wrong numbers
 without any error, so Orbax alone cannot tell a damaged checkpoint from a good one. `seal` lists
 every file of a finished step with its size and SHA-256 in `cnn_sha256.json`; `damage` checks
-them (and, for steps without a manifest, that the items are present and `meta` parses).
+them (and, for steps without a manifest, that the items are present and `meta` parses) and
+returns a typed `Damage`, or None.
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ import json
 from pathlib import Path
 
 from cnncli.atomic import write_text_atomic
+from cnncli.checkpoint.state import MANIFEST, Damage, DamageKind
 
-MANIFEST = "cnn_sha256.json"
 STRUCTURE = ("_CHECKPOINT_METADATA", "model", "train", "meta/metadata")
 
 
@@ -33,41 +34,45 @@ def seal(step_dir: Path) -> None:
     write_text_atomic(step_dir / MANIFEST, json.dumps({"files": files}, indent=1) + "\n")
 
 
-def _manifest_damage(step_dir: Path) -> str | None:
+def has_manifest(step_dir: Path) -> bool:
+    return (step_dir / MANIFEST).is_file()
+
+
+def _manifest_damage(step_dir: Path) -> Damage | None:
     try:
         files = json.loads((step_dir / MANIFEST).read_text())["files"]
         expected = {str(rel): (int(v["size"]), str(v["sha256"])) for rel, v in files.items()}
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return f"its {MANIFEST} is unreadable"
+        return Damage(DamageKind.MANIFEST_UNREADABLE, f"its {MANIFEST} is unreadable")
     for rel, (size, sha) in expected.items():
         p = step_dir / rel
         if not p.is_file():
-            return f"{rel} is missing"
+            return Damage(DamageKind.FILE_MISSING, f"{rel} is missing")
         actual = p.stat().st_size
         if actual != size:
-            return f"{rel} has {actual} bytes, {size} were written"
+            return Damage(DamageKind.WRONG_SIZE, f"{rel} has {actual} bytes, {size} were written")
         try:
             matches = digest(p) == sha
         except OSError as exc:  # a failing disk: the step cannot be trusted, and saying so is no traceback
-            return f"{rel} is unreadable ({exc.strerror or exc})"
+            return Damage(DamageKind.FILE_UNREADABLE, f"{rel} is unreadable ({exc.strerror or exc})")
         if not matches:
-            return f"{rel} does not match its checksum"
+            return Damage(DamageKind.WRONG_CHECKSUM, f"{rel} does not match its checksum")
     return None
 
 
-def damage(step_dir: Path) -> str | None:
-    """Why the step in `step_dir` cannot be trusted (one phrase), or None if it looks intact."""
+def damage(step_dir: Path) -> Damage | None:
+    """Why the step in `step_dir` cannot be trusted, or None if it looks intact."""
     if not step_dir.is_dir():
-        return "it does not exist"
+        return Damage(DamageKind.MISSING, "it does not exist")
     if (step_dir / MANIFEST).exists():
-        reason = _manifest_damage(step_dir)
-        if reason is not None:
-            return reason
+        found = _manifest_damage(step_dir)
+        if found is not None:
+            return found
     for rel in STRUCTURE:
         if not (step_dir / rel).exists():
-            return f"{rel} is missing"
+            return Damage(DamageKind.FILE_MISSING, f"{rel} is missing")
     try:
         json.loads((step_dir / "meta" / "metadata").read_text())
     except (OSError, ValueError):
-        return "meta/metadata is not readable JSON"
+        return Damage(DamageKind.META_UNREADABLE, "meta/metadata is not readable JSON")
     return None
