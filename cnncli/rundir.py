@@ -14,16 +14,9 @@
       model.safetensors  exported best weights
       tensorboard/    event files
 
-Replacing (--force): the old run's entries move into a hidden `.cnn-replaced-*` folder inside the
-run directory (the folder itself is never removed: it may be a mount point or the working
-directory), the new run starts, and the old entries are deleted once the new run has written its
-files; a new run that ends before that puts the old one back.
-
-Ownership: a writer takes `fcntl.flock` on `.lock` and keeps it for the life of the process
-(`RunDir.create` takes it; a resume calls `acquire()` or enters `lock()`). The kernel drops the
-lock when the process dies, however it dies, so a stale `.lock` file never blocks a resume.
-Within one process the lock is re-entrant (held per resolved path), so in-process callers that
-open the same run twice do not refuse themselves.
+Replacing (--force): the old run moves aside inside the folder until the new one has written its
+files (cnncli/run_replace.py). Ownership: one process at a time holds an OS lock on `.lock`
+(cnncli/run_lock.py); `RunDir.create` takes it, a resume calls `acquire()` or enters `lock()`.
 """
 
 from __future__ import annotations
@@ -33,25 +26,23 @@ import errno
 import json
 import os
 import shutil
-import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from cnncli import regular_file
+from cnncli import regular_file, run_lock, run_replace
 from cnncli.atomic import write_text_atomic
 from cnncli.errors import CnnError, RunDirError, WriteError
+from cnncli.run_lock import LOCK
+from cnncli.run_replace import REPLACED
 
 MARKER = ".cnn-run"
-REPLACED = ".cnn-replaced"  # + pid and time: the old run while --force starts the new one
-LOCK = ".lock"
 STATUSES = ("running", "finished", "interrupted", "failed")
 RUN_FILES = (MARKER, LOCK, "config.yaml", "split.json", "data.json", "init.json", "metrics.jsonl", "metrics.csv",
              "status.json", "results.json")  # what a run reads or writes as one file
 RUN_FOLDERS = ("checkpoints", "tensorboard")
 _SYSTEM_ROOTS = (Path("/proc"), Path("/sys"), Path("/dev"))
-_HELD: dict[Path, int] = {}  # resolved run path -> fd of its flocked .lock file, for this process
 
 
 def default_run_name(config_path: str | Path | None) -> str:
@@ -160,8 +151,8 @@ class RunDir:
                 raise RunDirError(f"--force refuses to clear {run.path}: it is not a cnn run directory (no {MARKER} "
                                   f"marker or run status.json) and holds {len(entries)} entries ({shown})")
             owner = run.owner()
-            if owner is not None and run.path.resolve() not in _HELD:
-                raise _in_use(run.path, owner)
+            if owner is not None and not run_lock.holds(run.path):
+                raise run_lock.in_use(run.path, owner)
         return run
 
     @classmethod
@@ -175,7 +166,7 @@ class RunDir:
         if run.path.is_dir() and any(run.path.iterdir()):
             run.acquire()  # refuses if a live process took it since the check
             run.release()
-            run._move_aside()
+            run.replaced = run_replace.move_aside(run.path)
         made = not run.path.exists()
         try:
             run.path.mkdir(parents=True, exist_ok=True)
@@ -189,54 +180,20 @@ class RunDir:
                               f"{_reason(exc) if isinstance(exc, OSError) else exc}") from None
         return run
 
-    # -- --force: the old run moves aside inside the folder until the new one has its files -----
-
-    def _move_aside(self) -> None:
-        """Move the old run's entries into a hidden folder inside the run directory (renames within one
-        file system: nothing is copied or lost); the folder itself stays, so a mount point or the working
-        directory can be replaced too. Refuses, with every entry back in place, if one cannot move."""
-        aside = self.path / f"{REPLACED}-{os.getpid()}-{time.time_ns()}"
-        moved: list[str] = []
-        try:
-            aside.mkdir()
-            for entry in sorted(self.path.iterdir()):
-                if entry != aside:
-                    os.rename(entry, aside / entry.name)
-                    moved.append(entry.name)
-        except OSError as exc:
-            for name in reversed(moved):
-                with contextlib.suppress(OSError):
-                    os.rename(aside / name, self.path / name)
-            with contextlib.suppress(OSError):
-                aside.rmdir()
-            raise RunDirError(f"--force could not move the old run in {self.path} aside: {_reason(exc)} "
-                              f"({exc.filename or self.path}); the old run is left as it was") from None
-        self.replaced = aside
+    # -- --force: the old run waits aside inside the folder until the new one has its files -----
 
     def discard_replaced(self) -> None:
         """The new run has written its files: delete the old run that --force moved aside."""
         aside, self.replaced = self.replaced, None
         if aside is not None:
-            shutil.rmtree(aside, ignore_errors=True)
+            run_replace.discard(aside)
 
     def restore_replaced(self) -> None:
         """The new run ended before it wrote its files: remove what it made and put the old run back."""
         aside, self.replaced = self.replaced, None
-        if aside is None or not aside.is_dir():
-            return
-        self.release()
-        for entry in self.path.iterdir():
-            if entry != aside:
-                if entry.is_dir() and not entry.is_symlink():
-                    shutil.rmtree(entry, ignore_errors=True)
-                else:
-                    with contextlib.suppress(OSError):
-                        entry.unlink()
-        for entry in aside.iterdir():
-            with contextlib.suppress(OSError):
-                os.rename(entry, self.path / entry.name)
-        with contextlib.suppress(OSError):
-            aside.rmdir()
+        if aside is not None and aside.is_dir():
+            self.release()
+            run_replace.restore(self.path, aside)
 
     def _check_location(self) -> None:
         resolved = self.path.resolve()
@@ -281,41 +238,17 @@ class RunDir:
 
     def acquire(self) -> RunDir:
         """Own this run for the life of the process; a one-line RunDirError naming the live owner otherwise."""
-        import fcntl
-
-        key = self.path.resolve()
-        if key in _HELD:
-            return self
-        lock = self.path / LOCK
-        try:
-            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as exc:
-            raise RunDirError(f"cannot lock run directory {self.path}: {_reason(exc)}") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            owner = _read_owner(fd)
-            os.close(fd)
-            raise _in_use(self.path, owner) from None
-        try:
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname()}).encode() + b"\n", 0)
-        except OSError as exc:
-            os.close(fd)
-            raise RunDirError(f"cannot lock run directory {self.path}: {_reason(exc)}") from None
-        _HELD[key] = fd
+        run_lock.acquire(self.path)
         return self
 
     def release(self) -> None:
         """Give up ownership (the kernel also does this when the process ends)."""
-        fd = _HELD.pop(self.path.resolve(), None)
-        if fd is not None:
-            os.close(fd)  # closing the descriptor drops the flock
+        run_lock.release(self.path)
 
     @contextlib.contextmanager
     def lock(self) -> Iterator[RunDir]:
         """`with run.lock():` owns the run inside the block; re-entrant if this process already owns it."""
-        held = self.path.resolve() in _HELD
+        held = run_lock.holds(self.path)
         self.acquire()
         try:
             yield self
@@ -325,21 +258,7 @@ class RunDir:
 
     def owner(self) -> dict | None:
         """{'pid', 'host'} of the live process owning this run, or None if nobody holds the lock."""
-        import fcntl
-
-        if self.path.resolve() in _HELD:
-            return {"pid": os.getpid(), "host": socket.gethostname()}
-        try:
-            fd = os.open(self.path / LOCK, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO there must not block
-        except OSError:
-            return None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except OSError:
-            return _read_owner(fd) or {"pid": None, "host": None}
-        finally:
-            os.close(fd)
-        return None
+        return run_lock.owner(self.path)
 
     # -- small files --------------------------------------------------------------------
 
@@ -395,19 +314,6 @@ def refuse_run_file(path: str | Path, option: str) -> None:
         if not rel.parts or first in RUN_FILES or first in RUN_FOLDERS or first.startswith((REPLACED, "model.")):
             what = f"the run directory {folder}" if not rel.parts else f"{rel} of the run {folder}"
             raise RunDirError(f"{option} {path} would write over {what}; write it elsewhere")
-
-
-def _in_use(path: Path, owner: dict | None) -> RunDirError:
-    who = f"process {owner.get('pid')} on host {owner.get('host')}" if owner and owner.get("pid") else "another process"
-    return RunDirError(f"run directory {path} is in use by {who}; wait for it to finish or stop it first")
-
-
-def _read_owner(fd: int) -> dict | None:
-    try:
-        owner = json.loads(os.pread(fd, 4096, 0).decode())
-    except (OSError, ValueError):
-        return None
-    return owner if isinstance(owner, dict) else None
 
 
 class Location(NamedTuple):

@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 
 from cnncli.cli import app
 from cnncli.train import clock as clock_module
-from cnncli.train.clock import Every, RunClock
+from cnncli.train.clock import Due, Every, Periodic, RunClock
 
 
 class FakeTime:
@@ -74,6 +74,36 @@ def test_window_paused_at_a_log_step_and_resumed_rates_only_later_steps(fake_tim
     assert clock.window_rate() == pytest.approx(40 / 7.0)
     assert (clock.steady_images, clock.steady_seconds) == (140, pytest.approx(11.0))
     assert clock.images_per_sec() == pytest.approx(140 / 11.0)
+
+
+def test_periodic_owes_a_record_before_every_evaluation_and_a_checkpoint_after_it():
+    """Logs every 5 steps, evaluates every 4, checkpoints every 3, over 12 steps; a signal at step 7."""
+    rule = Periodic(log=Every(5, 12), evaluate=Every(4, 12), checkpoint=Every(3, 12))
+    due = {done: rule.at(done, stop=done == 7) for done in range(1, 13)}
+    # independently: the multiples, plus what each action needs (and the last step does everything)
+    for done, d in due.items():
+        evaluate = done % 4 == 0 or done == 12
+        stop = done == 7
+        assert d == Due(record=done % 5 == 0 or evaluate or stop, evaluate=evaluate,
+                        checkpoint=done % 3 == 0 or evaluate or stop, stop=stop), done
+    assert [d for d, x in due.items() if x.pauses_training] == [3, 4, 6, 7, 8, 9, 12]
+    assert [d for d, x in due.items() if x.record] == [4, 5, 7, 8, 10, 12]
+    assert [d for d, x in due.items() if not any(vars(x).values())] == [1, 2, 11]
+
+
+def test_paused_block_is_not_training_time(fake_time):
+    clock = RunClock()
+    clock.compiled(1.0)
+    fake_time.now += 2.0
+    clock.stepped(8)
+    with clock.paused():
+        fake_time.now += 30.0
+    fake_time.now += 2.0
+    clock.stepped(8)
+    with pytest.raises(KeyError), clock.paused():  # resumed however the block ends
+        fake_time.now += 30.0
+        raise KeyError("x")
+    assert clock.window_rate() == pytest.approx(16 / 4.0)
 
 
 @pytest.mark.slow

@@ -177,3 +177,113 @@ def test_killed_run_is_listed_as_dead_and_resumes(tiny_config, tmp_path):
     assert json.loads(res.stdout)[0]["status"] == "dead"
     res = cnn("train", "--resume", run, "--set", "train.steps=12")
     assert res.exit_code == 0, res.output
+
+
+def _listing(folder):
+    """Every entry under `folder` with its kind, size and modification time (ns)."""
+    return {str(p.relative_to(folder)): (p.is_dir(), p.stat().st_size, p.stat().st_mtime_ns)
+            for p in sorted(folder.rglob("*"))}
+
+
+def test_constructing_a_training_touches_no_file_and_its_session_is_the_start_step(tiny_run, tmp_path):
+    """A Training of a resume at step 4 of a run logged to step 8: building it changes no entry of the run
+    directory (the old metrics rows stay) and prints nothing; `run()` outside the session is refused;
+    entering `session()` is what claims the run and drops the rows past step 4."""
+    import io
+    import shutil
+
+    from rich.console import Console
+
+    from cnncli.config import load_config
+    from cnncli.rundir import RunDir
+    from cnncli.train.loop import Training
+    from cnncli.train.setup import build_training
+
+    path = tmp_path / "run"
+    shutil.copytree(tiny_run.run, path)
+    setup = build_training(load_config(path / "config.yaml"), None)
+    before = _listing(path)
+    assert [r["step"] for r in records(path, "train")] == list(range(1, 9))
+    out = io.StringIO()
+    meta = {"step": 4, "images_seen": 128, "cluster": {"processes": 3, "devices": 3}}
+    training = Training(setup, RunDir(path), object(), Console(file=out), (setup.state, meta))
+    with pytest.raises(RuntimeError, match="session"):
+        training.run()
+    assert _listing(path) == before and out.getvalue() == ""
+    assert json.loads((path / "status.json").read_text())["status"] == "finished"
+
+    with training.session():
+        status = json.loads((path / "status.json").read_text())
+        assert status["status"] == "running" and status["pid"] == os.getpid()
+        assert [r["step"] for r in records(path, "train")] == [1, 2, 3, 4]  # the resume's truncation
+        assert [int(r["step"]) for r in csv_rows(path)] == [4]
+    assert "written by 3 process(es) on 3 device(s)" in out.getvalue()
+
+
+@pytest.mark.slow
+def test_a_log_eval_and_checkpoint_step_records_then_evaluates_then_checkpoints(tiny_config, tmp_path, monkeypatch):
+    """Steps 4 and 8 log, evaluate and checkpoint (2 and 6 log and checkpoint). With a fake clock -- a step
+    1 s, an evaluation 50 s, a save 100 s -- every images/s is 32 (the batch per second: neither
+    evaluation nor saving is in it), each epoch row's train loss is the mean of its four logged steps
+    (the record came first), and each checkpoint's meta holds what the evaluation before it left."""
+    import types
+
+    from cnncli.checkpoint import CheckpointManager
+    from cnncli.train import clock as clock_module
+    from cnncli.train import feeds
+
+    now = [1000.0]
+    monkeypatch.setattr(clock_module, "time", types.SimpleNamespace(perf_counter=lambda: now[0]))
+    real_step, real_eval, real_save = feeds.ArrayFeed.step, feeds.ArrayFeed.evaluate, CheckpointManager.save
+    saved = {}
+
+    def step(self, *args):
+        now[0] += 1.0
+        return real_step(self, *args)
+
+    def evaluate(self, *args):
+        now[0] += 50.0
+        return real_eval(self, *args)
+
+    def save(self, step, model_tree, train_tree, meta, metrics=None):
+        saved[step] = (json.loads(json.dumps(meta)), metrics)
+        now[0] += 100.0
+        return real_save(self, step, model_tree, train_tree, meta, metrics)
+
+    monkeypatch.setattr(feeds.ArrayFeed, "step", step)
+    monkeypatch.setattr(feeds.ArrayFeed, "evaluate", evaluate)
+    monkeypatch.setattr(CheckpointManager, "save", save)
+    run = tmp_path / "run"
+    res = cnn("train", tiny_config, "--run-dir", run, "--set", "train.log_every_steps=1",
+              "--set", "train.checkpoint_every_steps=2", "--set", "train.keep_last=10")
+    assert res.exit_code == 0, res.output
+
+    lines = records(run)
+    train = {r["step"]: r for r in lines if r["split"] == "train"}
+    val = {r["step"]: r for r in lines if r["split"] == "val"}
+    assert sorted(train) == list(range(1, 9)) and sorted(val) == [4, 8] and sorted(saved) == [2, 4, 6, 8]
+    assert "images_per_sec" not in train[1]  # the compiling step is not timed
+    assert [train[s]["images_per_sec"] for s in range(2, 9)] == [32.0] * 7
+    assert json.loads((run / "status.json").read_text())["images_per_sec"] == 32.0
+    for s in (4, 8):  # at each boundary: the train record, then the val record
+        at = [r["split"] for r in lines if r["step"] == s]
+        assert at[:2] == ["train", "val"], at
+    rows = {int(r["step"]): r for r in csv_rows(run)}
+    assert sorted(rows) == [4, 8]
+    for s in (4, 8):
+        assert float(rows[s]["train_loss"]) == pytest.approx(sum(train[k]["loss"] for k in range(s - 3, s + 1)) / 4,
+                                                             rel=1e-6)
+        assert float(rows[s]["val_accuracy"]) == val[s]["accuracy"] and float(rows[s]["images_per_sec"]) == 32.0
+    for s, (meta, metrics) in saved.items():
+        assert meta["step"] == s and meta["images_seen"] == 32 * s
+        # timed: steps 2..s, 1 s and 32 images each; no evaluation or save time, no image twice
+        assert meta["steady"] == {"images": 32 * (s - 1), "seconds": float(s - 1)}
+        if s in val:  # after the evaluation: its numbers, and the epoch it closed
+            assert meta["val"]["accuracy"] == val[s]["accuracy"] and meta["val"]["loss"] == val[s]["loss"]
+            assert metrics == {"val_accuracy": val[s]["accuracy"], "val_loss": val[s]["loss"]}
+            assert meta["log"]["epoch_sums"] == {"loss": 0.0, "accuracy": 0.0, "n": 0}
+        else:  # mid-epoch: the sums of the epoch's steps so far
+            assert meta["val"] is None and metrics is None
+            assert meta["log"]["epoch_sums"]["n"] == 2
+            assert meta["log"]["epoch_sums"]["loss"] == pytest.approx(train[s - 1]["loss"] + train[s]["loss"],
+                                                                      rel=1e-6)

@@ -5,11 +5,14 @@ to the first step and the steady images/s of training (the first, compiling step
 process and all evaluation excluded) -- summed over the processes of a resumed run, and
 checkpoints its own state. Compile time is what JAX itself reports tracing, lowering and
 compiling (or fetching from the persistent cache) took, through `jax.monitoring`.
-`Every` answers whether a periodic action (log, evaluate, checkpoint) is due at a step.
+`Every` answers whether a periodic action (log, evaluate, checkpoint) is due at a step, and
+`Periodic.at` what a step boundary owes: one rule, so that the loop cannot do one action
+without what must come before it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import threading
 import time
@@ -72,6 +75,39 @@ class Every:
 
     def __call__(self, step: int) -> bool:
         return step % self.period == 0 or step == self.last
+
+
+@dataclasses.dataclass(frozen=True)
+class Due:
+    """The actions due at one step boundary. The loop performs them in this order: record, evaluate,
+    checkpoint, stop."""
+
+    record: bool  # a `train` record: closes the images/s window and fetches the epoch sums
+    evaluate: bool
+    checkpoint: bool
+    stop: bool  # a signal asked the run to stop here
+
+    @property
+    def pauses_training(self) -> bool:
+        """Evaluation and checkpointing are not training time: the throughput clock stops for them."""
+        return self.evaluate or self.checkpoint
+
+
+@dataclasses.dataclass(frozen=True)
+class Periodic:
+    """When a run logs, evaluates and checkpoints."""
+
+    log: Every
+    evaluate: Every
+    checkpoint: Every
+
+    def at(self, done: int, stop: bool = False) -> Due:
+        """What is due after `done` steps. An evaluation is always preceded by a record (its epoch row
+        reads the record's images/s and the epoch sums the record fetched) and followed by a checkpoint
+        (which may be the best); a stop records and checkpoints the step it stops at."""
+        evaluate = self.evaluate(done)
+        return Due(record=self.log(done) or evaluate or stop, evaluate=evaluate,
+                   checkpoint=evaluate or self.checkpoint(done) or stop, stop=stop)
 
 
 class RunClock:
@@ -154,6 +190,15 @@ class RunClock:
         """Count time again after `pause()`."""
         if self._window_open and self._window_start is None:
             self._window_start = time.perf_counter()
+
+    @contextlib.contextmanager
+    def paused(self):
+        """`with clock.paused():` the time inside the block is not training time."""
+        self.pause()
+        try:
+            yield self
+        finally:
+            self.resume()
 
     def images_per_sec(self) -> float | None:
         """Steady training throughput of the whole run."""

@@ -2,17 +2,17 @@
 
 One code path for one device or many: the state is replicated over a `data` mesh axis and
 every batch is sharded along it. The loop body reads as the algorithm -- get a batch, step,
-maybe log, maybe evaluate, maybe checkpoint, maybe stop -- and every exit (success, NaN,
-SIGINT/SIGTERM, any exception) leaves status.json truthful, the metrics files flushed and
-closed, the checkpoint in flight finished, and the run directory's lock released.
+then what the step boundary owes (log, evaluate, checkpoint, stop: `Periodic.at`, performed
+in that order by one method) -- and every exit (success, NaN, SIGINT/SIGTERM, any exception)
+leaves status.json truthful, the metrics files flushed and closed, the checkpoint in flight
+finished, and the run directory's lock released. A `Training` is built without touching a
+file; its `session()` is the step that claims the run and opens its outputs.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
-import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -21,12 +21,12 @@ from cnncli import interrupts
 from cnncli.config import Config
 from cnncli.errors import TrainingError, TrainingInterrupted
 from cnncli.rundir import RunDir
-from cnncli.train.clock import Every, RunClock, cache_hits
-from cnncli.train.environment import run_environment
+from cnncli.train.clock import Every, Periodic, RunClock, cache_hits
 from cnncli.train.exits import (WRITE_ERRNOS, SignalCatcher, comparable, one_line, says_how_it_ended, signal_name,
                                  write_error)
 from cnncli.train.logbook import TrainLog, epoch_line
 from cnncli.train.resume import starts_over
+from cnncli.train.runfiles import opening_lines, state_memory_line, topology_note, write_start_files
 from cnncli.train.setup import TrainingSetup, build_training, model_tree, restore_training, train_tree
 
 
@@ -72,7 +72,7 @@ def train_and_evaluate(cfg: Config, run_path: str | Path, *, resume: bool = Fals
             manager = stack.enter_context(_closing(CheckpointManager(
                 run.checkpoints, keep_last=t.keep_last, keep_best=t.keep_best, best_metric=t.best_metric)))
         training = Training(setup, run, manager, console, restored, started)
-        stack.enter_context(training.closing())
+        stack.enter_context(training.session())  # the start step: from here on the run's files change
         try:
             return training.run()
         except TrainingInterrupted:
@@ -99,7 +99,11 @@ def _closing(manager):
 
 
 class Training:
-    """One process's part of a run, from its first step to results.json."""
+    """One process's part of a run, from its first step to results.json.
+
+    Constructing one touches no file and prints nothing; `with training.session():` is the start
+    step (claims the run, writes its description, opens the metrics writers, catches signals) and
+    records every way out; `run()` trains inside it."""
 
     def __init__(self, setup: TrainingSetup, run: RunDir, manager, console, restored: tuple[Any, dict] | None,
                  started: float | None = None):
@@ -117,93 +121,29 @@ class Training:
         self.stopped_early = False
         self.clock = RunClock(meta, started)
         self.catcher = SignalCatcher()
-        self.log_every = Every(self.t.log_every_steps, setup.total_steps)
-        self.eval_every = Every.of(steps=self.t.eval_every_steps, epochs=self.t.eval_every_epochs,
-                                   steps_per_epoch=self.spe, last=setup.total_steps)
-        self.ckpt_every = Every.of(steps=self.t.checkpoint_every_steps, epochs=self.t.checkpoint_every_epochs,
-                                   steps_per_epoch=self.spe, last=setup.total_steps)
-        self._note_topology_change(meta.get("cluster"))
+        t, last, spe = self.t, setup.total_steps, self.spe
+        self.periodic = Periodic(
+            log=Every(t.log_every_steps, last),
+            evaluate=Every.of(steps=t.eval_every_steps, epochs=t.eval_every_epochs, steps_per_epoch=spe, last=last),
+            checkpoint=Every.of(steps=t.checkpoint_every_steps, epochs=t.checkpoint_every_epochs,
+                                steps_per_epoch=spe, last=last))
         self._resumed, self._log_state = restored is not None, meta.get("log")
-        self._claimed = False  # status.json says "running" for this process (see closing)
+        self._cluster_before = meta.get("cluster")  # the topology the checkpoint was written on
+        self._in_session = False  # inside `session()`: the run's outputs are open
+        self._claimed = False  # status.json says "running" for this process (see session)
         self.writer = NullMetricsWriter()
         self.log = TrainLog(self.writer, self.clock, self.spe, self._log_state)
         self._epoch_start = time.perf_counter()
         self._batches = None
 
-    def _open(self) -> None:
-        """Claim the run (status "running") and open its writers: inside `closing`, so that every way out
-        from here on (a signal, a refusal, a failure) is written to status.json."""
-        from cnncli.metrics import MetricsWriter, truncate_after, truncate_csv_after
-
-        if not self.primary:
-            return
-        run = self.run_dir
-        self._write_run_files(self._resumed)
-        self._claimed = True
-        run.discard_replaced()  # --force: the new run has its files; the old one goes now
-        dropped = truncate_after(run.metrics_jsonl, self.start_step) + truncate_csv_after(run.metrics_csv,
-                                                                                         self.start_step)
-        if dropped:
-            self.console.print(f"warning: dropped {dropped} unreadable line(s) of {run.metrics_jsonl.name} / "
-                               f"{run.metrics_csv.name} (a torn write or damage)")
-        self.writer = MetricsWriter(run.metrics_jsonl, run.metrics_csv,
-                                    run.tensorboard if self.cfg.output.tensorboard else None)
-        self.log = TrainLog(self.writer, self.clock, self.spe, self._log_state)
-
-    # ---- the run directory ------------------------------------------------------------------
-
-    def _write_run_files(self, resumed: bool) -> None:
-        run, data, cfg = self.run_dir, self.setup.data, self.cfg
-        text = cfg.to_yaml()
-        if not (resumed and run.config.is_file() and run.config.read_text() == text):  # a resume changes what changed
-            run.write_text("config.yaml", text)
-        run.write_json("split.json", data.split_info)
-        run.write_json("data.json", {"source": data.source, "path": data.path, "description": data.description,
-                                     "class_names": data.class_names, "image_shape": list(data.image_shape),
-                                     "mean": data.mean, "std": data.std, "stats_from": data.stats_from,
-                                     "sizes": data.sizes(), "notes": data.notes})
-        for note in data.notes:
-            self.console.print(f"note: {note}")
-        report = self.setup.init_report
-        if report and not resumed:
-            run.write_json("init.json", report)
-            for key, label in (("loaded", "loaded from " + str(report.get("source"))),
-                               ("reinitialised", "re-initialised"), ("frozen", "frozen")):
-                if report.get(key):
-                    groups = report[key]
-                    shown = ", ".join(groups[:6]) + (f" and {len(groups) - 6} more" if len(groups) > 6 else "")
-                    self.console.print(f"{label}: {len(groups)} group(s): {shown}")
-        if resumed:
-            self.console.print(f"resuming {run.path} from step {self.start_step} "
-                               f"(epoch {self.start_step / self.spe:.2f})")
-        run.set_status("running", started=time.strftime("%Y-%m-%dT%H:%M:%S"), pid=os.getpid(),
-                       host=socket.gethostname(), total_steps=self.setup.total_steps, steps_per_epoch=self.spe,
-                       model=cfg.model.name, dataset=cfg.data.source, reason=None, cluster=self.topology,
-                       environment=run_environment())
-
-    def _report_state_memory(self) -> None:
-        """Bytes of the train state on the fullest device: printed and stored under status.json's `cluster`."""
-        from cnncli.distributed import bytes_per_device
-
-        self.topology["state_bytes_per_device"] = bytes_per_device(self.state)
-        self.topology["shard_params"] = self.t.shard_params
-        how = "split over the devices" if self.t.shard_params else "a full copy on each device"
-        self.console.print(f"train state: {self.topology['state_bytes_per_device'] / 2**20:.2f} MiB per device ({how})")
-        if self.primary:
-            self.run_dir.set_status("running", cluster=self.topology)
-
-    def _note_topology_change(self, before: dict | None) -> None:
-        """A resume on another number of processes or devices keeps the global batch and its order."""
-        now = self.topology
-        if before and (before.get("processes"), before.get("devices")) != (now["processes"], now["devices"]):
-            self.console.print(
-                f"note: the checkpoint was written by {before.get('processes')} process(es) on {before.get('devices')} "
-                f"device(s), this run has {now['processes']} on {now['devices']}: the global batch "
-                f"({now['global_batch']}) and the order of examples stay the same, {now['per_device_batch']} per device")
+    # ---- the start step and every exit ---------------------------------------------------------
 
     @contextlib.contextmanager
-    def closing(self):
-        """Every exit: status.json says what happened, writers are closed, workers stopped."""
+    def session(self):
+        """The run's outputs for the life of the block. Entering claims the run (status "running"), writes
+        its description and opens its metrics writers, inside the signal handling, so that every way out
+        from here on (a signal, a refusal, a failure) is written to status.json; leaving closes the writers
+        and stops the feed's workers."""
         try:
             with self.catcher.installed(shared=self.topology["processes"] > 1):
                 self._open()
@@ -219,11 +159,35 @@ class Training:
             self._finish_status("failed", reason=one_line(exc) or type(exc).__name__, step=self._step_now())
             raise
         finally:
+            self._in_session = False
             with contextlib.suppress(Exception):
                 self.writer.close()
             if self._batches is not None:  # stops a file feed's decoding workers
                 with contextlib.suppress(Exception):
                     self._batches.close()
+
+    def _open(self) -> None:
+        from cnncli.metrics import MetricsWriter, truncate_after, truncate_csv_after
+
+        note = topology_note(self._cluster_before, self.topology)
+        if note:
+            self.console.print(note)
+        self._in_session = True
+        if not self.primary:
+            return
+        run = self.run_dir
+        write_start_files(run, self.setup, self.console, resumed=self._resumed, start_step=self.start_step,
+                          topology=self.topology)
+        self._claimed = True
+        run.discard_replaced()  # --force: the new run has its files; the old one goes now
+        dropped = truncate_after(run.metrics_jsonl, self.start_step) + truncate_csv_after(run.metrics_csv,
+                                                                                         self.start_step)
+        if dropped:
+            self.console.print(f"warning: dropped {dropped} unreadable line(s) of {run.metrics_jsonl.name} / "
+                               f"{run.metrics_csv.name} (a torn write or damage)")
+        self.writer = MetricsWriter(run.metrics_jsonl, run.metrics_csv,
+                                    run.tensorboard if self.cfg.output.tensorboard else None)
+        self.log = TrainLog(self.writer, self.clock, self.spe, self._log_state)
 
     def _step_now(self) -> int | None:
         with contextlib.suppress(Exception):
@@ -242,43 +206,53 @@ class Training:
     # ---- the loop ------------------------------------------------------------------------------
 
     def run(self) -> dict[str, Any]:
-        from cnncli.distributed import place
-
-        s = self.setup
-        sizes = s.data.sizes()
-        self.console.print(
-            f"[bold]{self.cfg.model.name}[/] on {self.cfg.data.source}: {sizes['train']} train / {sizes['val']} val "
-            f"/ {sizes['test']} test images {s.data.image_shape}, {s.total_steps} steps "
-            f"({s.total_steps / self.spe:.3g} epochs of {self.spe}), {s.mesh.devices.size} x "
-            f"{s.mesh.devices.flat[0].device_kind} ({s.mesh.devices.flat[0].platform})")
-        topo = self.topology
-        self.console.print(f"{topo['processes']} process(es) x {topo['local_devices']} device(s) = {topo['devices']} "
-                           f"device(s); global batch {topo['global_batch']}, {topo['per_device_batch']} per device")
+        from cnncli.distributed import bytes_per_device, place
         from cnncli.metrics import TrainProgress
 
+        if not self._in_session:
+            raise RuntimeError("Training.run() needs the run's outputs open: call it inside `with training.session():`")
+        s = self.setup
+        for line in opening_lines(s, self.topology):
+            self.console.print(line)
         self.state = place(s.mesh, self.state, s.state_sharding)
-        self._report_state_memory()
+        # the bytes of the train state on the fullest device: printed and stored under status.json's `cluster`
+        self.topology.update(state_bytes_per_device=bytes_per_device(self.state), shard_params=self.t.shard_params)
+        self.console.print(state_memory_line(self.topology))
+        if self.primary:
+            self.run_dir.set_status("running", cluster=self.topology)
         with TrainProgress(self.console, s.total_steps, self.start_step, self.spe,
                            s.total_steps / self.spe) as self.progress:
             self._batches = s.feed.batches(s.stream, self.start_step, s.total_steps)
             for step, batch in zip(range(self.start_step, s.total_steps), self._batches):
                 done = self._step(step, batch)
-                stop = self.catcher.stop_requested(done)
-                if self.log_every(done) or self.eval_every(done) or stop:
-                    self._record(done)
-                if self.eval_every(done) or self.ckpt_every(done) or stop:
-                    self._pause_clock()  # evaluation and checkpointing are not training throughput
-                    val = self._evaluate(done) if self.eval_every(done) else None
-                    self._save(done, val)
-                    self.clock.resume()
-                if stop:
-                    self._interrupted(done)
+                self._boundary(done, self.catcher.stop_requested(done))
                 if self.stopped_early:
                     self.console.print(f"early stopping: no {self.t.best_metric} improvement in "
                                        f"{self.bad_evals} evaluations")
                     break
         self.catcher.urgent = True  # no step left to finish: a signal stops at once
         return self._final()
+
+    def _boundary(self, done: int, stop: bool) -> None:
+        """Everything due after step `done` (`Periodic.at`), in the one order each action needs:
+        1. the train record: it closes the images/s window before the pause below, and fetches the
+           epoch sums and non-finite counters the evaluation's epoch row and the NaN check read;
+        2. the evaluation: it writes the epoch row and updates bad_evals and the plateau's scale;
+        3. the checkpoint: its meta holds the counters after that evaluation, its metrics that score;
+        4. a requested stop, after the checkpoint it will resume from.
+        The throughput clock is paused across 2 and 3, once the steps dispatched so far have run."""
+        import jax
+
+        due = self.periodic.at(done, stop)
+        if due.record:
+            self._record(done)
+        if due.pauses_training:
+            jax.block_until_ready(self.state)  # the steps dispatched so far are training time
+            with self.clock.paused():
+                val = self._evaluate(done) if due.evaluate else None
+                self._save(done, val)
+        if due.stop:
+            self._interrupted(done)
 
     def _step(self, step: int, batch) -> int:
         import jax
@@ -362,13 +336,6 @@ class Training:
         self.log.sync(self._counters())  # the epoch sums a resume needs cover every step up to `done`
         metrics = None if val is None else {"val_accuracy": val["accuracy"], "val_loss": val["loss"]}
         self.manager.save(done, model_tree(self.state), train_tree(self.state), self._meta(done, val), metrics)
-
-    def _pause_clock(self) -> None:
-        """Stop the throughput clock once the steps dispatched so far have run (they are training time)."""
-        import jax
-
-        jax.block_until_ready(self.state)
-        self.clock.pause()
 
     def _interrupted(self, done: int) -> None:
         self.manager.wait()
