@@ -118,7 +118,7 @@ def main() -> None:
         "kernels": "xla" if args.xla_kernels else "default",
         "images_per_second": {k: round(v, 1) for k, v in median.items()},
         "vs_shifted": {k: round(v / median["shifted"], 3) for k, v in median.items()},
-    }, indent=1))
+    }))
 
 
 if __name__ == "__main__":

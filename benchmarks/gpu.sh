@@ -115,7 +115,7 @@ fi
 #   tests     the whole fast test suite on the accelerator (pytest-xdist where installed)
 #   profile   benchmarks/gpu_profile.py: cnn bench's step under jax.profiler, top device ops
 #   variants  cnn bench under each XLA_FLAGS of $VARIANTS (one per line), JSON per variant
-#   fastvar   the bench's step with BatchNorm's one-pass variance (the cost of the two-pass default)
+#   bnvar     benchmarks/bn_variance.py: the step with BatchNorm's shifted, fast and two-pass variances, alternated
 #   bench     cnn bench (the real step, augmentation on device), then the PyTorch reference, eager and compiled
 #   real      an ImageNet-like JPEG folder made here, packed, and trained from (steady images/s)
 PARTS=${PARTS:-bench real tests}
@@ -141,9 +141,11 @@ run_part() {
     profile)
         part profile 120 "$PY" benchmarks/gpu_profile.py "$MODEL" --dtype bfloat16 --batch-size $BS "${SIZE[@]}" \
             --steps 10 --out /tmp/cnn-profile ;;
-    fastvar)  # the bench's step with BatchNorm's one-pass variance: what the two-pass default costs
-        part fastvar 90 "$PY" benchmarks/gpu_profile.py "$MODEL" --dtype bfloat16 --batch-size $BS "${SIZE[@]}" \
-            --steps $STEPS --no-trace --fast-variance ;;
+    bnvar)  # the cost of BatchNorm's shifted variance against the fast and two-pass ones, alternated
+        local isz=(--input-size 224)
+        [ ${#SIZE[@]} -gt 0 ] && isz=("${SIZE[@]}")
+        part bnvar 150 "$PY" benchmarks/bn_variance.py --model "$MODEL" --dtype bfloat16 --batch-size $BS \
+            "${isz[@]}" --steps 10 --rounds 3 ;;
     variants)
         local i=0 flags
         while IFS= read -r flags; do

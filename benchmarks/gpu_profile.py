@@ -78,9 +78,6 @@ def main() -> int:
     ap.add_argument("--top", type=int, default=25)
     ap.add_argument("--out", type=Path, default=Path("profile-out"))
     ap.add_argument("--no-trace", action="store_true", help="time only: the bench's figures without the profiler")
-    ap.add_argument("--fast-variance", action="store_true",
-                    help="BatchNorm's batch variance forced to E[x^2]-E[x]^2 in one pass (flax's fast variance, cnn's "
-                         "default again), to time it against a two-pass variant")
     a = ap.parse_args()
 
     import jax
@@ -106,11 +103,6 @@ def main() -> int:
 
     if not a.no_trace:
         timing.time_windows = traced
-    if a.fast_variance:
-        from cnncli.models import layers
-
-        init = layers.BatchNorm.__init__
-        layers.BatchNorm.__init__ = lambda self, *args, **kw: init(self, *args, **{**kw, "use_fast_variance": True})
     req = bench.BenchRequest(a.target, batch_size=a.batch_size, input_size=a.input_size, dtype=a.dtype,
                              steps=a.steps, windows=1)
     start = time.perf_counter()
@@ -118,7 +110,6 @@ def main() -> int:
     result = {k: report[k] for k in ("model", "batch_size", "dtype", "device", "step_time_ms", "images_per_second",
                                      "mfu", "xla_flags", "jax_version")}
     result["wall_s"] = time.perf_counter() - start
-    result["fast_variance"] = a.fast_variance
     path = None if a.no_trace else _trace_file(a.out)
     if path is None:
         result["profile"] = None

@@ -3,7 +3,7 @@
     python benchmarks/gpu_results.py OUT_DIR [--results benchmarks/results]
 
 Reads what gpu.sh left in OUT_DIR (bench.txt, torch_eager.txt, torch_compiled.txt, junit.xml,
-real.txt, profile.txt, fastvar.txt: each part's stdout; pytest's junit file) and writes OUT_DIR/gpu-<date>.json, and a copy
+real.txt, profile.txt, bnvar.txt: each part's stdout; pytest's junit file) and writes OUT_DIR/gpu-<date>.json, and a copy
 into --results when given:
 
     {"date": ISO 8601, "device": {...}, "versions": {...},
@@ -97,7 +97,7 @@ def collect(out: Path, junit: Path) -> dict:
     compiled = _last_json(out / "torch_compiled.txt") or {}
     real = _last_json(out / "real.txt") or {}
     profile = _last_json(out / "profile.txt") or {}
-    fastvar = _last_json(out / "fastvar.txt") or {}
+    bnvar = _last_json(out / "bnvar.txt") or {}
     ips = bench.get("images_per_second")
     return {
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -112,7 +112,7 @@ def collect(out: Path, junit: Path) -> dict:
             "torch_eager_images_per_second": eager.get("images_per_second"),
             "vs_torch_compile": _ratio(ips, compiled.get("images_per_second")),
             "vs_torch_eager": _ratio(ips, eager.get("images_per_second")),
-            "batchnorm_one_pass_variance_images_per_second": fastvar.get("images_per_second"),
+            "batchnorm_variance_images_per_second": bnvar.get("images_per_second"),
         },
         "tests": _tests(junit) or _tests_from_log(out / "tests.txt"),
         "real_data": {
