@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import stat
 from pathlib import Path
+from typing import BinaryIO
 
 from cnncli.errors import CnnError
 
@@ -41,19 +42,26 @@ def check(path: str | Path, error: type[CnnError] = CnnError, what: str = "") ->
         raise error(f"{what + ' ' if what else ''}{path} is {found}, not a regular file")
 
 
-def read_bytes(path: str | Path, error: type[CnnError] = CnnError, what: str = "", limit: int | None = None) -> bytes:
-    """The bytes of the regular file `path` (at most `limit` + 1 of them when `limit` is given); one line
-    (`error`) if it is anything else. OSError (missing, no permission) passes through."""
+def open_binary(path: str | Path, error: type[CnnError] = CnnError, what: str = "") -> BinaryIO:
+    """The regular file `path` opened for reading in binary; one line (`error`) if it is anything else
+    (a FIFO refused at once, without waiting for a writer). OSError (missing, no permission) passes through."""
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     try:
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):
             raise error(f"{what + ' ' if what else ''}{path} is {kind(mode)}, not a regular file")
         os.set_blocking(fd, True)
-        with os.fdopen(os.dup(fd), "rb") as fh:
-            return fh.read() if limit is None else fh.read(limit + 1)
-    finally:
+        return os.fdopen(fd, "rb")
+    except BaseException:
         os.close(fd)
+        raise
+
+
+def read_bytes(path: str | Path, error: type[CnnError] = CnnError, what: str = "", limit: int | None = None) -> bytes:
+    """The bytes of the regular file `path` (at most `limit` + 1 of them when `limit` is given); one line
+    (`error`) if it is anything else. OSError (missing, no permission) passes through."""
+    with open_binary(path, error, what) as fh:
+        return fh.read() if limit is None else fh.read(limit + 1)
 
 
 def read_text(path: str | Path, error: type[CnnError] = CnnError, what: str = "") -> str:

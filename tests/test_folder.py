@@ -70,7 +70,7 @@ def test_read_image_keeps_the_size_and_the_file_channels(tree, tmp_path):
     assert np.array_equal(decode_image(str(root / "train/dog/c.PNG"), 8, 3), read_image(root / "train/dog/c.PNG"))
     with pytest.raises(DataError, match=r"^image file not found: .*nothing.png$"):
         read_image(tmp_path / "nothing.png")
-    with pytest.raises(DataError, match=r"is a directory, expected an image file"):
+    with pytest.raises(DataError, match=r"is a directory, not a regular file"):
         read_image(tmp_path)
     (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
     with pytest.raises(DataError, match=r"broken.png: cannot read the image \(cannot identify image file"):
@@ -189,3 +189,18 @@ def test_a_decompression_bomb_warning_is_one_note_not_pils_raw_warning(tree, mon
     assert big[0].endswith("j.jpg")
     decode_image(str(root / "train/cat/j.jpg"), 8, 3)  # decoding it warns no more either
     assert not [w for w in recwarn if issubclass(w.category, Image.DecompressionBombWarning)]
+
+
+def test_a_fifo_in_a_class_folder_is_counted_and_never_opened(tree):
+    import os
+
+    root, _ = tree
+    os.mkfifo(root / "train/cat/pipe.png")  # opening it for reading would wait for a writer forever
+    (root / "train/dog/dangling.png").symlink_to(root / "nowhere.png")
+    src = load_source(DataConfig(source="folder", path=str(root)))
+    assert len(src.train[0]) == 6
+    assert "2 (not a regular file)" in " | ".join(src.notes)
+    # a FIFO put in place of a listed image after the scan is refused at decode time, at once
+    os.replace(root / "train/cat/pipe.png", root / "train/cat/a.png")
+    with pytest.raises(DataError, match=r"a\.png is a FIFO \(named pipe\), not a regular file"):
+        decode_image(str(root / "train/cat/a.png"), 8, 3)

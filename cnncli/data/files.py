@@ -13,6 +13,7 @@ from collections.abc import Iterable, Iterator
 
 import numpy as np
 
+from cnncli import regular_file
 from cnncli.errors import DataError, one_line
 
 # A plain iterable of index batches (not a sequence) is consumed in windows of about this
@@ -46,8 +47,6 @@ def _read_failure(path, exc: Exception) -> DataError:
     """The one-line DataError for a file PIL could not read."""
     if isinstance(exc, FileNotFoundError):
         return DataError(f"image file not found: {path}")
-    if isinstance(exc, IsADirectoryError):
-        return DataError(f"{path} is a directory, expected an image file")
     return DataError(f"{path}: cannot read the image ({one_line(exc)})")
 
 
@@ -61,8 +60,10 @@ def _with_image(path, channels: int | None, use, draft_size: int | None = None):
     try:
         with warnings.catch_warnings():  # a decompression-bomb warning is the folder scan's to report, once
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
+            with regular_file.open_binary(path, DataError) as fh, Image.open(fh) as im:
                 return use(_converted(im, channels, draft_size))
+    except DataError:
+        raise
     except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError, ...
         raise _read_failure(path, exc) from None
 

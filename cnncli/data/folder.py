@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from cnncli import regular_file
 from cnncli.data.dataset import SourceData
 from cnncli.data.locate import missing_dataset, source_location
 from cnncli.errors import DataError
@@ -36,7 +37,7 @@ def _probe(path: Path) -> str | Exception:
     from PIL import Image
 
     try:
-        with Image.open(path) as im:
+        with regular_file.open_binary(path, DataError) as fh, Image.open(fh) as im:
             w, h = im.size
             limit = Image.MAX_IMAGE_PIXELS
             return _Large(im.mode) if limit is not None and w * h > limit else im.mode
@@ -57,7 +58,10 @@ def _scan_split(root: Path, split: str) -> tuple[dict[str, list[Path]], collecti
             continue
         files = []
         for f in sorted(entry.rglob("*")):
-            if f.name.startswith(".") or not f.is_file():
+            if f.name.startswith(".") or f.is_dir():
+                continue
+            if not f.is_file():  # a FIFO, socket or device (or a broken link): never opened
+                ignored["(not a regular file)"] += 1
                 continue
             if f.suffix.lower() in IMAGE_EXTENSIONS:
                 files.append(f)
