@@ -33,11 +33,10 @@ def test_one_line_is_cut_at_its_limit():
 
 
 def test_a_failure_status_names_the_type(tmp_path):
-    """status.json's reason for a crash keeps its type name (cnncli.train.exits.one_line)."""
-    from cnncli.train.exits import one_line as status_line
-
-    assert status_line(ZeroDivisionError("division by zero")) == "ZeroDivisionError: division by zero"
-    assert status_line(DataError("bad data\nmore")) == "bad data"
+    """status.json's reason for a crash (one_line, typed) keeps an unexpected exception's type name,
+    not a CnnError's: its text is already the user's message."""
+    assert one_line(ZeroDivisionError("division by zero"), typed=True) == "ZeroDivisionError: division by zero"
+    assert one_line(DataError("bad data\nmore"), typed=True) == "bad data"
 
 
 def test_an_image_that_cannot_be_read_says_only_the_reason(tmp_path):

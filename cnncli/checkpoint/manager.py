@@ -16,7 +16,7 @@ from cnncli.checkpoint.fallback import Restored, restore_latest_intact
 from cnncli.checkpoint.orbax_io import first_line, quiet
 from cnncli.checkpoint.seal import damage, has_manifest, seal
 from cnncli.checkpoint.state import Damage, DamagedCheckpoint, DamageKind, StepState
-from cnncli.errors import CheckpointError
+from cnncli.errors import CheckpointError, one_line
 
 
 class CheckpointManager:
@@ -45,7 +45,7 @@ class CheckpointManager:
                     self.directory, keep_last=keep_last, keep_best=keep_best, best_metric=best_metric,
                     best_mode=self.best_mode, read_only=read_only, asynchronous=asynchronous)
         except OSError as exc:
-            raise CheckpointError(f"cannot open checkpoints {self.directory}: {exc.strerror or exc}") from None
+            raise CheckpointError(f"cannot open checkpoints {self.directory}: {one_line(exc)}") from None
 
     def improves(self, new: float, old: float | None, *, strict: bool = True) -> bool:
         """Is `new` a better `best_metric` value than `old`? (strict: a tie is not an improvement)."""
@@ -301,6 +301,6 @@ class CheckpointManager:
             try:
                 os.replace(src, dst)
             except OSError as exc:
-                raise CheckpointError(f"cannot move {prefix} checkpoint {src} aside: {exc.strerror or exc}") from None
+                raise CheckpointError(f"cannot move {prefix} checkpoint {src} aside: {one_line(exc)}") from None
         with quiet():
             self._mgr.reload()

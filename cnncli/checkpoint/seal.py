@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 
 from cnncli.atomic import write_text_atomic
+from cnncli.errors import one_line
 from cnncli.checkpoint.state import MANIFEST, Damage, DamageKind
 
 STRUCTURE = ("_CHECKPOINT_METADATA", "model", "train", "meta/metadata")
@@ -54,7 +55,7 @@ def _manifest_damage(step_dir: Path) -> Damage | None:
         try:
             matches = digest(p) == sha
         except OSError as exc:  # a failing disk: the step cannot be trusted, and saying so is no traceback
-            return Damage(DamageKind.FILE_UNREADABLE, f"{rel} is unreadable ({exc.strerror or exc})")
+            return Damage(DamageKind.FILE_UNREADABLE, f"{rel} is unreadable ({one_line(exc)})")
         if not matches:
             return Damage(DamageKind.WRONG_CHECKSUM, f"{rel} does not match its checksum")
     return None

@@ -3,7 +3,7 @@
 `SignalCatcher` lets the loop finish its step and checkpoint on the first SIGINT/SIGTERM/SIGHUP
 (a closed terminal or ssh session sends SIGHUP: the commonest way a long run ends unexpectedly);
 `says_how_it_ended` covers a new run from its creation to the loop's own handling;
-`one_line` is what status.json and the console say about any exception; `write_error` turns
+`cnncli.errors.one_line(exc, typed=True)` is what status.json and the console say about any exception; `write_error` turns
 a full disk or a read-only filesystem into a one-line WriteError naming the last complete
 checkpoint.
 """
@@ -99,11 +99,6 @@ def _preemption_service() -> bool:
     return state.client is not None and getattr(state, "preemption_sync_manager", None) is not None
 
 
-def one_line(exc: BaseException) -> str:
-    """An exception as one short line for status.json and the console: cnncli.errors.one_line, typed."""
-    return errors.one_line(exc, typed=True)
-
-
 def write_error(exc: OSError, run: RunDir, last_good: int | None) -> WriteError:
     where = exc.filename or run.path
     good = f"the last complete checkpoint is {run.checkpoints / str(last_good)} (intact)" if last_good is not None \
@@ -127,7 +122,7 @@ def says_how_it_ended(run: RunDir):
             run.restore_replaced()
         elif not (run.path / "status.json").exists():
             how = "interrupted" if isinstance(exc, (KeyboardInterrupt, TrainingInterrupted)) else "failed"
-            reason = f"{signal_name(exc)}: stopped" if isinstance(exc, KeyboardInterrupt) else one_line(exc)
+            reason = f"{signal_name(exc)}: stopped" if isinstance(exc, KeyboardInterrupt) else errors.one_line(exc, typed=True)
             with contextlib.suppress(Exception):
                 run.set_status(how, reason=reason, step=None)
         raise

@@ -17,12 +17,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cnncli import interrupts
+from cnncli import errors, interrupts
 from cnncli.config import Config
 from cnncli.errors import TrainingError, TrainingInterrupted
 from cnncli.rundir import RunDir
 from cnncli.train.clock import Every, Periodic, RunClock, cache_hits
-from cnncli.train.exits import (WRITE_ERRNOS, SignalCatcher, comparable, one_line, says_how_it_ended, signal_name,
+from cnncli.train.exits import (WRITE_ERRNOS, SignalCatcher, comparable, says_how_it_ended, signal_name,
                                  write_error)
 from cnncli.train.logbook import TrainLog, epoch_line
 from cnncli.train.resume import starts_over
@@ -156,7 +156,7 @@ class Training:
             self._finish_status("interrupted", reason=f"{signal_name(exc)}: stopped", step=self._step_now())
             raise
         except BaseException as exc:
-            self._finish_status("failed", reason=one_line(exc) or type(exc).__name__, step=self._step_now())
+            self._finish_status("failed", reason=errors.one_line(exc, typed=True), step=self._step_now())
             raise
         finally:
             self._in_session = False
