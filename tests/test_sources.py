@@ -348,3 +348,37 @@ def test_npz_rgb_default_names_and_bad_input(tmp_path):
     np.savez(path, x_train=x, y_train=np.zeros(10, int))
     with pytest.raises(DataError, match="missing arrays x_test, y_test"):
         load_source(DataConfig(source="npz", path=str(path)))
+
+
+def _sklearn_digits():
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    return np.round(bunch.images * (255.0 / 16.0)).astype(np.uint8)[..., None], bunch.target.astype(np.int32)
+
+
+def test_digits_are_read_without_importing_sklearn_and_equal_its_loader(tmp_path):
+    import subprocess
+    import sys
+
+    probe = ("import sys, numpy as np; from cnncli.data.sources import load_digits; d = load_digits(); "
+             "np.savez(sys.argv[1], x=d.train[0], y=d.train[1]); print('sklearn' in sys.modules, 'scipy' in sys.modules)")
+    out = str(tmp_path / "digits.npz")
+    proc = subprocess.run([sys.executable, "-c", probe, out], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["False", "False"]
+    with np.load(out) as got:
+        x, y = _sklearn_digits()
+        assert got["x"].dtype == np.uint8 and got["x"].shape == (1797, 8, 8, 1)
+        assert np.array_equal(got["x"], x) and np.array_equal(got["y"], y)
+
+
+def test_digits_fall_back_to_sklearn_where_its_file_is_elsewhere(monkeypatch):
+    import importlib.util
+
+    from cnncli.data import sources
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
+    d = sources.load_digits()
+    x, y = _sklearn_digits()
+    assert np.array_equal(d.train[0], x) and np.array_equal(d.train[1], y) and d.class_names == [str(i) for i in range(10)]
