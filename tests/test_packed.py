@@ -262,7 +262,12 @@ def test_a_larger_pack_cropped_on_the_device_reaches_the_folders_accuracy(tmp_pa
     res = CliRunner().invoke(app, ["eval", str(tmp_path / "run_packed"), "--format", "json"])
     assert res.exit_code == 0, res.output  # `cnn eval` reads the pack again through the run's config
     assert abs(json.loads(res.output)["accuracy"] - packed["accuracy"]) < 1e-9
-    assert folder["accuracy"] > 0.5 and abs(packed["accuracy"] - folder["accuracy"]) <= 0.05, (folder, packed)
+    # The pack must cost no accuracy: it reaches the folder's within noise. Both runs see different
+    # augmentation (the pack is cropped from 24 pixels on the device), so at 150 steps either may end
+    # ahead: measured 0.77 (folder) and 0.85 (pack) in one run. A pack that lost its labels or
+    # split assignment would sit near chance (0.1).
+    assert folder["accuracy"] > 0.5, folder
+    assert packed["accuracy"] >= folder["accuracy"] - 0.05, (folder, packed)
 
 
 def test_cli_pack_and_bench(photos, tmp_path):
