@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +67,22 @@ def truncate_csv_after(path: Path, step: int) -> int:
     return bad
 
 
+
+def _summary_writer_class():
+    """tensorboardX's SummaryWriter, imported without PyTorch. tensorboardX imports torch where it is
+    installed only to accept torch tensors (cnn writes floats): 1.1 s of a run's start-up here. Where
+    torch is not imported yet, it is hidden for the length of this import only (a None entry in
+    sys.modules makes `import torch` fail, and tensorboardX goes on without it)."""
+    hide = "torch" not in sys.modules
+    if hide:
+        sys.modules["torch"] = None  # type: ignore[assignment]
+    try:
+        from tensorboardX import SummaryWriter
+    finally:
+        if hide and sys.modules.get("torch", 0) is None:
+            del sys.modules["torch"]
+    return SummaryWriter
+
 class MetricsWriter:
     """Appends metric records to metrics.jsonl (+ TensorBoard) and epoch rows to metrics.csv."""
 
@@ -80,9 +97,7 @@ class MetricsWriter:
         self._tb = None
         if tensorboard_dir is not None:
             try:
-                from tensorboardX import SummaryWriter
-
-                self._tb = SummaryWriter(str(tensorboard_dir), flush_secs=10)
+                self._tb = _summary_writer_class()(str(tensorboard_dir), flush_secs=10)
             except ImportError:
                 self._tb = None
 

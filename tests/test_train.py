@@ -312,3 +312,20 @@ def test_compile_cache_is_on_by_default_and_times_are_reported(tiny_config, tmp_
     off = train("c", "--no-cache", "--set", "train.seed=9")  # a new seed: new constants, new executables
     assert off["compile_cache_hits"] == 0
     assert sorted((p.name, p.stat().st_mtime_ns) for p in (tmp_path / "cache" / "jax").iterdir()) == before
+
+
+def test_the_tensorboard_writer_does_not_import_torch(tmp_path):
+    """tensorboardX imports PyTorch where it is installed (1.1 s of a run's start-up): the metrics
+    writer hides it for that import, and torch stays importable afterwards."""
+    pytest.importorskip("torch")
+    code = (
+        "import sys; from pathlib import Path; from cnncli.metrics import MetricsWriter\n"
+        f"w = MetricsWriter(Path({str(tmp_path / 'm.jsonl')!r}), Path({str(tmp_path / 'm.csv')!r}), Path({str(tmp_path / 'tb')!r}))\n"
+        "w.write(1, 0.5, 'train', {'loss': 1.25}); w.close()\n"
+        "assert w._tb is not None and 'torch' not in sys.modules, sorted(m for m in sys.modules if 'torch' in m)\n"
+        "import torch; print('torch', torch.__version__)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("torch ")
+    assert any(p.name.startswith("events.out.tfevents") for p in (tmp_path / "tb").iterdir())
