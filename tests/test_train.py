@@ -166,7 +166,10 @@ def test_a_signal_before_the_run_directory_exists_is_one_line(tiny_config, tmp_p
     script = os.path.join(os.path.dirname(sys.executable), "cnn")  # the console script: handlers from its first line
     proc = subprocess.Popen([script, "train", str(tiny_config), "--run-dir", str(run)], cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(3.0)
+    # The signal goes once jax's native library is mapped: past the handlers (the script's first
+    # line, also after its relaunch) and before the run directory (after the imports and the data).
+    maps = f"/proc/{proc.pid}/maps"
+    assert _wait_for(lambda: "jaxlib" in open(maps).read(), proc), proc.communicate()
     assert proc.poll() is None and not run.exists()
     proc.send_signal(signal.SIGHUP)
     _, err = proc.communicate(timeout=300)
