@@ -67,7 +67,6 @@ def truncate_csv_after(path: Path, step: int) -> int:
     return bad
 
 
-
 def _summary_writer_class():
     """tensorboardX's SummaryWriter, imported without PyTorch. tensorboardX imports torch where it is
     installed only to accept torch tensors (cnn writes floats): 1.1 s of a run's start-up here. Where
@@ -82,6 +81,7 @@ def _summary_writer_class():
         if hide and sys.modules.get("torch", 0) is None:
             del sys.modules["torch"]
     return SummaryWriter
+
 
 class MetricsWriter:
     """Appends metric records to metrics.jsonl (+ TensorBoard) and epoch rows to metrics.csv."""

@@ -1,10 +1,10 @@
 """Hand-picked kernels that XLA's own code generation does not match on some machines.
 
 Today oneDNN's convolutions (conv.py) and training-mode batch norm (batchnorm.py) on the CPU,
-and max pooling's gradient as a gather of each window's winner (maxpool.py, pure jax, everywhere),
 built once per machine (build.py) from onednn.cc and loaded by `load_onednn()` (never on import or
-while tracing); when they apply is onednn.py's call. Every
-kernel here has a pure-XLA fallback and is tested against it.
+while tracing; when they apply is onednn.py's call), and max pooling's gradient as one scatter-add
+of each window's winner (maxpool.py, pure jax, on every backend). Every kernel here has a pure-XLA
+fallback and is tested against it.
 """
 
 from cnncli.kernels.batchnorm import batch_norm_train, batch_stats

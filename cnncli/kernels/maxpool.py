@@ -1,16 +1,15 @@
-"""Max pooling whose gradient is a gather of the winners, not XLA's select-and-scatter.
+"""Max pooling whose gradient is one scatter-add of each window's winner.
 
 `max_pool(x, kernel, stride, padding)` pools an NHWC batch like `flax.nnx.max_pool` with
 PyTorch-style padding (padded cells never win) and gives the same values and the same gradient:
 each window's gradient goes to its first maximum in raster order, as in PyTorch and in XLA's
-select-and-scatter. The difference is how: the forward pass under differentiation walks the
+select-and-scatter. The difference is how: under differentiation the forward pass walks the
 kernel's offsets once (kh x kw strided slices of the padded input, fused by XLA into one loop)
-and keeps, beside the maximum, the offset that won as an int8; the backward pass sends each
-window's gradient to that offset, building the input's gradient stride-phase by stride-phase
-(a pad and an add per offset over output-sized arrays, then one interleave). jax's own rule goes
-through select-and-gather / select-and-scatter, which XLA:CPU runs as a window reduction over
-packed pairs: 117 ms against 20 ms for ResNet-18's stem pool at batch 32, 112x112 (forward and
-backward, this 2-core machine). Outside differentiation it is `lax.reduce_window`, as flax's.
+and keeps, beside the maximum, the offset that won as an int8; the backward pass adds each
+window's gradient at that offset's input cell in one scatter-add. jax's own rule goes through
+select-and-gather / select-and-scatter, which XLA:CPU runs as a window reduction over packed
+pairs: 112-131 ms against 23-27 ms for ResNet-18's stem pool at batch 32, 112x112 (forward
+and backward, this 2-core machine). Outside differentiation it is `lax.reduce_window`, as flax's.
 
 A NaN in a window wins it, as in `lax.reduce_window`'s max. Where two windows overlap (kernel
 larger than stride) an input cell's gradient is the sum of its windows' shares, added in a
@@ -59,9 +58,6 @@ def _pool_fwd(kernel: Pair, stride: Pair, padding: Pair, x: jax.Array):
         wins = (cand > best) | (jnp.isnan(cand) & ~jnp.isnan(best))  # strictly greater: the first maximum keeps it
         best = jnp.where(wins, cand, best)
         winner = jnp.where(wins, jnp.int8(t), winner)
-    # Written out once here: left to fusion, XLA recomputes the whole walk for every cell of the
-    # backward pass that reads it (measured: the backward 6x slower in ResNet-18's step).
-    best, winner = lax.optimization_barrier((best, winner))
     return best, (winner, x.shape)
 
 
@@ -70,8 +66,9 @@ def _pool_bwd(kernel: Pair, stride: Pair, padding: Pair, residuals, dy: jax.Arra
     (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
     oh, ow = dy.shape[1:3]
     # Each window's gradient is added at its winner's input cell: one scatter-add that reads every
-    # window's winner once. (Gathered per input cell instead, XLA recomputed the winners' walk
-    # for every read: 6x slower in ResNet-18's step.) A winner is never a padded cell.
+    # window's winner once. (Gathered per input cell instead, XLA fused the winners' walk into the
+    # gradient and recomputed it for every read: slower than jax's own rule in ResNet-18's step.)
+    # A winner is never a padded cell.
     i, j = winner.astype(jnp.int32) // kw, winner.astype(jnp.int32) % kw
     row = (sh * jnp.arange(oh, dtype=jnp.int32) - ph)[None, :, None, None] + i
     col = (sw * jnp.arange(ow, dtype=jnp.int32) - pw)[None, None, :, None] + j
