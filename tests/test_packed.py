@@ -1,7 +1,10 @@
 """Packs: `cnn data pack` writes a dataset once into ArrayRecord files; `data.source: packed` reads it."""
 
 import json
+import os
 import re
+import shutil
+import time
 import zlib
 
 import numpy as np
@@ -123,6 +126,68 @@ def test_damage_after_packing_is_found_at_open(photos, tmp_path):
     (tmp_path / "pack" / "manifest.json").unlink()
     with pytest.raises(DataError, match=r"is not a pack \(no manifest.json\)"):
         open_pack(tmp_path / "pack")
+
+
+def test_files_that_passed_their_checksum_are_not_read_again_until_they_change(photos, tmp_path, monkeypatch):
+    from cnncli.data import packed as packed_module
+
+    monkeypatch.setenv("CNN_CACHE_DIR", str(tmp_path / "cache"))
+    pack_dataset(folder_cfg(photos), tmp_path / "pack", side=32)
+    read = []
+    real_crc = packed_module.file_crc32
+    monkeypatch.setattr(packed_module, "file_crc32", lambda path: read.append(path.name) or real_crc(path))
+    n_files = len(list((tmp_path / "pack").glob("*.array_record"))) + len(list((tmp_path / "pack").glob("*.npy")))
+    # Just written: a change in the same clock tick could hide, so nothing is remembered yet.
+    open_pack(tmp_path / "pack")
+    open_pack(tmp_path / "pack")
+    assert len(read) == 2 * n_files
+    assert not list((tmp_path / "cache" / "packs").glob("*.json"))
+
+    monkeypatch.setattr(packed_module, "_CLOCK_SLACK_NS", 20_000_000)
+    time.sleep(0.05)
+    read.clear()
+    open_pack(tmp_path / "pack")
+    assert len(read) == n_files
+    read.clear()
+    open_pack(tmp_path / "pack")
+    assert read == []
+
+    # One flipped byte, the modification time put back: the ctime moved, so the file is read again.
+    shard = tmp_path / "pack" / "train-00000.array_record"
+    st = shard.stat()
+    blob = bytearray(shard.read_bytes())
+    blob[len(blob) // 2] ^= 0xFF
+    shard.write_bytes(bytes(blob))
+    os.utime(shard, ns=(st.st_atime_ns, st.st_mtime_ns))
+    with pytest.raises(DataError, match=r"train-00000.array_record fails its checksum"):
+        open_pack(tmp_path / "pack")
+    assert read == ["train-00000.array_record"]
+
+    # The seal of a pack that is gone is removed when another pack's is written.
+    blob[len(blob) // 2] ^= 0xFF
+    shard.write_bytes(bytes(blob))
+    shutil.copytree(tmp_path / "pack", tmp_path / "copy")
+    shutil.rmtree(tmp_path / "pack")
+    time.sleep(0.05)
+    open_pack(tmp_path / "copy")
+    seals = [json.loads(f.read_text()) for f in (tmp_path / "cache" / "packs").glob("*.json")]
+    assert [s["root"] for s in seals] == [str((tmp_path / "copy").resolve())]
+
+
+def test_without_a_writable_cache_every_open_checks_every_file(photos, tmp_path, monkeypatch):
+    from cnncli.data import packed as packed_module
+
+    (tmp_path / "cache").write_text("a file where the cache folder would be")
+    monkeypatch.setenv("CNN_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(packed_module, "_CLOCK_SLACK_NS", -10**12)
+    pack_dataset(folder_cfg(photos), tmp_path / "pack", side=32)
+    read = []
+    real_crc = packed_module.file_crc32
+    monkeypatch.setattr(packed_module, "file_crc32", lambda path: read.append(path.name) or real_crc(path))
+    open_pack(tmp_path / "pack")
+    first = len(read)
+    open_pack(tmp_path / "pack")
+    assert first > 0 and len(read) == 2 * first
 
 
 def test_an_interrupted_pack_is_never_taken_for_a_pack_and_resumes(photos, tmp_path, monkeypatch):

@@ -12,13 +12,20 @@ only reads (raw) or decodes (jpeg) a record; the training step crops, resizes an
 device (`cnncli.data.augment`), from the stored side to the model's input size.
 
 Opening a pack checks every file against the manifest's size and CRC-32, so damage done after
-packing is found before training starts, not in the middle of an epoch.
+packing is found before training starts, not in the middle of an epoch. The CRC-32 reads every
+byte, so a file that passed it is remembered in cnn's cache (`packs/`, one small JSON per pack:
+the manifest's SHA-256 and each file's size, inode, mtime and ctime) and not read again while
+none of these change; any write to a file changes its ctime, which no user tool can set back.
+Without a cache (none can be named, or it cannot be written) every open reads every file.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
+import os
+import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -26,10 +33,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from cnncli.atomic import write_text_atomic
 from cnncli.data.dataset import SourceData
 from cnncli.data.files import FileBatchLoader
 from cnncli.data.locate import missing_dataset, source_location
 from cnncli.errors import DataError
+from cnncli.native.cache import cache_dir
 
 if TYPE_CHECKING:
     from cnncli.config import DataConfig
@@ -39,6 +48,7 @@ FORMAT = "cnn-pack"
 VERSION = 1
 SPLITS = ("train", "val", "test")
 WRITER_OPTIONS = "group_size:1,uncompressed"  # one record per chunk: each image is read alone
+_CLOCK_SLACK_NS = 2_000_000_000  # files changed this recently are not remembered as checked
 
 
 def file_crc32(path: Path, chunk: int = 1 << 22) -> int:
@@ -86,7 +96,8 @@ def open_pack(root: Path, *, verify: bool = True) -> PackedStore:
         what = f"{root} is not a pack (no {MANIFEST})" if root.exists() else f"no pack at {root}"
         raise DataError(f"packed: {what}{hint}")
     try:
-        manifest = json.loads(manifest_path.read_text())
+        manifest_bytes = manifest_path.read_bytes()
+        manifest = json.loads(manifest_bytes)
     except (OSError, ValueError) as exc:
         raise DataError(f"packed: cannot read {manifest_path} ({exc})") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
@@ -99,13 +110,77 @@ def open_pack(root: Path, *, verify: bool = True) -> PackedStore:
             raise DataError(f"packed: {p} is missing or not the size the manifest records ({size:,} bytes); "
                             "the pack is damaged: pack it again")
     if verify:
-        with ThreadPoolExecutor(4) as pool:
-            crcs = list(pool.map(lambda f: file_crc32(root / f[0]), files))
-        for (name, _, expected), crc in zip(files, crcs):
-            if crc != expected:
-                raise DataError(f"packed: {root / name} fails its checksum (CRC-32 {crc:08x}, manifest "
-                                f"{expected:08x}); the pack is damaged: pack it again")
+        _verify_checksums(root, hashlib.sha256(manifest_bytes).hexdigest(), files)
     return PackedStore(root, manifest)
+
+
+def _file_key(path: Path) -> list[int]:
+    """What any change to a file's bytes changes: size, inode, device, mtime and ctime (ns)."""
+    st = path.stat()
+    return [st.st_size, st.st_ino, st.st_dev, st.st_mtime_ns, st.st_ctime_ns]
+
+
+def _seal_path(root: Path) -> Path | None:
+    folder = cache_dir("packs")
+    if folder is None:
+        return None
+    return folder / f"{hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:32]}.json"
+
+
+def _read_seal(seal: Path | None, manifest_sha: str) -> dict:
+    """{file name: key} of the files that passed their CRC-32 as they are now; {} when none did."""
+    try:
+        data = json.loads(seal.read_text()) if seal is not None else {}
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(data, dict) or data.get("manifest_sha256") != manifest_sha or not isinstance(
+            data.get("files"), dict):
+        return {}
+    return data["files"]
+
+
+def _write_seal(seal: Path | None, root: Path, manifest_sha: str, keys: dict) -> None:
+    """Remember that every file passed as it is now; seals of packs that are gone are removed.
+    A cache that cannot be written costs the next open a full check, never an error."""
+    if seal is None:
+        return
+    try:
+        seal.parent.mkdir(parents=True, exist_ok=True)
+        for other in seal.parent.glob("*.json"):
+            if other != seal:
+                try:
+                    if not (Path(json.loads(other.read_text())["root"]) / MANIFEST).is_file():
+                        other.unlink()
+                except (OSError, ValueError, KeyError, TypeError):
+                    other.unlink(missing_ok=True)
+        write_text_atomic(seal, json.dumps({"root": str(root.resolve()), "manifest_sha256": manifest_sha,
+                                            "files": keys}))
+    except OSError:
+        pass
+
+
+def _verify_checksums(root: Path, manifest_sha: str, files: list[tuple[str, int, int]]) -> None:
+    """Every file's CRC-32 against the manifest, except those unchanged since they last passed."""
+    seal = _seal_path(root)
+    passed = _read_seal(seal, manifest_sha)
+    started = time.time_ns()
+    keys = {name: _file_key(root / name) for name, _, _ in files}
+    todo = [f for f in files if passed.get(f[0]) != keys[f[0]]]
+    with ThreadPoolExecutor(min(4, os.cpu_count() or 1)) as pool:
+        crcs = list(pool.map(lambda f: file_crc32(root / f[0]), todo))
+    for (name, _, expected), crc in zip(todo, crcs):
+        if crc != expected:
+            raise DataError(f"packed: {root / name} fails its checksum (CRC-32 {crc:08x}, manifest "
+                            f"{expected:08x}); the pack is damaged: pack it again")
+    if todo:
+        # Remembered: the files whose key held while they were read and whose last change is older
+        # than the file system's clock resolution could hide (a write in the same tick as the
+        # reading would leave the key as it was): a newer file is simply read again next time.
+        settled = started - _CLOCK_SLACK_NS
+        sealed = {name: key for name, key in keys.items()
+                  if key[4] < settled and _file_key(root / name) == key}
+        if sealed:
+            _write_seal(seal, root, manifest_sha, sealed)
 
 
 def load_packed_source(cfg: DataConfig) -> SourceData:

@@ -2,8 +2,9 @@
 
 `cache_root()` is `$CNN_CACHE_DIR`, else `$XDG_CACHE_HOME/cnn`, else `~/.cache/cnn`; `cache_dir(kind)`
 is a folder under it (`jax` for JAX's compiled steps, `kernels` for the oneDNN handlers, `xla` for
-what cnn learnt about the installed jaxlib). Where no absolute folder can be named (HOME unset and
-the user without a passwd entry, a relative path) there is no cache: None, never an error. Nothing
+what cnn learnt about the installed jaxlib, `packs` for the pack files whose checksums passed).
+Where no absolute folder can be named (HOME unset and the user without a passwd entry, a relative
+path) there is no cache: None, never an error. Nothing
 here creates the folder; a caller that cannot write it goes on without a cache.
 """
 
