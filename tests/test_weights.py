@@ -263,6 +263,23 @@ def test_missing_unexpected_and_misshaped_keys_in_one_error():
     assert "\n" not in msg
 
 
+def test_integer_and_bool_weights_are_refused_not_converted():
+    """An int8 kernel (quantized, or saved with the wrong dtype) would become other numbers as float32."""
+    import ml_dtypes
+
+    sd = _random_state_dict("resnet18")
+    sd["conv1.weight"] = np.ones(sd["conv1.weight"].shape, np.int8)
+    sd["bn1.running_var"] = np.ones(sd["bn1.running_var"].shape, bool)
+    with pytest.raises(CheckpointError) as err:
+        convert_state_dict(sd, "resnet18", where="q.pth")
+    assert "2 not floating-point (bn1.running_var bool, conv1.weight int8)" in str(err.value)
+    sd = _random_state_dict("resnet18")
+    for k, dtype in (("conv1.weight", np.float16), ("fc.weight", ml_dtypes.bfloat16), ("fc.bias", np.float64)):
+        sd[k] = sd[k].astype(dtype)
+    params, _, _ = convert_state_dict(sd, "resnet18")
+    np.testing.assert_array_equal(np.asarray(params["fc"]["bias"].value), sd["fc.bias"].astype(np.float32))
+
+
 def test_import_refusals_are_one_line_and_write_nothing(tmp_path):
     from safetensors.numpy import save_file
 

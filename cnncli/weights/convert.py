@@ -1,8 +1,8 @@
 """`cnn weights import` / `cnn weights export`: PyTorch state dicts <-> cnn weights.
 
 Import reads the file (cnncli.weights.torch_file: no PyTorch needed), checks every tensor
-against the model's layout (cnncli.weights.layouts) -- missing, unexpected and mis-shaped keys
-are refused together in one line -- converts each and writes a weights directory
+against the model's layout (cnncli.weights.layouts) -- missing, unexpected, mis-shaped and
+integer/bool keys are refused together in one line -- converts each and writes a weights directory
 (cnncli.weights.store).
 
 `num_batches_tracked`: cnn's BatchNorm has no such counter, so import leaves it out of the
@@ -61,13 +61,21 @@ def check_keys(tensors: dict[str, np.ndarray], entries: list[layouts.Entry], sha
     unexpected = sorted(present - expected)
     misshaped = [f"{e.torch_key} {tuple(tensors[e.torch_key].shape)} != {shapes[e.torch_key]}" for e in entries
                  if e.torch_key in present and tuple(tensors[e.torch_key].shape) != shapes[e.torch_key]]
+    # An integer or bool tensor (quantized or mis-saved weights) would be converted into other numbers
+    # without a word: refused like a wrong shape.
+    not_float = [f"{k} {tensors[k].dtype}" for k in sorted(expected & present) if not _is_float(tensors[k].dtype)]
     problems = [f"{len(keys)} {what} ({_listing(keys)})" for what, keys in
-                (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped)) if keys]
+                (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped),
+                 ("not floating-point", not_float)) if keys]
     if problems:
         hint = ""
         if source == "torchvision" and any(k.startswith(("pre_logits.", "head.")) for k in unexpected):
             hint = "; it looks like a timm file: add --from timm"
         raise CheckpointError(f"{where} does not fit: " + "; ".join(problems) + hint)
+
+
+def _is_float(dtype: np.dtype) -> bool:
+    return dtype.kind == "f" or dtype.name == "bfloat16"  # numpy files bfloat16 (ml_dtypes) under kind "V"
 
 
 def _shape_of(tensors: dict, key: str, name: str, where: str) -> tuple:
