@@ -9,12 +9,16 @@ the `pip install` that brings jax's plugin for it:
   `cnncli[cuda12]` (jax's CUDA 12 wheels need driver 525 or newer);
 - TPU: `cnncli[tpu]`.
 
-No hint where the user chose the CPU (JAX_PLATFORMS=cpu) or where jax already runs elsewhere.
+Where jax's CUDA plugin is installed but did not start (jax then falls back to the CPU with a
+warning of its own), the hint says so instead, and names the CUDA 12 extra where the driver is
+older than the CUDA 13 plugin needs. No hint where the user chose the CPU (JAX_PLATFORMS=cpu) or
+where jax already runs elsewhere.
 """
 
 from __future__ import annotations
 
 import glob
+import importlib.metadata
 import os
 import shutil
 import subprocess
@@ -60,6 +64,18 @@ def cuda_extra() -> str:
     return "cuda13" if major is None or major >= CUDA13_MIN_DRIVER else "cuda12"
 
 
+def cuda_plugins() -> list[str]:
+    """The distributions of jax's CUDA plugins installed here, newest CUDA first."""
+    found = []
+    for dist in ("jax-cuda13-plugin", "jax-cuda12-plugin"):
+        try:
+            importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        found.append(dist)
+    return found
+
+
 def tpu_devices() -> list[str]:
     return sorted(glob.glob("/dev/accel[0-9]*"))
 
@@ -79,6 +95,14 @@ def hint(backend: str, environ=None) -> str | None:
     if gpus:
         extra = cuda_extra()
         what = f"{len(gpus)} NVIDIA GPU{'s' if len(gpus) > 1 else ''} ({gpus[0]})"
+        plugins = cuda_plugins()
+        if plugins:
+            major = _driver_major()
+            fix = (f"the driver (R{major}) is older than the R{CUDA13_MIN_DRIVER} that {plugins[0]} needs: "
+                   f"pip install 'cnncli[cuda12]' instead" if plugins == ["jax-cuda13-plugin"] and extra == "cuda12"
+                   else "JAX_PLATFORMS=cuda prints jax's reason")
+            return (f"warning: {what} visible to nvidia-smi and {plugins[0]} installed, but the plugin did not "
+                    f"start and jax runs on the CPU: {fix} (JAX_PLATFORMS=cpu silences this)")
         return (f"warning: {what} visible to nvidia-smi, but jax runs on the CPU: "
                 f"pip install 'cnncli[{extra}]' installs jax's CUDA plugin (JAX_PLATFORMS=cpu silences this)")
     if tpu_devices():

@@ -3,7 +3,8 @@
 Both are read once, when jax first initialises a backend, and both fail badly there: a platform
 whose plugin is not installed is a 57-line traceback, and XLA aborts the whole process on a flag
 (or a flag value) it does not know, printing its own usage. `problem(environ)` names either in
-one sentence first.
+one sentence first; `start_failure(exc)` turns jax's failure to start an installed plugin's
+backend into one.
 
 JAX_PLATFORMS is checked against the installed plugins (no jax import). XLA_FLAGS can only be
 judged by XLA itself, so a child process starts jax's CPU backend with it (about a second, paid
@@ -138,3 +139,21 @@ def xla_flags_problem(environ, known: frozenset[str] = frozenset(), timeout_s: f
 def problem(environ, known_flags: frozenset[str] = frozenset()) -> str | None:
     """The first reason the backend cannot start from this environment, or None."""
     return platforms_problem(environ) or xla_flags_problem(environ, known_flags)
+
+
+_START_FAILED = re.compile(r"^Unable to initialize backend '([^']+)': (.*?)(?: \((?:set JAX_PLATFORMS|you may need)[^)]*\)\.?)?$",
+                           re.S)
+
+
+def start_failure(exc: BaseException) -> str | None:
+    """One sentence for jax's failure to start an installed platform's backend (a CUDA plugin on a
+    machine whose GPU or driver it cannot use, say), or None for any other error."""
+    if not isinstance(exc, RuntimeError):
+        return None
+    match = _START_FAILED.match(str(exc).strip())
+    if match is None:
+        return None
+    platform, reason = match.group(1), " ".join(match.group(2).split()).rstrip(".")
+    return (f"jax could not start its {platform!r} backend ({reason[:300]}); JAX_PLATFORMS=cpu runs on the CPU, "
+            f"or uninstall jax's {platform} plugin")
+

@@ -34,6 +34,7 @@ def gpu_box(tmp_path, monkeypatch):
     import jax
 
     monkeypatch.setattr(jax, "default_backend", lambda: "cpu")  # jax on the CPU, also where the suite runs on a GPU
+    monkeypatch.setattr(accelerators, "cuda_plugins", lambda: [])  # no plugin, also where the suite runs on a GPU
     return tmp_path
 
 
@@ -46,8 +47,24 @@ def test_gpu_listed_but_cpu_running_names_the_extra(gpu_box):
 def test_older_driver_gets_cuda12_and_several_gpus_are_counted(tmp_path, monkeypatch):
     _fake_nvidia_smi(tmp_path, gpus=("NVIDIA A100-SXM4-80GB",) * 4, driver="535.104.05")
     monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setattr(accelerators, "cuda_plugins", lambda: [])
     line = accelerators.hint("cpu", {})
     assert "4 NVIDIA GPUs (NVIDIA A100-SXM4-80GB)" in line and "cnncli[cuda12]" in line
+
+
+def test_an_installed_plugin_that_did_not_start_is_not_told_to_install_itself(tmp_path, monkeypatch):
+    _fake_nvidia_smi(tmp_path, driver="535.104.05")
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setattr(accelerators, "cuda_plugins", lambda: ["jax-cuda13-plugin"])
+    line = accelerators.hint("cpu", {})
+    assert line.startswith("warning: 1 NVIDIA GPU (NVIDIA H200) visible to nvidia-smi and jax-cuda13-plugin "
+                           "installed, but the plugin did not start and jax runs on the CPU: the driver (R535) "
+                           "is older than the R580 that jax-cuda13-plugin needs: pip install 'cnncli[cuda12]'")
+    _fake_nvidia_smi(tmp_path)  # driver 580: the plugin's reason is jax's to tell
+    line = accelerators.hint("cpu", {})
+    assert "did not start" in line and "JAX_PLATFORMS=cuda prints jax's reason" in line and "pip install" not in line
+    monkeypatch.setattr(accelerators, "cuda_plugins", lambda: ["jax-cuda12-plugin"])
+    assert "JAX_PLATFORMS=cuda prints jax's reason" in accelerators.hint("cpu", {})
 
 
 def test_no_hint_when_chosen_or_running_or_absent(gpu_box, tmp_path, monkeypatch):

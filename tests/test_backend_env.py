@@ -79,3 +79,45 @@ def test_the_command_refuses_in_one_line(tmp_path, env, words):
     proc = _cnn(tmp_path, **env)
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and words in proc.stderr, proc.stderr
+
+
+def test_a_plugin_that_cannot_start_is_one_sentence():
+    from cnncli.backend_env import start_failure
+
+    jax_text = ("Unable to initialize backend 'cuda': FAILED_PRECONDITION: No visible GPU devices. (you may need to "
+                "uninstall the failing plugin package, or set JAX_PLATFORMS=cpu to skip this backend.)")
+    assert start_failure(RuntimeError(jax_text)) == (
+        "jax could not start its 'cuda' backend (FAILED_PRECONDITION: No visible GPU devices); JAX_PLATFORMS=cpu "
+        "runs on the CPU, or uninstall jax's cuda plugin")
+    assert start_failure(RuntimeError("Unable to initialize backend 'tpu': INTERNAL: no chip\n (set JAX_PLATFORMS='' "
+                                      "to automatically choose an available backend)")).startswith(
+        "jax could not start its 'tpu' backend (INTERNAL: no chip);")
+    assert start_failure(RuntimeError("some other failure")) is None
+    assert start_failure(ValueError("Unable to initialize backend 'cuda': x")) is None
+
+
+@pytest.mark.slow
+def test_a_plugin_that_fails_to_start_ends_the_command_in_one_line(tmp_path):
+    """A jax plugin registered the way jax's CUDA plugin is, whose backend raises at start (as the CUDA
+    plugin does on a machine whose GPU it cannot use): exit 2, one line, no run directory."""
+    plugin = tmp_path / "plugins" / "jax_plugins" / "failing"
+    plugin.mkdir(parents=True)
+    (plugin / "__init__.py").write_text(
+        "def initialize():\n"
+        "    from jax._src import xla_bridge\n\n"
+        "    def factory():\n"
+        "        raise RuntimeError('FAILED_PRECONDITION: No visible GPU devices.')\n\n"
+        "    xla_bridge.register_backend_factory('failing', factory, priority=400, fail_quietly=False)\n")
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path / 'plugins'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    env.pop("JAX_PLATFORMS", None)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("model: {name: resnet20}\ndata: {source: synthetic, num_train: 64, num_test: 16}\n"
+                   "train: {epochs: 1, batch_size: 16}\n")
+    for args in (["summarize", "resnet20", "--no-compile"], ["train", str(cfg), "--run-dir", str(tmp_path / "run")]):
+        proc = subprocess.run([sys.executable, "-m", "cnncli.cli", *args], env=env, capture_output=True, text=True,
+                              timeout=600, cwd=tmp_path)
+        assert proc.returncode == 2, proc.stderr[-3000:]
+        assert proc.stderr.strip() == ("error: jax could not start its 'failing' backend (FAILED_PRECONDITION: No "
+                                       "visible GPU devices); JAX_PLATFORMS=cpu runs on the CPU, or uninstall jax's "
+                                       "failing plugin"), proc.stderr[-3000:]
+    assert not (tmp_path / "run").exists()

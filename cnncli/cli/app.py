@@ -57,6 +57,14 @@ def cli_errors(fn):
                 _state["interrupted"] = interrupts.alone()  # several processes: jax's shutdown waits for the others
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(exc.exit_code) from None
+        except RuntimeError as exc:  # jax could not start an installed plugin's backend: one line
+            from cnncli.backend_env import start_failure
+
+            reason = start_failure(exc)
+            if reason is None or _state["debug"]:
+                raise
+            typer.echo(f"error: {reason}", err=True)
+            raise typer.Exit(2) from None
         except OSError as exc:  # the file system refused a path the user gave (too long, no permission, ...)
             if _state["debug"]:
                 raise
