@@ -49,8 +49,8 @@ def test_unset_or_cnn_defaults_only_spawn_nothing(monkeypatch):
 
 @pytest.mark.slow
 def test_xla_judges_the_flags_once_per_value(tmp_path, monkeypatch):
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path)}
+    monkeypatch.setenv("CNN_CACHE_DIR", str(tmp_path / "cnn"))
+    env = {**os.environ, "CNN_CACHE_DIR": str(tmp_path / "cnn")}
     bad = xla_flags_problem({**env, "XLA_FLAGS": "--xla_no_such_flag=1"})
     assert bad == "XLA_FLAGS='--xla_no_such_flag=1' is refused by XLA: Unknown flag in XLA_FLAGS: " \
                   "--xla_no_such_flag=1; correct or unset it"
@@ -63,7 +63,7 @@ def test_xla_judges_the_flags_once_per_value(tmp_path, monkeypatch):
 
 
 def _cnn(tmp_path, **env):
-    full = {**os.environ, "XDG_CACHE_HOME": str(tmp_path), **env}
+    full = {**os.environ, "CNN_CACHE_DIR": str(tmp_path / "cnn"), **env}
     return subprocess.run([sys.executable, "-m", "cnncli.cli", "summarize", "resnet20", "--no-compile"],
                           env=full, capture_output=True, text=True, timeout=600)
 

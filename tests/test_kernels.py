@@ -161,7 +161,7 @@ FALLBACK = ("import jax.numpy as jnp, numpy as np, cnncli; from jax import lax\n
 
 @pytest.mark.slow
 def test_a_failed_build_falls_back_to_lax_and_says_why(tmp_path):
-    proc = _run(FALLBACK, CXX="/bin/false", XDG_CACHE_HOME=str(tmp_path))
+    proc = _run(FALLBACK, CXX="/bin/false", CNN_CACHE_DIR=str(tmp_path / "cnn"))
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.splitlines() == ["True", "XLA (building the oneDNN handlers failed: no message)", "True"]
     assert proc.stderr.splitlines() == [
@@ -172,7 +172,7 @@ def test_a_failed_build_falls_back_to_lax_and_says_why(tmp_path):
 
 def test_no_compiler_falls_back_to_lax_with_one_line(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "CXX"}
-    environ = {**env, "JAX_PLATFORMS": "cpu", "PATH": str(tmp_path / "empty"), "XDG_CACHE_HOME": str(tmp_path)}
+    environ = {**env, "JAX_PLATFORMS": "cpu", "PATH": str(tmp_path / "empty"), "CNN_CACHE_DIR": str(tmp_path / "cnn")}
     environ.pop("CNN_ONEDNN", None)
     proc = subprocess.run([sys.executable, "-c", FALLBACK], env=environ, capture_output=True, text=True,
                           timeout=300, check=False)
@@ -189,7 +189,7 @@ def test_tracing_never_builds_or_loads(tmp_path):
     compiler = tmp_path / "g++"
     compiler.write_text(f"#!/bin/sh\ntouch {marker}\nexit 1\n")
     compiler.chmod(0o755)
-    proc = _run(code, CXX=str(compiler), XDG_CACHE_HOME=str(tmp_path))
+    proc = _run(code, CXX=str(compiler), CNN_CACHE_DIR=str(tmp_path / "cnn"))
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.splitlines()[1:] == [
         "XLA (not loaded (cnncli.apply_cpu_defaults() loads them; the cnn command does))", "True"]
@@ -200,7 +200,7 @@ def test_tracing_never_builds_or_loads(tmp_path):
 def test_an_unwritable_cache_builds_for_the_process_and_leaves_no_folder(tmp_path):
     (tmp_path / "cache").write_text("a file where cnn's cache folder would be")
     (tmp_path / "tmp").mkdir()
-    proc = _run(FALLBACK, XDG_CACHE_HOME=str(tmp_path / "cache"), TMPDIR=str(tmp_path / "tmp"))
+    proc = _run(FALLBACK, CNN_CACHE_DIR=str(tmp_path / "cache" / "cnn"), TMPDIR=str(tmp_path / "tmp"))
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.splitlines()[1].startswith("oneDNN 3.")
     assert proc.stderr.splitlines() == ["cnn: building the oneDNN handlers with g++ (a few seconds)"]
@@ -263,11 +263,11 @@ def test_a_damaged_library_is_rebuilt_not_loaded(tmp_path):
     """Loading a truncated shared library can crash the process (SIGBUS): the build seals the file
     with its SHA-256 and a file that does not match it is built again."""
     code = "import cnncli; print(cnncli.apply_cpu_defaults()['kernels'])"
-    first = _run(code, XDG_CACHE_HOME=str(tmp_path))
+    first = _run(code, CNN_CACHE_DIR=str(tmp_path / "cnn"))
     assert first.returncode == 0 and first.stdout.strip().startswith("oneDNN"), first.stderr[-2000:]
     (library,) = (tmp_path / "cnn" / "kernels").glob("*.so")
     whole = library.read_bytes()
     library.write_bytes(whole[:1000])
-    again = _run(code, XDG_CACHE_HOME=str(tmp_path))
+    again = _run(code, CNN_CACHE_DIR=str(tmp_path / "cnn"))
     assert again.returncode == 0 and again.stdout.strip().startswith("oneDNN"), again.stderr[-2000:]
     assert len(library.read_bytes()) == len(whole)

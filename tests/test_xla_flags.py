@@ -21,7 +21,7 @@ def _fresh(code: str, **env) -> subprocess.CompletedProcess:
 
 
 def test_jaxlib_knows_real_flags_and_not_made_up_ones(tmp_path, monkeypatch):
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setenv("CNN_CACHE_DIR", str(tmp_path / "cnn"))
     assert jaxlib_knows("xla_force_host_platform_device_count")  # a flag every jaxlib has
     assert not jaxlib_knows("xla_cpu_no_such_flag_in_any_jaxlib")
     cached = (tmp_path / "cnn" / "xla" / "flags.json").read_text()
@@ -83,7 +83,7 @@ def test_an_unknown_flag_is_never_set(tmp_path):
     code = ("import os, cnncli.xla_flags as x; os.environ.pop('CNN_XLA_DEFAULTS'); "
             f"x.CPU_DEFAULTS = (('{bogus}', '1', (), ''),); added = x.apply_defaults(); "
             "import jax; jax.devices(); print(added, repr(os.environ.get('XLA_FLAGS')))")
-    proc = _fresh(code, JAX_PLATFORMS="cpu", CNN_XLA_DEFAULTS="0", XDG_CACHE_HOME=str(tmp_path))
+    proc = _fresh(code, JAX_PLATFORMS="cpu", CNN_XLA_DEFAULTS="0", CNN_CACHE_DIR=str(tmp_path / "cnn"))
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[] None"
 
