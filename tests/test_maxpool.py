@@ -27,7 +27,9 @@ def numpy_pool(x, kernel, stride, padding):
     first = np.empty((n, oh, ow, c, 2), int)
     for b, a, bb, ch in itertools.product(range(n), range(oh), range(ow), range(c)):
         win = xp[b, a * sh:a * sh + kh, bb * sw:bb * sw + kw, ch]
-        k = int(np.argmax(win))  # NumPy's argmax: the first maximum in raster order
+        rows, cols = np.arange(kh)[:, None] + a * sh - ph, np.arange(kw)[None, :] + bb * sw - pw
+        real = np.flatnonzero((rows >= 0) & (rows < h) & (cols >= 0) & (cols < w))  # padded cells never win
+        k = int(real[np.argmax(win.flat[real])])  # NumPy's argmax: the first maximum (or NaN) in raster order
         y[b, a, bb, ch] = win.flat[k]
         first[b, a, bb, ch] = (a * sh + k // kw - ph, bb * sw + k % kw - pw)
     return y, first
@@ -43,12 +45,14 @@ def numpy_grad(first, dy, shape):
 
 
 @pytest.mark.parametrize("kernel,stride,padding,hw", CASES)
-@pytest.mark.parametrize("ties", [False, True])
+@pytest.mark.parametrize("ties", ["none", "relu", "-inf"])
 def test_values_and_gradient_match_a_numpy_loop(kernel, stride, padding, hw, ties):
     rng = np.random.default_rng(0)
     x = rng.standard_normal((2, *hw, 3)).astype(np.float32)
-    if ties:  # a ReLU's output, coarsely quantised: most windows hold their maximum more than once
+    if ties == "relu":  # a ReLU's output, coarsely quantised: most windows hold their maximum more than once
         x = np.maximum(np.round(x * 2) / 2, 0).astype(np.float32)
+    if ties == "-inf":  # windows whose real cells are all -inf: the padding beside them must not win
+        x[x < 0.8] = -np.inf
     y_ref, first = numpy_pool(x, kernel, stride, padding)
     dy = rng.standard_normal(y_ref.shape).astype(np.float32)
 
@@ -73,6 +77,23 @@ def test_gradient_equals_jaxs_own_rule_on_a_relu_output(kernel, stride, padding,
     theirs = jax.grad(lambda t: loss(lambda u: nnx.max_pool(u, kernel, stride, pads), t))(x)
     assert float(jnp.mean(x == 0)) > 0.3  # the ties are there
     np.testing.assert_allclose(np.asarray(ours), np.asarray(theirs), rtol=1e-6, atol=0)
+
+
+def test_a_window_of_more_than_128_offsets_and_an_all_minus_infinity_batch():
+    """The winner's offset outgrows int8 (a 12x12 window: 144 offsets); -inf everywhere sends each window's
+    gradient to its first real cell, never across the padding into a neighbouring cell or image."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((2, 13, 13, 2)).astype(np.float32)
+    for case in (x, np.full((2, 5, 6, 1), -np.inf, np.float32)):
+        kernel, stride, padding = ((12, 12), (1, 1), (0, 0)) if case is x else ((3, 3), (2, 2), (1, 1))
+        y_ref, first = numpy_pool(case, kernel, stride, padding)
+        dy = rng.standard_normal(y_ref.shape).astype(np.float32)
+        y, vjp = jax.vjp(lambda t: max_pool(t, kernel, stride, padding), jnp.asarray(case))
+        np.testing.assert_array_equal(np.asarray(y), y_ref)
+        np.testing.assert_allclose(np.asarray(vjp(jnp.asarray(dy))[0]), numpy_grad(first, dy, case.shape),
+                                   rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="padding"):
+        max_pool(jnp.zeros((1, 4, 4, 1)), (2, 2), (1, 1), (2, 0))
 
 
 def test_a_nan_in_a_window_is_its_maximum_also_under_differentiation():

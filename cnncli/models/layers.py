@@ -174,7 +174,7 @@ class Dropout(nnx.Dropout):
 
 class MaxPool(nnx.Module):
     """Max pooling with PyTorch-style padding (padded cells never win); its gradient goes to each
-    window's first maximum (cnncli.kernels.maxpool: one scatter-add, the pool 4-5x faster on a
+    window's first maximum (cnncli.kernels.maxpool: one scatter-add, the pool about 5x faster on a
     CPU than with jax's select-and-scatter)."""
 
     def __init__(self, kernel: int, stride: int, padding: int = 0):
