@@ -8,12 +8,21 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from cnncli.kernels import maxpool
 from cnncli.kernels.maxpool import max_pool
 
+
+@pytest.fixture(autouse=True)
+def scatter_here(monkeypatch):
+    """The scatter-add gradient on whatever backend runs the tests (cnn uses it on the CPU only)."""
+    monkeypatch.setattr(maxpool, "SCATTER_BACKENDS", (jax.default_backend(),))
+
 # (kernel, stride, padding, input H x W): ResNet's stem pool, AlexNet's overlapping pool with a row
-# left out, VGG's 2x2, a stride-1 pool, and uneven kernels and strides.
+# left out, VGG's 2x2, a stride-1 pool, uneven kernels and strides, and a stride past the kernel
+# with padding (cells no window reads).
 CASES = [((3, 3), (2, 2), (1, 1), (9, 10)), ((3, 3), (2, 2), (0, 0), (11, 11)), ((2, 2), (2, 2), (0, 0), (7, 8)),
-         ((3, 3), (1, 1), (1, 1), (6, 5)), ((2, 3), (1, 2), (1, 0), (7, 9)), ((1, 1), (2, 2), (0, 0), (5, 5))]
+         ((3, 3), (1, 1), (1, 1), (6, 5)), ((2, 3), (1, 2), (1, 0), (7, 9)), ((1, 1), (2, 2), (0, 0), (5, 5)),
+         ((2, 2), (3, 3), (1, 1), (8, 7))]
 
 
 def numpy_pool(x, kernel, stride, padding):
@@ -83,9 +92,10 @@ def test_a_window_of_more_than_128_offsets_and_an_all_minus_infinity_batch():
     """The winner's offset outgrows int8 (a 12x12 window: 144 offsets); -inf everywhere sends each window's
     gradient to its first real cell, never across the padding into a neighbouring cell or image."""
     rng = np.random.default_rng(5)
-    x = rng.standard_normal((2, 13, 13, 2)).astype(np.float32)
-    for case in (x, np.full((2, 5, 6, 1), -np.inf, np.float32)):
-        kernel, stride, padding = ((12, 12), (1, 1), (0, 0)) if case is x else ((3, 3), (2, 2), (1, 1))
+    for case, kernel, stride, padding in (
+            (rng.standard_normal((2, 13, 13, 2)).astype(np.float32), (12, 12), (1, 1), (0, 0)),
+            (rng.standard_normal((2, 9, 17, 2)).astype(np.float32), (8, 16), (1, 1), (0, 0)),  # 128: int8's last
+            (np.full((2, 5, 6, 1), -np.inf, np.float32), (3, 3), (2, 2), (1, 1))):
         y_ref, first = numpy_pool(case, kernel, stride, padding)
         dy = rng.standard_normal(y_ref.shape).astype(np.float32)
         y, vjp = jax.vjp(lambda t: max_pool(t, kernel, stride, padding), jnp.asarray(case))
@@ -105,9 +115,52 @@ def test_a_nan_in_a_window_is_its_maximum_also_under_differentiation():
     assert dx[0, 1, 2, 0] == 1.0 and dx.sum() == 4.0  # the NaN's window sends its gradient to the NaN
 
 
-def test_bfloat16_keeps_its_dtype():
+def test_bfloat16_keeps_its_dtype_and_values():
     x = jax.random.normal(jax.random.key(2), (2, 8, 8, 4), jnp.bfloat16)
     y, vjp = jax.vjp(lambda t: max_pool(t, (3, 3), (2, 2), (1, 1)), x)
-    assert y.dtype == jnp.bfloat16 and vjp(jnp.ones_like(y))[0].dtype == jnp.bfloat16
-    np.testing.assert_array_equal(np.asarray(y, np.float32),
-                                  np.asarray(nnx.max_pool(x, (3, 3), (2, 2), ((1, 1), (1, 1))), np.float32))
+    dy = jax.random.normal(jax.random.key(3), y.shape, jnp.bfloat16)
+    dx = vjp(dy)[0]
+    assert y.dtype == jnp.bfloat16 and dx.dtype == jnp.bfloat16
+    y_ref, first = numpy_pool(np.asarray(x, np.float32), (3, 3), (2, 2), (1, 1))
+    np.testing.assert_array_equal(np.asarray(y, np.float32), y_ref)
+    # Each cell's share added in bfloat16: within bfloat16's rounding of the float64 sum.
+    np.testing.assert_allclose(np.asarray(dx, np.float32), numpy_grad(first, np.asarray(dy, np.float32), x.shape),
+                               rtol=2 ** -7, atol=1e-6)
+
+
+def test_other_backends_keep_jaxs_own_rule(monkeypatch):
+    """Where the scatter-add was not measured, the pool is reduce_window differentiated by jax: flax's gradient."""
+    monkeypatch.setattr(maxpool, "SCATTER_BACKENDS", ())
+    x = jax.random.normal(jax.random.key(4), (2, 9, 9, 3))
+    ours = jax.grad(lambda t: jnp.sum(max_pool(t, (3, 3), (2, 2), (1, 1)) ** 2))(x)
+    theirs = jax.grad(lambda t: jnp.sum(nnx.max_pool(t, (3, 3), (2, 2), ((1, 1), (1, 1))) ** 2))(x)
+    np.testing.assert_array_equal(np.asarray(ours), np.asarray(theirs))
+    assert jax.jvp(lambda t: max_pool(t, (3, 3), (2, 2), (1, 1)), (x,), (x,))[1].shape == (2, 5, 5, 3)
+
+
+SHARDED = """
+import jax, jax.numpy as jnp, numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from cnncli.kernels import maxpool
+maxpool.SCATTER_BACKENDS = (jax.default_backend(),)
+sharding = NamedSharding(Mesh(np.array(jax.devices()), ("data",)), P("data"))
+grad = lambda x, dy: jax.vjp(lambda t: maxpool.max_pool(t, (3, 3), (2, 2), (1, 1)), x)[1](dy)[0]
+x = jax.random.normal(jax.random.key(0), (4, 10, 10, 3)); dy = jax.random.normal(jax.random.key(1), (4, 5, 5, 3))
+sharded = jax.jit(grad, in_shardings=(sharding, sharding), out_shardings=sharding)
+compiled = sharded.lower(jax.device_put(x, sharding), jax.device_put(dy, sharding)).compile().as_text()
+print([op for op in ("all-gather", "all-reduce", "collective-permute", "all-to-all") if op in compiled])
+print(bool(jnp.array_equal(sharded(jax.device_put(x, sharding), jax.device_put(dy, sharding)), jax.jit(grad)(x, dy))))
+"""
+
+
+def test_a_batch_sharded_gradient_needs_no_collective():
+    """Each device scatters its own images: no all-gather of every index and gradient (a flat scatter over
+    the global batch had two per pool), and the same gradient as on one device."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
+    proc = subprocess.run([sys.executable, "-c", SHARDED], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["[]", "True"], proc.stdout

@@ -272,7 +272,7 @@ def test_integer_and_bool_weights_are_refused_not_converted():
     sd["bn1.running_var"] = np.ones(sd["bn1.running_var"].shape, bool)
     with pytest.raises(CheckpointError) as err:
         convert_state_dict(sd, "resnet18", where="q.pth")
-    assert "2 not floating-point (bn1.running_var bool, conv1.weight int8)" in str(err.value)
+    assert "2 not float16/32/64 or bfloat16 (bn1.running_var bool, conv1.weight int8)" in str(err.value)
     sd = _random_state_dict("resnet18")
     for k, dtype in (("conv1.weight", np.float16), ("fc.weight", ml_dtypes.bfloat16), ("fc.bias", np.float64)):
         sd[k] = sd[k].astype(dtype)

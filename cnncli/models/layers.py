@@ -115,7 +115,7 @@ class BatchNorm(nnx.BatchNorm):
     far from zero is normalised right (flax's E[x^2] - E[x]^2 is 6% off at |mean|/std = 1000 in
     float32). On a CPU the gradient is one oneDNN call where that applies (cnncli.kernels); the
     rest is flax's arithmetic: biased variance, running averages moved by `momentum`. With an
-    `axis_name` (pmap, shard_map) or a mask it is flax's own two-pass BatchNorm."""
+    `axis_name` (pmap, shard_map) it is flax's own two-pass BatchNorm; masks are not taken."""
 
     def __init__(self, *args: Any, use_fast_variance: bool = False, **kwargs: Any):
         super().__init__(*args, use_fast_variance=use_fast_variance, **kwargs)
@@ -174,8 +174,8 @@ class Dropout(nnx.Dropout):
 
 class MaxPool(nnx.Module):
     """Max pooling with PyTorch-style padding (padded cells never win); its gradient goes to each
-    window's first maximum (cnncli.kernels.maxpool: one scatter-add, the pool about 5x faster on a
-    CPU than with jax's select-and-scatter)."""
+    window's first maximum (cnncli.kernels.maxpool: on the CPU one scatter-add per image, the pool
+    about 4-5x faster than with jax's select-and-scatter; elsewhere jax's own rule)."""
 
     def __init__(self, kernel: int, stride: int, padding: int = 0):
         self.kernel, self.stride, self.pad = _pair(kernel), _pair(stride), _pair(padding)

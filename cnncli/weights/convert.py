@@ -54,7 +54,7 @@ def _listing(keys: list[str], n: int = 4) -> str:
 
 def check_keys(tensors: dict[str, np.ndarray], entries: list[layouts.Entry], shapes: dict[str, tuple],
                where: str, source: str) -> None:
-    """One CheckpointError naming the missing, unexpected and mis-shaped keys (first few and counts)."""
+    """One CheckpointError naming the missing, unexpected, mis-shaped and non-float keys (first few and counts)."""
     expected = {e.torch_key for e in entries}
     present = {k for k in tensors if not k.endswith(COUNTER)}
     missing = [e.torch_key for e in entries if e.torch_key not in present]
@@ -66,7 +66,7 @@ def check_keys(tensors: dict[str, np.ndarray], entries: list[layouts.Entry], sha
     not_float = [f"{k} {tensors[k].dtype}" for k in sorted(expected & present) if not _is_float(tensors[k].dtype)]
     problems = [f"{len(keys)} {what} ({_listing(keys)})" for what, keys in
                 (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped),
-                 ("not floating-point", not_float)) if keys]
+                 ("not float16/32/64 or bfloat16", not_float)) if keys]
     if problems:
         hint = ""
         if source == "torchvision" and any(k.startswith(("pre_logits.", "head.")) for k in unexpected):
