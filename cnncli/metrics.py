@@ -67,12 +67,22 @@ def truncate_csv_after(path: Path, step: int) -> int:
     return bad
 
 
+_HIDE_TORCH = [False]  # set by the `cnn` command alone (hide_torch_from_tensorboardx)
+
+
+def hide_torch_from_tensorboardx() -> None:
+    """For the `cnn` command: import tensorboardX without PyTorch (below). Called once at start, before
+    any thread; a program that imports cnncli as a library keeps tensorboardX's own import."""
+    _HIDE_TORCH[0] = True
+
+
 def _summary_writer_class():
-    """tensorboardX's SummaryWriter, imported without PyTorch. tensorboardX imports torch where it is
-    installed only to accept torch tensors (cnn writes floats): 1.1 s of a run's start-up here. Where
+    """tensorboardX's SummaryWriter. tensorboardX imports torch where it is installed only to accept
+    torch tensors (cnn writes floats): 1.1 s of a run's start-up here. In the `cnn` command, where
     torch is not imported yet, it is hidden for the length of this import only (a None entry in
-    sys.modules makes `import torch` fail, and tensorboardX goes on without it)."""
-    hide = "torch" not in sys.modules
+    sys.modules makes `import torch` fail, and tensorboardX goes on without it). Not in a library
+    user's process: a module first imported in that window, or another thread, would see no torch."""
+    hide = _HIDE_TORCH[0] and "torch" not in sys.modules
     if hide:
         sys.modules["torch"] = None  # type: ignore[assignment]
     try:

@@ -317,16 +317,28 @@ def test_compile_cache_is_on_by_default_and_times_are_reported(tiny_config, tmp_
     assert sorted((p.name, p.stat().st_mtime_ns) for p in (tmp_path / "cache" / "jax").iterdir()) == before
 
 
-def test_the_tensorboard_writer_does_not_import_torch(tmp_path):
-    """tensorboardX imports PyTorch where it is installed (1.1 s of a run's start-up): the metrics
-    writer hides it for that import, and torch stays importable afterwards."""
+@pytest.mark.parametrize("command", [True, False])
+def test_the_tensorboard_writer_does_not_import_torch(tmp_path, command):
+    """tensorboardX imports PyTorch where it is installed (1.1 s of a run's start-up): in the `cnn` command
+    the metrics writer hides it for that import, and torch stays importable and usable by tensorboardX
+    afterwards; a library user's process gets tensorboardX's own import."""
     pytest.importorskip("torch")
+    if not command:
+        code = ("import sys; from pathlib import Path; from cnncli.metrics import MetricsWriter\n"
+                f"w = MetricsWriter(Path({str(tmp_path / 'm.jsonl')!r}), Path({str(tmp_path / 'm.csv')!r}), "
+                f"Path({str(tmp_path / 'tb')!r}))\n"
+                "assert 'torch' in sys.modules\n")
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        return
     code = (
-        "import sys; from pathlib import Path; from cnncli.metrics import MetricsWriter\n"
+        "import sys; from pathlib import Path; from cnncli.metrics import MetricsWriter, "
+        "hide_torch_from_tensorboardx\nhide_torch_from_tensorboardx()\n"
         f"w = MetricsWriter(Path({str(tmp_path / 'm.jsonl')!r}), Path({str(tmp_path / 'm.csv')!r}), Path({str(tmp_path / 'tb')!r}))\n"
         "w.write(1, 0.5, 'train', {'loss': 1.25}); w.close()\n"
         "assert w._tb is not None and 'torch' not in sys.modules, sorted(m for m in sys.modules if 'torch' in m)\n"
         "import torch; print('torch', torch.__version__)\n"
+        "w._tb.add_scalar('t', torch.tensor(2.5), 1); w._tb.close()\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr

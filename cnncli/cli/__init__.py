@@ -35,8 +35,10 @@ def main() -> None:
     from typer._click import exceptions as click  # typer bundles its own click
 
     from cnncli import interrupts
+    from cnncli.metrics import hide_torch_from_tensorboardx
 
     _state["started"] = _IMPORTED
+    hide_torch_from_tensorboardx()  # the command writes floats: tensorboardX's torch import is 1.1 s
     _state["command"] = True  # not a CliRunner in a test: an interrupt ends the process (cli_errors)
     interrupts.install()
     try:

@@ -3,7 +3,7 @@
 Today oneDNN's convolutions (conv.py) and training-mode batch norm (batchnorm.py) on the CPU,
 built once per machine (build.py) from onednn.cc and loaded by `load_onednn()` (never on import or
 while tracing; when they apply is onednn.py's call), and max pooling's gradient as one scatter-add
-of each window's winner (maxpool.py, pure jax, on every backend). Every kernel here has a pure-XLA
+of each window's winner (maxpool.py, pure jax, on the CPU). Every kernel here has a pure-XLA
 fallback and is tested against it.
 """
 
