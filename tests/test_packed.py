@@ -4,6 +4,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import time
 import zlib
 
@@ -163,15 +164,18 @@ def test_files_that_passed_their_checksum_are_not_read_again_until_they_change(p
         open_pack(tmp_path / "pack")
     assert read == ["train-00000.array_record"]
 
-    # The seal of a pack that is gone is removed when another pack's is written.
+    # This machine's seal of a pack that is gone is removed when another pack's is written; another
+    # machine's (a cache folder shared over NFS) is its own business.
     blob[len(blob) // 2] ^= 0xFF
     shard.write_bytes(bytes(blob))
     shutil.copytree(tmp_path / "pack", tmp_path / "copy")
     shutil.rmtree(tmp_path / "pack")
+    (tmp_path / "cache" / "packs" / "other.json").write_text(json.dumps({"host": "elsewhere", "root": "/gone"}))
     time.sleep(0.05)
     open_pack(tmp_path / "copy")
-    seals = [json.loads(f.read_text()) for f in (tmp_path / "cache" / "packs").glob("*.json")]
-    assert [s["root"] for s in seals] == [str((tmp_path / "copy").resolve())]
+    seals = sorted((s["host"], s["root"]) for s in
+                   (json.loads(f.read_text()) for f in (tmp_path / "cache" / "packs").glob("*.json")))
+    assert seals == sorted([("elsewhere", "/gone"), (socket.gethostname(), str((tmp_path / "copy").resolve()))])
 
 
 def test_without_a_writable_cache_every_open_checks_every_file(photos, tmp_path, monkeypatch):

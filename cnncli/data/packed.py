@@ -13,9 +13,11 @@ device (`cnncli.data.augment`), from the stored side to the model's input size.
 
 Opening a pack checks every file against the manifest's size and CRC-32, so damage done after
 packing is found before training starts, not in the middle of an epoch. The CRC-32 reads every
-byte, so a file that passed it is remembered in cnn's cache (`packs/`, one small JSON per pack:
-the manifest's SHA-256 and each file's size, inode, mtime and ctime) and not read again while
-none of these change; any write to a file changes its ctime, which no user tool can set back.
+byte, so a file that passed it is remembered in cnn's cache (`packs/`, one small JSON per pack and
+machine: the manifest's SHA-256 and each file's size, inode, device, mtime and ctime) and not
+read again while none of these change; on a local POSIX file system any write to a file changes
+its ctime, which no user tool can set back. Not caught once remembered: bytes changed beneath the
+file system (bit rot, a raw device write), or a mount that makes ctimes up (some FUSE mounts).
 Without a cache (none can be named, or it cannot be written) every open reads every file.
 """
 
@@ -25,6 +27,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import socket
 import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
@@ -121,10 +124,13 @@ def _file_key(path: Path) -> list[int]:
 
 
 def _seal_path(root: Path) -> Path | None:
+    """This machine's seal of the pack at `root` (a cache folder shared by several machines, a home on
+    NFS, holds one per machine: inodes and ctimes are each machine's view)."""
     folder = cache_dir("packs")
     if folder is None:
         return None
-    return folder / f"{hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:32]}.json"
+    key = f"{socket.gethostname()}\0{root.resolve()}"
+    return folder / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.json"
 
 
 def _read_seal(seal: Path | None, manifest_sha: str) -> dict:
@@ -140,20 +146,22 @@ def _read_seal(seal: Path | None, manifest_sha: str) -> dict:
 
 
 def _write_seal(seal: Path | None, root: Path, manifest_sha: str, keys: dict) -> None:
-    """Remember that every file passed as it is now; seals of packs that are gone are removed.
+    """Remember that every file passed as it is now; this machine's seals of packs that are gone are removed.
     A cache that cannot be written costs the next open a full check, never an error."""
     if seal is None:
         return
     try:
         seal.parent.mkdir(parents=True, exist_ok=True)
+        host = socket.gethostname()
         for other in seal.parent.glob("*.json"):
             if other != seal:
                 try:
-                    if not (Path(json.loads(other.read_text())["root"]) / MANIFEST).is_file():
+                    data = json.loads(other.read_text())
+                    if data["host"] == host and not (Path(data["root"]) / MANIFEST).is_file():
                         other.unlink()
                 except (OSError, ValueError, KeyError, TypeError):
                     other.unlink(missing_ok=True)
-        write_text_atomic(seal, json.dumps({"root": str(root.resolve()), "manifest_sha256": manifest_sha,
+        write_text_atomic(seal, json.dumps({"host": host, "root": str(root.resolve()), "manifest_sha256": manifest_sha,
                                             "files": keys}))
     except OSError:
         pass
