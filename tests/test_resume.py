@@ -84,6 +84,36 @@ def test_finished_run_and_config_with_resume(finished):
     assert snapshot(run) == before
 
 
+def test_a_resume_onto_other_data_or_fewer_steps_is_refused_and_changes_no_file(finished, tmp_path):
+    """data.path may move a dataset, not replace it: the run's data.json / split.json are what it trained
+    on. Here the copy's records say it started on other classes, then on another split; and an interrupted
+    run at step 8 resumed with train.steps=2 would be written "finished" at a step it had passed."""
+    run = tmp_path / "run"
+    shutil.copytree(finished / "run", run)
+    status = json.loads((run / "status.json").read_text())
+    (run / "status.json").write_text(json.dumps({**status, "status": "interrupted"}))
+    data = json.loads((run / "data.json").read_text())
+    (run / "data.json").write_text(json.dumps({**data, "class_names": ["cat", "dog"] + data["class_names"][2:]}))
+    before = snapshot(run)
+    res = cnn("train", "--resume", run, "--set", "train.steps=12")
+    assert res.exit_code == 2, res.output
+    assert res.output.strip().splitlines() == [res.output.strip()]
+    assert "the data is not the data the run started with (class names ['cat', 'dog', '2', '3', '4', ... (10 " \
+           "classes)] -> ['0', '1', '2', '3', '4', ... (10 classes)])" in res.output
+    assert snapshot(run) == before
+    (run / "data.json").write_text(json.dumps(data))
+    split = json.loads((run / "split.json").read_text())
+    (run / "split.json").write_text(json.dumps({**split, "test_indices": split["test_indices"][::-1]}))
+    res = cnn("train", "--resume", run, "--set", "train.steps=12")
+    assert res.exit_code == 2 and "the split (split.json" in res.output, res.output
+    (run / "split.json").write_text(json.dumps(split))
+    before = snapshot(run)
+    res = cnn("train", "--resume", run, "--set", "train.steps=2")
+    assert res.exit_code == 2, res.output
+    assert "the run is at step 8, past the 2 steps the config now asks for" in res.output
+    assert snapshot(run) == before
+
+
 # How much fits decides where a run meets the full disk (a checkpoint's arrays, its checksums, the run's
 # own files), and the timing of the asynchronous save moves it: each size is a different mix of these.
 @pytest.mark.slow

@@ -19,13 +19,13 @@ from typing import Any
 
 from cnncli import errors, interrupts
 from cnncli.config import Config
-from cnncli.errors import TrainingError, TrainingInterrupted
+from cnncli.errors import ConfigError, TrainingError, TrainingInterrupted
 from cnncli.rundir import RunDir
 from cnncli.train.clock import Every, Periodic, RunClock, cache_hits
 from cnncli.train.exits import (WRITE_ERRNOS, SignalCatcher, comparable, says_how_it_ended, signal_name,
                                  write_error)
 from cnncli.train.logbook import TrainLog, epoch_line
-from cnncli.train.resume import starts_over
+from cnncli.train.resume import check_same_data, starts_over
 from cnncli.train.runfiles import opening_lines, state_memory_line, topology_note, write_start_files
 from cnncli.train.setup import TrainingSetup, build_training, model_tree, restore_training, train_tree
 
@@ -59,11 +59,16 @@ def train_and_evaluate(cfg: Config, run_path: str | Path, *, resume: bool = Fals
         t = setup.cfg.train
         restored = None
         if resume:
+            primary_decides(lambda: check_same_data(run, setup.data))
             if primary_decides(lambda: starts_over(run, restart)):  # before the manager creates anything
                 console.print(f"{run.path} has no checkpoint: training starts from step 0")
             manager = stack.enter_context(_closing(CheckpointManager(
                 run.checkpoints, keep_last=t.keep_last, keep_best=t.keep_best, best_metric=t.best_metric)))
             restored = restore_training(setup, manager, run.path, console)
+            reached = int(restored[1].get("step", 0)) if restored is not None else 0
+            if reached > setup.total_steps:  # training would record an end it never reached
+                raise ConfigError(f"--resume {run.path}: the run is at step {reached}, past the {setup.total_steps} "
+                                  "steps the config now asks for; a resume may extend a run, not shorten it")
         else:
             run = primary_decides(lambda: RunDir.create(run_path, force=force)) or RunDir(run_path)
             if is_primary():  # owned by this process from here on

@@ -53,6 +53,39 @@ def check_resume_changes(saved: Config, new: Config, run_path) -> None:
             "logging/evaluation/checkpoint cadence, output and data.path)")
 
 
+def check_same_data(run: Any, data: Any) -> None:
+    """Refuse a resume whose data is not the data the run started with (data.path may move a dataset,
+    not replace it): class names, image shape, split sizes and the split itself, as data.json and
+    split.json recorded them, and the normalisation constants. Runs without those files are not checked."""
+    import json
+
+    saved, split = run.read_json("data.json"), run.read_json("split.json")
+    changes = []
+    if isinstance(saved, dict):
+        now = {"class_names": list(data.class_names), "image_shape": list(data.image_shape), "sizes": data.sizes()}
+        for key, value in now.items():
+            if key in saved and saved[key] != value:
+                old, new = saved[key], value
+                if key == "class_names":
+                    old, new = _names(old), _names(new)
+                changes.append(f"{key.replace('_', ' ')} {old} -> {new}")
+        for key in ("mean", "std"):
+            old, new = saved.get(key), getattr(data, key)
+            if isinstance(old, list) and (len(old) != len(new) or any(
+                    not math.isclose(a, float(b), rel_tol=1e-6, abs_tol=1e-9) for a, b in zip(old, new))):
+                changes.append(f"{key} {old} -> {[round(float(b), 6) for b in new]}")
+    if isinstance(split, dict) and not changes and split != json.loads(json.dumps(data.split_info)):
+        changes.append("the split (split.json: which images are train, validation and test)")
+    if changes:
+        raise ConfigError(f"--resume {run.path}: the data is not the data the run started with ({'; '.join(changes[:3])}): "
+                          "data.path may point at a moved copy of it, not at other data; start a new run for that")
+
+
+def _names(names: Any) -> str:
+    names = list(names) if isinstance(names, list) else [names]
+    return repr(names) if len(names) <= 6 else f"[{', '.join(map(repr, names[:5]))}, ... ({len(names)} classes)]"
+
+
 def finished_note(status: dict | None, new: Config) -> str | None:
     """A note saying the run is already finished, unless `new` extends it; None when there is work to do."""
     if not status or status.get("status") != "finished":
