@@ -280,6 +280,38 @@ def test_integer_and_bool_weights_are_refused_not_converted():
     np.testing.assert_array_equal(np.asarray(params["fc"]["bias"].value), sd["fc.bias"].astype(np.float32))
 
 
+def test_non_finite_weights_and_counters_that_count_nothing_are_refused():
+    """A NaN in a kernel makes every prediction uniform, an infinite variance one class at 1.0: refused, as are
+    counters outside int64 (export would crash on them) and counters of layers the model does not have."""
+    sd = _random_state_dict("resnet18")
+    sd["conv1.weight"][0, 0, 0, 0] = np.nan
+    sd["bn1.running_var"][3] = np.inf
+    sd["foo.num_batches_tracked"] = np.array(5, np.int64)
+    with pytest.raises(CheckpointError) as err:
+        convert_state_dict(sd, "resnet18", where="n.pth")
+    assert "1 unexpected (foo.num_batches_tracked)" in str(err.value)
+    assert "2 with NaN or infinite values (bn1.running_var, conv1.weight)" in str(err.value)
+    for bad in (np.array(2 ** 64 - 1, np.uint64), np.array(-1, np.int64)):
+        sd = _random_state_dict("resnet18")
+        sd["bn1.num_batches_tracked"] = bad
+        with pytest.raises(CheckpointError, match="bn1.num_batches_tracked is .*not a count of batches"):
+            convert_state_dict(sd, "resnet18", where="c.pth")
+
+
+def test_export_replaces_an_existing_file_only_with_force(tmp_path):
+    from safetensors.numpy import save_file
+
+    src = tmp_path / "r18.safetensors"
+    save_file(_random_state_dict("resnet18"), str(src))
+    assert runner.invoke(app, ["weights", "import", str(src), "--model", "resnet18", "-o", str(tmp_path / "w")]
+                         ).exit_code == 0
+    before = src.read_bytes()
+    r = runner.invoke(app, ["weights", "export", str(tmp_path / "w"), "-o", str(src), "--layout", "cnn"])
+    assert r.exit_code == 2 and "already exists: add --force" in r.output and src.read_bytes() == before, r.output
+    r = runner.invoke(app, ["weights", "export", str(tmp_path / "w"), "-o", str(src), "--layout", "cnn", "--force"])
+    assert r.exit_code == 0 and src.read_bytes() != before, r.output
+
+
 def test_import_refusals_are_one_line_and_write_nothing(tmp_path):
     from safetensors.numpy import save_file
 

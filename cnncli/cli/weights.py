@@ -55,9 +55,10 @@ def export(
     out: Annotated[Path, typer.Option("--out", "-o", help="The .safetensors file to write.", show_default=False)],
     layout: Annotated[Layout, typer.Option("--layout", help="torchvision key names and tensor layouts, or cnn's "
                                            "own (params/... HWIO).")] = Layout.torchvision,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing .safetensors file.")] = False,
 ) -> None:
     """Write weights as one .safetensors file that PyTorch (torchvision layout) can load."""
     from cnncli.weights.convert import export_weights
 
-    path, count = export_weights(src, out, layout.value)
+    path, count = export_weights(src, out, layout.value, force=force)
     typer.echo(f"wrote {path}: {count} tensors, {layout.value} layout")

@@ -54,19 +54,25 @@ def _listing(keys: list[str], n: int = 4) -> str:
 
 def check_keys(tensors: dict[str, np.ndarray], entries: list[layouts.Entry], shapes: dict[str, tuple],
                where: str, source: str) -> None:
-    """One CheckpointError naming the missing, unexpected, mis-shaped and non-float keys (first few and counts)."""
+    """One CheckpointError naming the missing, unexpected, mis-shaped, non-float and non-finite keys (first few
+    and counts)."""
     expected = {e.torch_key for e in entries}
     present = {k for k in tensors if not k.endswith(COUNTER)}
     missing = [e.torch_key for e in entries if e.torch_key not in present]
-    unexpected = sorted(present - expected)
+    norms = {k[: -len(".running_mean")] for k in expected if k.endswith(".running_mean")}
+    unexpected = sorted((present - expected) | {k for k in tensors if k.endswith(COUNTER) and k[: -len(COUNTER)]
+                                                not in norms})
     misshaped = [f"{e.torch_key} {tuple(tensors[e.torch_key].shape)} != {shapes[e.torch_key]}" for e in entries
                  if e.torch_key in present and tuple(tensors[e.torch_key].shape) != shapes[e.torch_key]]
     # An integer or bool tensor (quantized or mis-saved weights) would be converted into other numbers
     # without a word: refused like a wrong shape.
     not_float = [f"{k} {tensors[k].dtype}" for k in sorted(expected & present) if not _is_float(tensors[k].dtype)]
+    # A NaN or an infinity in a weight makes every prediction a made-up one (uniform, or one class at 1.0).
+    not_finite = [k for k in sorted(expected & present)
+                  if _is_float(tensors[k].dtype) and not np.isfinite(tensors[k]).all()]
     problems = [f"{len(keys)} {what} ({_listing(keys)})" for what, keys in
                 (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped),
-                 ("not float16/32/64 or bfloat16", not_float)) if keys]
+                 ("not float16/32/64 or bfloat16", not_float), ("with NaN or infinite values", not_finite)) if keys]
     if problems:
         hint = ""
         if source == "torchvision" and any(k.startswith(("pre_logits.", "head.")) for k in unexpected):
@@ -128,6 +134,8 @@ def _counters(tensors: dict[str, np.ndarray], where: str) -> dict[str, int]:
         if v.shape != () or v.dtype.kind not in "iu":
             raise CheckpointError(f"{where}: {k} must be an integer scalar (shape ()), got {v.dtype} of shape "
                                   f"{tuple(v.shape)}")
+        if not 0 <= int(v) < 2 ** 63:  # PyTorch's counter is an int64 that only counts up
+            raise CheckpointError(f"{where}: {k} is {int(v)}, not a count of batches (0 to 2^63-1)")
         counters[k[: -len(COUNTER)]] = int(v)
     return counters
 
@@ -181,8 +189,10 @@ def torch_tensors(name: str, params: Any, batch_stats: Any, info: dict) -> dict[
     return out
 
 
-def export_weights(src: str | Path, out: str | Path, layout: str = "torchvision") -> tuple[Path, int]:
-    """Write a weights directory or a run's best checkpoint as one .safetensors file; (path, tensors)."""
+def export_weights(src: str | Path, out: str | Path, layout: str = "torchvision", *,
+                   force: bool = False) -> tuple[Path, int]:
+    """Write a weights directory or a run's best checkpoint as one .safetensors file; (path, tensors).
+    An existing file is replaced only with `force` (it may be the file the weights came from)."""
     from safetensors.numpy import save_file
 
     from cnncli.export import flatten_tree
@@ -194,6 +204,8 @@ def export_weights(src: str | Path, out: str | Path, layout: str = "torchvision"
     if layout not in ("torchvision", "cnn"):
         raise WriteError(f"unknown --layout {layout!r}: expected torchvision or cnn")
     _check_writable(out)  # before the weights are read: a refusal costs nothing
+    if out.exists() and not force:
+        raise WriteError(f"{out} already exists: add --force to replace it, or name another file")
     name, params, batch_stats, info = load_any(src)
     if layout == "torchvision":
         tensors = torch_tensors(name, params, batch_stats, info)
