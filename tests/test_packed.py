@@ -129,6 +129,32 @@ def test_damage_after_packing_is_found_at_open(photos, tmp_path):
         open_pack(tmp_path / "pack")
 
 
+@pytest.mark.parametrize("mutate, words", [
+    (lambda m: m.__setitem__("splits", []), "splits does not hold exactly train, val, test"),
+    (lambda m: m["splits"]["train"]["shards"][0].__setitem__("bytes", "196608"), "the train split's entry is not"),
+    (lambda m: m["splits"]["val"]["shards"][0].__setitem__("file", "../other/x.array_record"), "the val split's entry"),
+    (lambda m: m["splits"]["train"].__setitem__("count", 10 ** 6), "shards do not add up to its count"),
+    (lambda m: m.__setitem__("side", "abc"), "side is 'abc', not a size in pixels"),
+    (lambda m: m.__setitem__("side", 31), "the first train record of .* is not a 31x31x3 raw image"),
+    (lambda m: m.__setitem__("image_format", "jpeg"), "the first train record of .* is not a 32x32x3 jpeg image"),
+    (lambda m: m.__setitem__("channels", 5), "channels is 5, not 1 or 3"),
+    (lambda m: m.__setitem__("class_names", ["only"]), "train-labels.npy does not hold 8 labels from 0 to 0"),
+    (lambda m: m.__setitem__("mean", [0.5]), r"mean is \[0.5\], not 3 finite value"),
+    (lambda m: m.__setitem__("std", [0, 0, 0]), "not 3 finite value.* above 0"),
+    (lambda m: m.pop("description"), "description is missing"),
+    (lambda m: m.__setitem__("version", True), "is not a cnn-pack version 1 manifest"),
+])
+def test_a_manifest_that_is_not_what_pack_writes_is_refused_in_one_line(photos, tmp_path, mutate, words):
+    pack_dataset(folder_cfg(photos), tmp_path / "pack", side=32)
+    path = tmp_path / "pack" / "manifest.json"
+    m = json.loads(path.read_text())
+    mutate(m)
+    path.write_text(json.dumps(m))
+    with pytest.raises(DataError, match=words) as err:
+        prepare_dataset(DataConfig(source="packed", path=str(tmp_path / "pack")))
+    assert "\n" not in str(err.value) and str(err.value).startswith("packed: ")
+
+
 def test_files_that_passed_their_checksum_are_not_read_again_until_they_change(photos, tmp_path, monkeypatch):
     from cnncli.data import packed as packed_module
 

@@ -26,13 +26,14 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import socket
 import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -51,6 +52,7 @@ FORMAT = "cnn-pack"
 VERSION = 1
 SPLITS = ("train", "val", "test")
 WRITER_OPTIONS = "group_size:1,uncompressed"  # one record per chunk: each image is read alone
+MAX_SIDE = 4096  # the config's largest image side (cnncli.config.schema.MAX_IMAGE_SIDE)
 _CLOCK_SLACK_NS = 2_000_000_000  # files changed this recently are not remembered as checked
 
 
@@ -101,10 +103,14 @@ def open_pack(root: Path, *, verify: bool = True) -> PackedStore:
     try:
         manifest_bytes = manifest_path.read_bytes()
         manifest = json.loads(manifest_bytes)
-    except (OSError, ValueError) as exc:
-        raise DataError(f"packed: cannot read {manifest_path} ({exc})") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
+    except (OSError, ValueError, RecursionError) as exc:
+        raise DataError(f"packed: cannot read {manifest_path} ({str(exc)[:200]})") from None
+    if (not isinstance(manifest, dict) or manifest.get("format") != FORMAT
+            or not _is_int(manifest.get("version"), VERSION, VERSION)):
         raise DataError(f"packed: {manifest_path} is not a {FORMAT} version {VERSION} manifest")
+    problem = _manifest_problem(manifest)
+    if problem is not None:
+        raise DataError(f"packed: {manifest_path}: {problem}; the pack is damaged: pack it again")
     files = [(s["file"], s["bytes"], s["crc32"]) for split in manifest["splits"].values()
              for s in [*split["shards"], split["labels"]]]
     for name, size, _ in files:
@@ -115,6 +121,59 @@ def open_pack(root: Path, *, verify: bool = True) -> PackedStore:
     if verify:
         _verify_checksums(root, hashlib.sha256(manifest_bytes).hexdigest(), files)
     return PackedStore(root, manifest)
+
+
+def _is_int(v: Any, low: int, high: int) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and low <= v <= high
+
+
+def _is_file_entry(e: Any) -> bool:
+    return (isinstance(e, dict) and isinstance(e.get("file"), str) and e["file"] == Path(e["file"]).name
+            and e["file"] not in ("", ".", "..") and _is_int(e.get("bytes"), 0, 2 ** 62)
+            and _is_int(e.get("crc32"), 0, 2 ** 32 - 1))
+
+
+def _manifest_problem(m: dict) -> str | None:
+    """What in a manifest is not what `cnn data pack` writes (the first such field), or None."""
+    channels = m.get("channels")
+    if not _is_int(channels, 1, 3) or channels == 2:
+        return f"channels is {channels!r}, not 1 or 3"
+    if not _is_int(m.get("side"), 1, MAX_SIDE):
+        return f"side is {m.get('side')!r}, not a size in pixels (1 to {MAX_SIDE})"
+    if m.get("image_size") is not None and not _is_int(m.get("image_size"), 1, MAX_SIDE):
+        return f"image_size is {m.get('image_size')!r}, not a size in pixels"
+    if m.get("image_format") not in ("raw", "jpeg"):
+        return f"image_format is {m.get('image_format')!r}, not raw or jpeg"
+    names = m.get("class_names")
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        return "class_names is not a non-empty list of names"
+    for key in ("source", "stats_from"):
+        if not isinstance(m.get(key), str):
+            return f"{key} is {m.get(key)!r}, not text"
+    if "description" not in m or (m["description"] is not None and not isinstance(m["description"], str)):
+        return "description is missing or not text"
+    if not isinstance(m.get("notes", []), list) or not all(isinstance(n, str) for n in m.get("notes", [])):
+        return "notes is not a list of text"
+    if not isinstance(m.get("split_info"), dict):
+        return "split_info is not a mapping"
+    for key in ("mean", "std"):
+        v = m.get(key)
+        if (not isinstance(v, list) or len(v) != channels
+                or not all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in v)
+                or (key == "std" and min(v) <= 0)):
+            return f"{key} is {v!r}, not {channels} finite value(s){' above 0' if key == 'std' else ''}"
+    splits = m.get("splits")
+    if not isinstance(splits, dict) or sorted(splits) != sorted(SPLITS):
+        return f"splits does not hold exactly {', '.join(SPLITS)}"
+    for name, split in splits.items():
+        if (not isinstance(split, dict) or not _is_int(split.get("count"), 1, 2 ** 40)
+                or not isinstance(split.get("shards"), list) or not split["shards"]
+                or not all(_is_file_entry(e) and _is_int(e.get("count"), 0, 2 ** 40) for e in split["shards"])
+                or not _is_file_entry(split.get("labels"))):
+            return f"the {name} split's entry is not a count with shard and labels files"
+        if sum(e["count"] for e in split["shards"]) != split["count"]:
+            return f"the {name} split's shards do not add up to its count ({split['count']})"
+    return None
 
 
 def _file_key(path: Path) -> list[int]:
@@ -201,12 +260,36 @@ def load_packed_source(cfg: DataConfig) -> SourceData:
     m = store.manifest
     splits = {}
     for split in SPLITS:
-        labels = store.labels(split)
+        labels = _checked_labels(store, split)
         splits[split] = (np.arange(len(labels), dtype=np.int64), labels)
     desc = (f"pack of {m['description'] or m['source']} ({m['image_format']}, {store.side}x{store.side}x"
             f"{store.channels} stored)")
     return SourceData(splits["train"], splits["val"], splits["test"], list(m["class_names"]), desc,
                       path=str(root), notes=list(m.get("notes", [])), packed=store)
+
+
+def _checked_labels(store: PackedStore, split: str) -> np.ndarray:
+    """A split's labels, checked against the manifest (count, classes), and its first record against the
+    stored shape: a pack whose parts disagree is refused here, before any run directory, not mid-epoch."""
+    entry = store.manifest["splits"][split]
+    where = store.root / entry["labels"]["file"]
+    try:
+        raw = np.load(where, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise DataError(f"packed: cannot read {where} ({str(exc)[:200]}); the pack is damaged: pack it again") from None
+    n = len(store.manifest["class_names"])
+    if raw.ndim != 1 or raw.dtype.kind not in "iu" or len(raw) != entry["count"] or (
+            len(raw) and (raw.min() < 0 or raw.max() >= n)):
+        raise DataError(f"packed: {where} does not hold {entry['count']} labels from 0 to {n - 1} as the manifest "
+                        "says; the pack is damaged: pack it again")
+    first = _RecordDecoder(store, split, raw.astype(np.int32))
+    try:
+        first(np.zeros(1, np.int64))
+    except Exception as exc:  # noqa: BLE001 - a record that is not a stored image, whatever the decoder says
+        raise DataError(f"packed: the first {split} record of {store.root} is not a {store.side}x{store.side}x"
+                        f"{store.channels} {store.image_format} image ({str(exc)[:150]}); the pack is damaged: "
+                        "pack it again") from None
+    return raw.astype(np.int32)
 
 
 class _RecordDecoder:
