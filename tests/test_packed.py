@@ -252,6 +252,32 @@ def test_an_interrupted_pack_is_never_taken_for_a_pack_and_resumes(photos, tmp_p
     assert fresh["mean"] == manifest["mean"] and not list(tmp_path.glob("*.tmp-*"))
 
 
+def test_a_folder_changed_after_an_interrupted_pack_is_packed_afresh(photos, tmp_path, monkeypatch):
+    """Files moved between classes before the rerun: the old shards are not mixed with the new listing."""
+    monkeypatch.setattr(pack_module, "SHARD_IMAGES", 4)
+    monkeypatch.setattr(pack_module, "DECODE_BATCH", 2)
+
+    def stop_at_val(split, done, total):
+        if split == "val":
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        pack_dataset(folder_cfg(photos), tmp_path / "pack", side=32, progress=stop_at_val)
+    for f in sorted((photos / "train" / "dog").iterdir())[:3]:
+        f.rename(photos / "train" / "cat" / f"moved-{f.name}")
+    written = []
+    real_encode = pack_module._encode
+    monkeypatch.setattr(pack_module, "_encode", lambda im, *a: written.append(1) or real_encode(im, *a))
+    manifest = pack_dataset(folder_cfg(photos), tmp_path / "pack", side=32)
+    assert len(written) == sum(s["count"] for s in manifest["splits"].values())  # nothing kept
+    fresh = pack_dataset(folder_cfg(photos), tmp_path / "again", side=32)
+    for split in ("train", "val", "test"):
+        assert np.array_equal(open_pack(tmp_path / "pack").labels(split), open_pack(tmp_path / "again").labels(split))
+        assert np.array_equal(records(open_pack(tmp_path / "pack"), split)[0],
+                              records(open_pack(tmp_path / "again"), split)[0])
+    assert fresh["mean"] == manifest["mean"]
+
+
 def test_pack_refusals_name_the_problem(photos, tmp_path):
     (tmp_path / "taken").mkdir()
     with pytest.raises(DataError, match=r"taken exists; choose a new output directory"):

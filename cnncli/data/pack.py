@@ -159,6 +159,26 @@ def _finish(stage: Path, head: dict, splits: dict[str, int]) -> dict:
     return manifest
 
 
+def _content_digest(data) -> bytes:
+    """A digest of what each split holds: file names with their size and mtime, or the arrays; the labels."""
+    from cnncli.data.dataset import is_path_array
+
+    digest = hashlib.sha256()
+    for split in SPLITS:
+        x, y = data.split(split)
+        digest.update(split.encode() + np.ascontiguousarray(y).tobytes())
+        if is_path_array(x):
+            for path in x:
+                try:
+                    st = os.stat(path)
+                    digest.update(f"{path}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+                except OSError:
+                    digest.update(f"{path}\0missing\n".encode())
+        else:
+            digest.update(np.ascontiguousarray(x).tobytes())
+    return digest.digest()
+
+
 def pack_dataset(cfg: DataConfig, out: Path, *, side: int = 256, image_format: str = "raw", quality: int = 90,
                  workers: int | None = None, progress: Progress | None = None) -> dict:
     """Write the dataset of the (shape-resolved) `data:` config `cfg` as a pack at `out`; its manifest."""
@@ -181,7 +201,10 @@ def pack_dataset(cfg: DataConfig, out: Path, *, side: int = 256, image_format: s
             "quality": quality if image_format == "jpeg" else None, "split_info": data.split_info,
             "notes": list(data.notes)}
     sizes = data.sizes()
-    key = hashlib.sha256(json.dumps([head, sizes], sort_keys=True).encode()).hexdigest()[:12]
+    # The stage resumes only the same settings over the same images: the key covers every file's
+    # name, size and mtime (or the decoded arrays) and every label, so a folder changed between an
+    # interrupted pack and its rerun starts a new stage rather than mixing its old and new listings.
+    key = hashlib.sha256(json.dumps([head, sizes], sort_keys=True).encode() + _content_digest(data)).hexdigest()[:12]
     stage = out.with_name(f"{out.name}.tmp-{key}")
     stage.mkdir(exist_ok=True)
     lock = open(stage / ".lock", "w")
