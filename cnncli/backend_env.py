@@ -46,11 +46,12 @@ def _installed(module: str) -> bool:
 def platforms_problem(environ) -> str | None:
     """Why JAX_PLATFORMS cannot work here (one sentence), or None."""
     value = environ.get("JAX_PLATFORMS") or ""
-    names = [p.strip().lower() for p in value.split(",") if p.strip()]
+    names = value.split(",") if value else []  # as jax reads it: no spaces, no empty entries, lower case
     for name in names:
         if name not in KNOWN_PLATFORMS:
-            return (f"JAX_PLATFORMS={value} names an unknown platform {name!r}; "
-                    f"expected some of {', '.join(KNOWN_PLATFORMS)}")
+            what = "an empty entry" if not name.strip() else f"an unknown platform {name!r}"
+            return (f"JAX_PLATFORMS={value!r} names {what}; expected some of {', '.join(KNOWN_PLATFORMS)}, "
+                    "separated by commas")
     for name in names:
         wanted = ("cuda", "rocm") if name == "gpu" else (name,) if name in PLATFORM_PLUGINS else ()
         if wanted and not any(_installed(m) for w in wanted for m in PLATFORM_PLUGINS[w][0]):
@@ -154,6 +155,8 @@ def start_failure(exc: BaseException) -> str | None:
     if match is None:
         return None
     platform, reason = match.group(1), " ".join(match.group(2).split()).rstrip(".")
+    if platform == "cpu":
+        return f"jax could not start its CPU backend ({reason[:300]})"
     return (f"jax could not start its {platform!r} backend ({reason[:300]}); JAX_PLATFORMS=cpu runs on the CPU, "
             f"or uninstall jax's {platform} plugin")
 

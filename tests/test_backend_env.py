@@ -29,8 +29,14 @@ def test_a_platform_without_its_plugin_names_the_extra(no_plugins, value, extra)
 def test_platforms_that_can_start(no_plugins, monkeypatch):
     assert platforms_problem({}) is None and platforms_problem({"JAX_PLATFORMS": "cpu"}) is None
     assert platforms_problem({"JAX_PLATFORMS": ""}) is None
-    assert platforms_problem({"JAX_PLATFORMS": "cdua"}) == ("JAX_PLATFORMS=cdua names an unknown platform 'cdua'; "
-                                                            "expected some of cpu, cuda, gpu, rocm, tpu")
+    assert platforms_problem({"JAX_PLATFORMS": "cdua"}) == ("JAX_PLATFORMS='cdua' names an unknown platform 'cdua'; "
+                                                            "expected some of cpu, cuda, gpu, rocm, tpu, separated "
+                                                            "by commas")
+    # jax reads the list as it is: an empty entry, a space or upper case is a backend it does not know
+    assert "names an empty entry" in platforms_problem({"JAX_PLATFORMS": "cpu,"})
+    assert "names an empty entry" in platforms_problem({"JAX_PLATFORMS": ",,,"})
+    assert "unknown platform 'CPU'" in platforms_problem({"JAX_PLATFORMS": "CPU"})
+    assert "unknown platform 'cpu '" in platforms_problem({"JAX_PLATFORMS": "cpu "})
     monkeypatch.setattr(backend_env, "_installed", lambda module: module == "jax_cuda12_plugin")
     assert platforms_problem({"JAX_PLATFORMS": "cuda"}) is None and platforms_problem({"JAX_PLATFORMS": "gpu"}) is None
 
