@@ -41,6 +41,7 @@ from cnncli.atomic import write_text_atomic
 from cnncli.data.dataset import SourceData
 from cnncli.data.files import FileBatchLoader
 from cnncli.data.locate import missing_dataset, source_location
+from cnncli import regular_file
 from cnncli.errors import DataError
 from cnncli.native.cache import cache_dir
 
@@ -195,8 +196,8 @@ def _seal_path(root: Path) -> Path | None:
 def _read_seal(seal: Path | None, manifest_sha: str) -> dict:
     """{file name: key} of the files that passed their CRC-32 as they are now; {} when none did."""
     try:
-        data = json.loads(seal.read_text()) if seal is not None else {}
-    except (OSError, ValueError):
+        data = json.loads(regular_file.read_text(seal, DataError)) if seal is not None and seal.exists() else {}
+    except (OSError, ValueError, DataError):  # not there, not a regular file, not JSON: no seal
         return {}
     if not isinstance(data, dict) or data.get("manifest_sha256") != manifest_sha or not isinstance(
             data.get("files"), dict):
@@ -215,10 +216,10 @@ def _write_seal(seal: Path | None, root: Path, manifest_sha: str, keys: dict) ->
         for other in seal.parent.glob("*.json"):
             if other != seal:
                 try:
-                    data = json.loads(other.read_text())
+                    data = json.loads(regular_file.read_text(other, DataError))
                     if data["host"] == host and not (Path(data["root"]) / MANIFEST).is_file():
                         other.unlink()
-                except (OSError, ValueError, KeyError, TypeError):
+                except (OSError, ValueError, KeyError, TypeError, DataError):  # never a FIFO's open: no wait
                     other.unlink(missing_ok=True)
         write_text_atomic(seal, json.dumps({"host": host, "root": str(root.resolve()), "manifest_sha256": manifest_sha,
                                             "files": keys}))
