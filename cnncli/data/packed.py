@@ -130,7 +130,7 @@ def _is_int(v: Any, low: int, high: int) -> bool:
 
 def _is_file_entry(e: Any) -> bool:
     return (isinstance(e, dict) and isinstance(e.get("file"), str) and e["file"] == Path(e["file"]).name
-            and e["file"] not in ("", ".", "..") and _is_int(e.get("bytes"), 0, 2 ** 62)
+            and e["file"] not in ("", ".", "..") and "\0" not in e["file"] and _is_int(e.get("bytes"), 0, 2 ** 62)
             and _is_int(e.get("crc32"), 0, 2 ** 32 - 1))
 
 

@@ -72,7 +72,8 @@ def check_same_data(run: Any, data: Any) -> None:
         for key in ("mean", "std"):
             old, new = saved.get(key), getattr(data, key)
             if isinstance(old, list) and (len(old) != len(new) or any(
-                    not math.isclose(a, float(b), rel_tol=1e-6, abs_tol=1e-9) for a, b in zip(old, new))):
+                    not isinstance(a, (int, float)) or not math.isclose(a, float(b), rel_tol=1e-6, abs_tol=1e-9)
+                    for a, b in zip(old, new))):
                 changes.append(f"{key} {old} -> {[round(float(b), 6) for b in new]}")
     if isinstance(split, dict) and not changes and split != json.loads(json.dumps(data.split_info)):
         changes.append("the split (split.json: which images are train, validation and test)")
