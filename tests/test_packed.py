@@ -305,6 +305,29 @@ def test_pack_refusals_name_the_problem(photos, tmp_path):
         pack_dataset(DataConfig(source="packed", path=str(tmp_path / "pack")), tmp_path / "again")
 
 
+def test_pack_outputs_refused_before_any_work(photos, tmp_path):
+    """A dangling link, the dataset's own folder, a stage another packer holds: refused up front (they
+    were refused only after the whole pack was written, or, inside the folder, broke the dataset)."""
+    import fcntl
+
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    with pytest.raises(DataError, match=r"dangling exists"):
+        pack_dataset(folder_cfg(photos), tmp_path / "dangling", side=32)
+    with pytest.raises(DataError, match=r"is inside the dataset it packs"):
+        pack_dataset(folder_cfg(photos), photos / "train" / "pk", side=32)
+    stage = tmp_path / "pack.tmp-0123456789ab"
+    stage.mkdir()
+    with open(stage / ".lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(DataError, match=r"another `cnn data pack` is writing .*pack.tmp-0123456789ab"):
+            pack_dataset(folder_cfg(photos), tmp_path / "pack", side=32)
+    assert not (photos / "train" / "pk").exists() and not (tmp_path / "pack").exists()
+    assert sorted(p.name for p in tmp_path.glob("pack*")) == ["pack.tmp-0123456789ab"]
+    res = CliRunner().invoke(app, ["data", "pack", str(tmp_path / "c.yaml"), "-o", str(tmp_path / "p2"),
+                                   "--quality", "50"])
+    assert res.exit_code == 2 and "--quality applies to --format jpeg" in res.output, res.output
+
+
 def test_loader_reads_only_the_rows_asked_for_in_their_order(photos, tmp_path):
     pack_dataset(folder_cfg(photos), tmp_path / "pack", side=32)
     data = prepare_dataset(DataConfig(source="packed", path=str(tmp_path / "pack")))

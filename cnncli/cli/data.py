@@ -33,7 +33,8 @@ def data(
     = None,
     max_side: Annotated[int, typer.Option(min=8, max=4096, help="pack: images stored as squares of this side "
                                           "(the centre square; image files only).")] = 256,
-    quality: Annotated[int, typer.Option(min=1, max=100, help="pack: JPEG quality with --format jpeg.")] = 90,
+    quality: Annotated[Optional[int], typer.Option(min=1, max=100, help="pack: JPEG quality with --format jpeg "
+                                                   "(default 90).", show_default=False)] = None,
     format: Annotated[Optional[str], typer.Option("--format", help="table|json (default table); pack: raw|jpeg "
                                                   "(default raw).", show_default=False)] = None,
 ) -> None:
@@ -50,8 +51,10 @@ def data(
             raise ConfigError(f"--format {format}: a pack stores raw or jpeg images")
         if output is None:
             raise ConfigError("cnn data pack needs -o DIR, the directory to create")
+        if quality is not None and format != "jpeg":
+            raise ConfigError("--quality applies to --format jpeg (raw images are stored as they are)")
         _pack(resolve_data_shape(load_config(pack_config, overrides)).data, output, max_side, format or "raw",
-              quality, workers)
+              90 if quality is None else quality, workers)
         return
     if pack_config is not None:
         raise ConfigError(f"unexpected argument {pack_config}: did you mean `cnn data pack {pack_config}`?")

@@ -159,6 +159,28 @@ def _finish(stage: Path, head: dict, splits: dict[str, int]) -> dict:
     return manifest
 
 
+def _inside(path: Path, folder: Path) -> bool:
+    try:
+        return path.resolve().is_relative_to(folder.resolve())
+    except (OSError, RuntimeError):
+        return False
+
+
+def _busy_stage(out: Path) -> Path | None:
+    """A staging folder of `out` that another packer holds (its lock taken), or None."""
+    import fcntl
+
+    for stage in sorted(out.parent.glob(f"{out.name}.tmp-*")):
+        try:
+            with open(stage / ".lock", "a") as fh:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return stage
+        except OSError:
+            continue
+    return None
+
+
 def _content_digest(data) -> bytes:
     """A digest of what each split holds: file names with their size and mtime, or the arrays; the labels."""
     from cnncli.data.dataset import is_path_array
@@ -186,10 +208,15 @@ def pack_dataset(cfg: DataConfig, out: Path, *, side: int = 256, image_format: s
 
     if cfg.source == "packed":
         raise DataError("data.source is already packed: pack the config of the original dataset")
-    if out.exists():
+    if out.exists() or out.is_symlink():
         raise DataError(f"{out} exists; choose a new output directory (a pack is never written over)")
     if not out.parent.is_dir():
         raise DataError(f"{out.parent} is not a directory")
+    if cfg.path and _inside(out, Path(cfg.path).expanduser()):
+        raise DataError(f"{out} is inside the dataset it packs ({cfg.path}): write the pack elsewhere")
+    busy = _busy_stage(out)
+    if busy is not None:
+        raise DataError(f"another `cnn data pack` is writing {busy} (a pack into {out}): wait for it, or stop it")
     # the mean/std are measured on the stored pixels below, not on a decoded sample here
     data = prepare_dataset(dataclasses.replace(cfg, mean=[0.0], std=[1.0]))
     channels = data.image_shape[2]

@@ -78,8 +78,9 @@ def check_same_data(run: Any, data: Any) -> None:
     if isinstance(split, dict) and not changes and split != json.loads(json.dumps(data.split_info)):
         changes.append("the split (split.json: which images are train, validation and test)")
     if changes:
-        raise ConfigError(f"--resume {run.path}: the data is not the data the run started with ({'; '.join(changes[:3])}): "
-                          "data.path may point at a moved copy of it, not at other data; start a new run for that")
+        raise ConfigError(f"--resume {run.path}: the data is not the data the run started with "
+                          f"({'; '.join(changes[:3])}): data.path may point at a moved copy of it, not at other "
+                          "data; start a new run for that")
 
 
 def _names(names: Any) -> str:
