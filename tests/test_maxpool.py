@@ -154,6 +154,7 @@ print(bool(jnp.array_equal(sharded(jax.device_put(x, sharding), jax.device_put(d
 """
 
 
+@pytest.mark.slow  # a second process with two devices
 def test_a_batch_sharded_gradient_needs_no_collective():
     """Each device scatters its own images: no all-gather of every index and gradient (a flat scatter over
     the global batch had two per pool), and the same gradient as on one device."""

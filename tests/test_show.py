@@ -104,6 +104,7 @@ def test_features_of_a_digits_run(run, digit_png, tmp_path):
     assert [p["layer"] for p in data["layers"]] == ["layer2.2", "layer3.1.conv2"]
 
 
+@pytest.mark.slow  # 8 s: VGG-11's 133M parameters initialised
 def test_features_of_an_untrained_model(rgb_png, tmp_path):
     data, _ = show("features", "vgg11", rgb_png, "--input-size", "32", "--top-k", "2", tmp_path=tmp_path)
     assert [p["output_shape"][:2] for p in data["layers"]] == [[32, 32], [16, 16], [8, 8], [4, 4], [2, 2], [1, 1]]
