@@ -1,8 +1,8 @@
 """`cnn weights import` / `cnn weights export`: PyTorch state dicts <-> cnn weights.
 
 Import reads the file (cnncli.weights.torch_file: no PyTorch needed), checks every tensor
-against the model's layout (cnncli.weights.layouts) -- missing, unexpected, mis-shaped and
-integer/bool keys are refused together in one line -- converts each and writes a weights directory
+against the model's layout (cnncli.weights.layouts) -- missing, unexpected, mis-shaped, integer/bool
+and non-finite tensors are refused together in one line -- converts each and writes a weights directory
 (cnncli.weights.store).
 
 `num_batches_tracked`: cnn's BatchNorm has no such counter, so import leaves it out of the
