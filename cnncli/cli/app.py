@@ -36,9 +36,9 @@ class Tta(str, Enum):
 
 
 def stderr_console():
-    from rich.console import Console
+    from cnncli.console import stderr_console
 
-    return Console(stderr=True, soft_wrap=True)
+    return stderr_console()
 
 
 def cli_errors(fn):
@@ -68,6 +68,13 @@ def cli_errors(fn):
         except OSError as exc:  # the file system refused a path the user gave (too long, no permission, ...)
             if _state["debug"]:
                 raise
+            from cnncli import console
+
+            gone = console.readers_gone() if isinstance(exc, BrokenPipeError) else []
+            if gone:  # `cnn runs --format json | head`: the reader has what it wanted; end as SIGPIPE would
+                for stream in gone:
+                    console.silence(stream)
+                raise typer.Exit(console.EXIT_READER_GONE) from None
             name = str(exc.filename or "")
             name = name if len(name) <= 80 else name[:77] + "..."
             typer.echo(f"error: {one_line(exc)}" + (f": {name}" if name else ""), err=True)

@@ -58,7 +58,7 @@ def _si(x: float | None, unit: str) -> str:
 
 
 def _print_report(r: dict) -> None:
-    from rich.console import Console
+    from cnncli.console import Console
     from rich.table import Table
 
     d = r["device"]

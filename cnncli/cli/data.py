@@ -129,7 +129,7 @@ def _print_bench(r: dict) -> None:
 
 
 def _print_summary(s: dict) -> None:
-    from rich.console import Console
+    from cnncli.console import Console
     from rich.table import Table
 
     def numbers(values: list[float]) -> str:

@@ -102,7 +102,7 @@ def _write_report(report: dict[str, Any], path: Path) -> None:
 
 
 def _print_tables(report: dict[str, Any], split: str) -> None:
-    from rich.console import Console
+    from cnncli.console import Console
     from rich.table import Table
 
     console = Console()

@@ -31,7 +31,7 @@ def models(
     if format == Format.json:
         print_json(rows)
         return
-    from rich.console import Console
+    from cnncli.console import Console
     from rich.table import Table
 
     t = Table()

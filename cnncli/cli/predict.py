@@ -29,7 +29,7 @@ def predict(
     if format == Format.json:
         print_json(results)
         return
-    from rich.console import Console
+    from cnncli.console import Console
     from rich.table import Table
 
     t = Table()

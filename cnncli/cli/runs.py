@@ -43,7 +43,7 @@ def runs(
     if format == Format.json:
         print_json(rows)
         return
-    from rich.console import Console
+    from cnncli.console import Console
     from rich.table import Table
 
     if not rows:

@@ -80,7 +80,7 @@ def train(
         _enable_compilation_cache()
     from cnncli.train.loop import train_and_evaluate
 
-    from rich.console import Console
+    from cnncli.console import Console
 
     # process 0 alone prints progress and summaries; the others print only their own errors
     console = stderr_console() if distributed.is_primary() else Console(stderr=True, quiet=True)

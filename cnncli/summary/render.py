@@ -223,7 +223,7 @@ def _comparison_rows(summaries: list[dict[str, Any]], wide: bool) -> list[list[s
 def print_table(summaries: list[dict[str, Any]], *, wide: bool = False, expand: bool = False) -> None:
     """Print to the terminal: per-layer table and totals for one model, a side-by-side table for several."""
     from rich import box
-    from rich.console import Console
+    from cnncli.console import Console
     from rich.table import Table
     from rich.text import Text
 

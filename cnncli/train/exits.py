@@ -1,7 +1,8 @@
 """How a run ends: signals caught between steps, failures as one line, write errors named.
 
 `SignalCatcher` lets the loop finish its step and checkpoint on the first SIGINT/SIGTERM/SIGHUP
-(a closed terminal or ssh session sends SIGHUP: the commonest way a long run ends unexpectedly);
+(a closed terminal or ssh session sends SIGHUP: the commonest way a long run ends unexpectedly), and
+when the console's reader goes away (a broken pipe: stopped as on SIGPIPE);
 `says_how_it_ended` covers a new run from its creation to the loop's own handling;
 `cnncli.errors.one_line(exc, typed=True)` is what status.json and the console say about any exception; `write_error` turns
 a full disk or a read-only filesystem into a one-line WriteError naming the last complete
@@ -77,6 +78,19 @@ class SignalCatcher:
         if self.urgent or not first:
             self.raised = True
             raise TrainingInterrupted(f"{signal.Signals(signum).name}: stopped", signum)
+
+    def reader_gone(self) -> None:
+        """The console's reader went away (`cnn train 2>&1 | head`, a log pipe whose reader died): the loop
+        stops as on SIGPIPE, after its step, with a checkpoint, and the run says "interrupted". Once no
+        step is left (final evaluation, export) the run finishes instead: only its last lines are lost.
+        Called from whichever thread wrote (cnncli.console); it never raises."""
+        if self.urgent or self.signum is not None or self._local is not None:
+            return
+        if self.shared:  # every process must stop at one step: through jax's preemption service
+            self._local = signal.SIGPIPE
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+        self.signum = signal.SIGPIPE
 
     def stop_requested(self, step: int) -> bool:
         """Whether the loop should checkpoint and stop after `step` (called after every step, by every

@@ -40,12 +40,11 @@ def train_and_evaluate(cfg: Config, run_path: str | Path, *, resume: bool = Fals
     time.perf_counter() the command began at, for the time to the first step (default: now). A resumed
     run with no checkpoint left whose records show progress is refused unless `restart`."""
     started = time.perf_counter() if started is None else started
-    from rich.console import Console
-
     from cnncli.checkpoint import CheckpointManager
+    from cnncli.console import stderr_console
     from cnncli.distributed import is_primary, peer_failure, primary_decides, same_on_every_process
 
-    console = console or Console(stderr=True, soft_wrap=True)
+    console = console or stderr_console()
     with contextlib.ExitStack() as stack:
         # several processes: process 0 alone owns (locks, creates, writes) the run directory, and a
         # refusal there is raised on every process
@@ -149,6 +148,8 @@ class Training:
         its description and opens its metrics writers, inside the signal handling, so that every way out
         from here on (a signal, a refusal, a failure) is written to status.json; leaving closes the writers
         and stops the feed's workers."""
+        if hasattr(self.console, "on_reader_gone"):  # cnncli.console: a broken pipe stops the run as SIGPIPE
+            self.console.on_reader_gone = self.catcher.reader_gone
         try:
             with self.catcher.installed(shared=self.topology["processes"] > 1):
                 self._open()
