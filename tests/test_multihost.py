@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 pytestmark = pytest.mark.slow  # every test here starts several processes
@@ -356,3 +357,49 @@ def test_sighup_to_one_process_stops_both_at_one_checkpoint(workdir):
     status = json.loads((run / "status.json").read_text())
     assert status["status"] == "interrupted", status
     assert sorted(int(p.name) for p in (run / "checkpoints").iterdir() if p.name.isdigit())[-1] == status["step"]
+
+
+PLACE_PROBE = """
+import json, sys
+import jax, numpy as np
+pid, port, same = int(sys.argv[1]), sys.argv[2], sys.argv[3] == "same"
+jax.distributed.initialize(f"127.0.0.1:{port}", num_processes=2, process_id=pid, initialization_timeout=60)
+from cnncli import distributed
+from cnncli.errors import ConfigError
+mesh = distributed.make_mesh()
+tree = {"w": np.arange(4096, dtype=np.float32).reshape(64, 64), "b": np.float32(0.5) + (0 if same else pid),
+        "step": np.int64(7)}
+shardings = distributed.state_shardings(mesh, tree, shard=True)
+try:
+    placed = distributed.place(mesh, tree, shardings)
+except ConfigError as exc:
+    print(json.dumps({"error": str(exc)}))
+    sys.exit(0)
+w = placed["w"].addressable_shards[0]
+print(json.dumps({"w_rows": [w.index[0].start, w.index[0].stop], "w_ok": bool(np.array_equal(w.data, tree["w"][w.index])),
+                  "b": float(placed["b"].addressable_data(0)), "step_dtype": str(placed["step"].dtype),
+                  "global_w": list(placed["w"].shape), "sum": float(jax.jit(lambda t: t["w"].sum())(placed))}))
+"""
+
+
+@pytest.mark.parametrize("same", [True, False])
+def test_place_builds_each_process_shards_and_refuses_differing_values(workdir, same):
+    """`place` under two processes: each builds its own devices' shards from its host copy (the split
+    array's halves, the scalars whole), after one check that both hold the same values; where they differ,
+    both refuse in one line (jax's own device_put would all-gather every leaf to compare it)."""
+    port = str(_free_port())
+    procs = [subprocess.Popen([sys.executable, "-c", PLACE_PROBE, str(i), port, "same" if same else "differ"],
+                              env=_env(1), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i in range(2)]
+    outs = [p.communicate(timeout=TIMEOUT) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    reports = [json.loads(out.strip().splitlines()[-1]) for out, _ in outs]
+    if not same:
+        for r in reports:
+            assert r["error"].startswith("the processes of this run disagree on the train state: process(es) 1 "
+                                         "differ from process 0"), r
+        return
+    assert [r["w_rows"] for r in reports] == [[0, 32], [32, 64]]
+    assert all(r["w_ok"] and r["b"] == 0.5 and r["step_dtype"] == "int32" and r["global_w"] == [64, 64]
+               for r in reports), reports
+    assert reports[0]["sum"] == reports[1]["sum"] == float(np.arange(4096, dtype=np.float64).sum())

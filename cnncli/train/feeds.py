@@ -42,7 +42,7 @@ class ArrayFeed:
     def __init__(self, data: Dataset, mesh, step_fn: Callable, evaluator: Any):
         self.mesh, self.evaluator = mesh, evaluator
         self.sizes = data.sizes()
-        self.dev = {s: replicate(mesh, (jnp.asarray(data.split(s)[0]), jnp.asarray(data.split(s)[1])))
+        self.dev = {s: replicate(mesh, (jnp.asarray(data.split(s)[0]), jnp.asarray(data.split(s)[1])), f"the {s} split")
                     for s in ("train", "val", "test")}
 
         def indexed_step(state, data_x, data_y, idx):
