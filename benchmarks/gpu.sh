@@ -22,7 +22,8 @@ if [ "${1:-}" = "--fetch-wheels" ]; then
     "$PY" -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
         --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
         --platform manylinux2014_x86_64 --platform manylinux1_x86_64 -d "$WHEELS" \
-        grain==0.2.18 array-record==0.8.6 portpicker==1.6.0 tensorboardX==2.6.5 import-linter==2.17 grimp==3.20
+        grain==0.2.18 array-record==0.8.6 portpicker==1.6.0 tensorboardX==2.6.5 import-linter==2.17 grimp==3.20 \
+        pytest-xdist==3.8.0 execnet==2.1.2
     exit $?
 fi
 
@@ -136,8 +137,10 @@ fi
 run_part() {
     case $1 in
     tests)
-        part tests "${TESTS_LIMIT:-240}" "$PY" -m pytest -v --tb=short -rfEs -p no:cacheprovider "${XDIST[@]}" \
-            --junitxml="$JUNIT" "${TESTS[@]}" ;;
+        # pyproject's addopts ask for pytest-xdist's two workers: replaced here by this machine's own count,
+        # or by none where xdist is missing
+        part tests "${TESTS_LIMIT:-240}" "$PY" -m pytest -v --tb=short -rfEs -p no:cacheprovider -o addopts= \
+            -m "not slow" "${XDIST[@]}" --junitxml="$JUNIT" "${TESTS[@]}" ;;
     profile)
         part profile 120 "$PY" benchmarks/gpu_profile.py "$MODEL" --dtype bfloat16 --batch-size $BS "${SIZE[@]}" \
             --steps 10 --out /tmp/cnn-profile ;;
