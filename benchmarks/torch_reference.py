@@ -197,7 +197,8 @@ def make_step(model: nn.Module, opt, amp_dtype: torch.dtype | None, device_type:
 
     def step(x, y):
         with torch.autocast(device_type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            loss = F.cross_entropy(model(x).float(), y)
+            logits = model(x)
+            loss = F.cross_entropy(logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits, y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

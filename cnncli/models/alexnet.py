@@ -19,10 +19,9 @@ unit biases trains far slower without its original learning-rate hand-tuning).
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 from flax import nnx
 
-from cnncli.models.layers import AdaptiveAvgPool, Conv, Dropout, Linear, LocalResponseNorm, MaxPool
+from cnncli.models.layers import AdaptiveAvgPool, Conv, Dropout, Linear, LocalResponseNorm, MaxPool, logits
 
 fc_init = nnx.initializers.normal(0.01)
 
@@ -74,7 +73,7 @@ class AlexNet(nnx.Module):
         x = self.avgpool(x).reshape(x.shape[0], -1)
         x = nnx.relu(self.fc6(self.drop6(x)))
         x = nnx.relu(self.fc7(self.drop7(x)))
-        return self.fc8(x).astype(jnp.float32)
+        return logits(self.fc8(x))
 
 
 def alexnet_torchvision(num_classes: int, in_channels: int, opts: dict, *, rngs: nnx.Rngs) -> AlexNet:

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from cnncli.models.layers import Conv, GlobalAvgPool, Linear, bn, residual_add, torch_linear_init
+from cnncli.models.layers import Conv, GlobalAvgPool, Linear, bn, logits, residual_add, torch_linear_init
 
 
 class CifarBasicBlock(nnx.Module):
@@ -88,4 +88,4 @@ class CifarResNet(nnx.Module):
         for stage in (self.layer1, self.layer2, self.layer3):
             for block in stage:
                 x = nnx.remat(lambda b, h: b(h))(block, x) if self.remat else block(x)
-        return self.fc(self.pool(x)).astype(jnp.float32)
+        return logits(self.fc(self.pool(x)))

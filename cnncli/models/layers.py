@@ -240,6 +240,12 @@ class LocalResponseNorm(nnx.Module):
         return y
 
 
+def logits(x: jax.Array) -> jax.Array:
+    """A model's output: float32 whatever the compute dtype (bfloat16 logits lose the loss's precision),
+    float64 kept for a float64 model."""
+    return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+
+
 def residual_add(module: Any, x: jax.Array, shortcut: jax.Array) -> jax.Array:
     """x + shortcut, recorded as the block's 'add'."""
     y = x + shortcut

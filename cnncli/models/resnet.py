@@ -13,10 +13,9 @@ uniform init for the dense layer.
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 from flax import nnx
 
-from cnncli.models.layers import Conv, GlobalAvgPool, Linear, MaxPool, bn, residual_add, torch_linear_init
+from cnncli.models.layers import Conv, GlobalAvgPool, Linear, MaxPool, bn, logits, residual_add, torch_linear_init
 
 
 def _downsample(in_ch: int, out_ch: int, stride: int, opts: dict, rngs: nnx.Rngs):
@@ -96,4 +95,4 @@ class ResNet(nnx.Module):
         for stage in (self.layer1, self.layer2, self.layer3, self.layer4):
             for block in stage:
                 x = nnx.remat(lambda b, h: b(h))(block, x) if self.remat else block(x)
-        return self.fc(self.pool(x)).astype(jnp.float32)
+        return logits(self.fc(self.pool(x)))

@@ -11,10 +11,9 @@ layers N(0, 0.01) with zero bias, BatchNorm 1/0.
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 from flax import nnx
 
-from cnncli.models.layers import AdaptiveAvgPool, BatchNorm, Conv, Dropout, Linear, MaxPool, bn
+from cnncli.models.layers import AdaptiveAvgPool, BatchNorm, Conv, Dropout, Linear, MaxPool, bn, logits
 
 CONFIGS: dict[str, list[int | str]] = {
     "vgg11": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
@@ -63,4 +62,4 @@ class VGG(nnx.Module):
         x = self.avgpool(x).reshape(x.shape[0], -1)
         x = self.drop6(nnx.relu(self.fc6(x)))
         x = self.drop7(nnx.relu(self.fc7(x)))
-        return self.fc8(x).astype(jnp.float32)
+        return logits(self.fc8(x))

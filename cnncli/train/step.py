@@ -15,11 +15,12 @@ from cnncli.train.state import ModelParts, TrainState
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array, num_classes: int, label_smoothing: float = 0.0) -> jax.Array:
-    """Per-example softmax cross-entropy with optional label smoothing (float32)."""
+    """Per-example softmax cross-entropy with optional label smoothing, in float32 or wider (a float64
+    model keeps float64)."""
     targets = jax.nn.one_hot(labels, num_classes)
     if label_smoothing:
         targets = optax.smooth_labels(targets, label_smoothing)
-    return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
+    return optax.softmax_cross_entropy(logits.astype(jnp.promote_types(logits.dtype, jnp.float32)), targets)
 
 
 def forward(parts: ModelParts, params, batch_stats, x, *, train: bool, dropout_key=None):
