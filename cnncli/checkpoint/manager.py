@@ -110,6 +110,7 @@ class CheckpointManager:
         if self._write_failed_once:
             self._mgr = None  # what the failed save left behind goes now, while Orbax's reports are quiet
             gc.collect()
+            orbax_io.stay_quiet()  # and what outlives this collection goes quietly later
 
     def _finish_pending(self) -> None:
         failed = None

@@ -206,6 +206,20 @@ def quiet():
         _QUIET.exit()
 
 
+_STAYS_QUIET = threading.Event()
+
+
+def stay_quiet() -> None:
+    """After a failed write: keep the scope open for the rest of the process. Orbax's futures of that
+    write may be collected at any later time (a collection outside every scope, at exit, once tensorstore
+    lets go of them) and asyncio would log each one's traceback; the filter drops only Orbax's records."""
+    with _QUIET._lock:
+        first = not _STAYS_QUIET.is_set()
+        _STAYS_QUIET.set()
+    if first:
+        _QUIET.enter()
+
+
 # -- failures and leftovers ---------------------------------------------------------------------
 
 def write_failure(exc: BaseException | None) -> str | None:
