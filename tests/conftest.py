@@ -1,6 +1,7 @@
 import dataclasses
 import json
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,17 @@ if os.environ["JAX_PLATFORMS"].split(",")[0].strip() not in ("", "cpu"):
     os.environ.setdefault("JAX_DEFAULT_MATMUL_PRECISION", "highest")
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_gpu_deterministic_ops=true").strip()
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # several test workers share one card
+
+# The tests end `cnn` commands with SIGINT and SIGHUP as Ctrl-C and a closed terminal would. A suite
+# started under nohup, or in the background of a script, hands its children those signals ignored, and
+# cnn keeps an inherited SIG_IGN (nohup's contract). A handler is reset to the default across exec: this
+# process, and its xdist workers (told by the variable), go on ignoring them in effect, while the
+# commands the tests start get the default.
+_IGNORED = "CNN_TESTS_IGNORE_SIGNALS"
+for _sig in (signal.SIGINT, signal.SIGHUP):
+    if signal.getsignal(_sig) is signal.SIG_IGN or _sig.name in os.environ.get(_IGNORED, "").split():
+        os.environ[_IGNORED] = " ".join(sorted(set(os.environ.get(_IGNORED, "").split()) | {_sig.name}))
+        signal.signal(_sig, lambda *_: None)
 
 import cnncli  # noqa: E402
 

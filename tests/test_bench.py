@@ -136,14 +136,14 @@ def test_reference_resnet20_matches_cnn_loss_over_three_sgd_steps():
     torch = pytest.importorskip("torch", reason="the PyTorch reference needs the bench extra: pip install -e '.[bench]'")
     import jax
     import jax.numpy as jnp
-    from flax import nnx
 
     from cnncli.config import AugmentConfig, OptimizerConfig, ScheduleConfig
     from cnncli.data.augment import augment_train
     from cnncli.models import create_model
     from cnncli.train.optim import build_optimizer, build_schedule
-    from cnncli.train.state import init_train_state, split_model
+    from cnncli.train.state import init_train_state
     from cnncli.train.step import make_train_step
+    from tests.float64 import split_float64
 
     # Both sides in float64, on the same input. In float32 the comparison is at the mercy of ReLU's kink:
     # among the ~3M activations of three steps some sit within float32 rounding of zero (this batch has
@@ -161,12 +161,7 @@ def test_reference_resnet20_matches_cnn_loss_over_three_sgd_steps():
     y = torch.from_numpy(labels.astype(np.int64))
 
     with jax.enable_x64(True):
-        net = create_model("resnet20", num_classes=10, input_shape=(32, 32, 3), seed=1)
-        for _, module in nnx.iter_modules(net):
-            if getattr(module, "dtype", None) is not None:
-                module.dtype = jnp.float64
-        parts, params, stats = split_model(net)
-        params, stats = (jax.tree.map(lambda a: a.astype(jnp.float64), t) for t in (params, stats))
+        parts, params, stats = split_float64(create_model("resnet20", num_classes=10, input_shape=(32, 32, 3), seed=1))
         sched = build_schedule(ScheduleConfig(), 0.1, 1, 1)
         tx = build_optimizer(OptimizerConfig(lr=0.1, momentum=0.9, weight_decay=5e-3), sched)
         step = jax.jit(make_train_step(parts, tx, sched, num_classes=10, augment=AugmentConfig(), mean=mean,

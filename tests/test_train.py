@@ -18,8 +18,9 @@ from cnncli.cli import app
 from cnncli.config import AugmentConfig, OptimizerConfig, ScheduleConfig
 from cnncli.models import create_model
 from cnncli.train.optim import build_optimizer, build_schedule
-from cnncli.train.state import init_train_state, split_model
+from cnncli.train.state import init_train_state
 from cnncli.train.step import cross_entropy, make_train_step
+from tests.float64 import split_float64
 
 runner = CliRunner()
 
@@ -43,30 +44,37 @@ def test_label_smoothing_against_numpy():
 
 
 def _one_step(accum: int):
+    """One SGD step of a small VGG in float64 with the batch in `accum` parts; accum=0: no step (the start)."""
     # VGG without BatchNorm and without dropout: the gradient of a batch is the mean of its parts
     model = create_model("vgg11", width=0.0625, dropout=0.0, num_classes=4, input_shape=(32, 32, 3), seed=0)
-    parts, params, stats = split_model(model)
+    parts, params, stats = split_float64(model)
     sched = build_schedule(ScheduleConfig(), 0.05, 1, 1)
     tx = build_optimizer(OptimizerConfig(name="sgd", lr=0.05, momentum=0.0), sched)
+    state = init_train_state(params, stats, tx, ema=False)
+    if not accum:
+        return state, {}
     step = jax.jit(make_train_step(parts, tx, sched, num_classes=4, augment=AugmentConfig(), mean=[0.5] * 3,
                                    std=[0.25] * 3, seed=0, grad_accum_steps=accum))
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8))
     y = jnp.asarray(rng.integers(0, 4, 8).astype(np.int32))
-    state, metrics = step(init_train_state(params, stats, tx, ema=False), x, y)
-    return state, metrics
+    return step(state, x, y)
 
 
 def test_gradient_accumulation_equals_one_large_batch():
-    # full float32 convolutions: on a GPU the default lets them round through TF32, whose 10-bit
-    # mantissa differs between one batch of 8 and four of 2 far beyond these tolerances
-    with jax.default_matmul_precision("float32"):
+    # float64 (tests/float64.py): in float32 one batch of 8 and four of 2 sum in different orders, and
+    # on a GPU their convolutions take different algorithms, so an activation at a ReLU's or a max-pool's
+    # kink may fall on either side and move a weight far beyond rounding
+    with jax.enable_x64(True):
         big, m1 = _one_step(1)
         acc, m4 = _one_step(4)
-    assert float(m1["loss"]) == pytest.approx(float(m4["loss"]), rel=1e-5)
-    assert float(m1["grad_norm"]) == pytest.approx(float(m4["grad_norm"]), rel=1e-4)
-    for a, b in zip(jax.tree.leaves(big.params), jax.tree.leaves(acc.params)):
-        assert np.allclose(a, b, atol=1e-6)
+        start = jax.tree.leaves(_one_step(0)[0].params)
+        assert m1["loss"].dtype == jnp.float64 and jax.tree.leaves(acc.params)[0].dtype == jnp.float64
+    assert float(m1["loss"]) == pytest.approx(float(m4["loss"]), rel=1e-12)
+    assert float(m1["grad_norm"]) == pytest.approx(float(m4["grad_norm"]), rel=1e-12)
+    for a, b, p in zip(jax.tree.leaves(big.params), jax.tree.leaves(acc.params), start):
+        assert np.abs(a - p).max() > 1e-6  # the step moved every leaf
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-12)
 
 
 def cnn(*args):

@@ -75,10 +75,12 @@ def make_train_step(parts: ModelParts, tx: optax.GradientTransformation, schedul
                 xb, yb, i = inp
                 (l, (lg, stats)), g = grad_fn(state.params, stats, xb, yb, jax.random.fold_in(drop_key, i))
                 g_sum = jax.tree.map(jnp.add, g_sum, g)
-                return (stats, g_sum, l_sum + l, c_sum + jnp.sum(jnp.argmax(lg, -1) == yb)), None
+                c_sum = c_sum + jnp.sum(jnp.argmax(lg, -1) == yb, dtype=jnp.int32)
+                return (stats, g_sum, l_sum + l.astype(l_sum.dtype), c_sum), None
 
             zeros = jax.tree.map(jnp.zeros_like, state.params)
-            init = (state.batch_stats, zeros, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32))
+            loss_dtype = jnp.promote_types(jax.tree.leaves(state.params)[0].dtype, jnp.float32)  # f64 params: f64
+            init = (state.batch_stats, zeros, jnp.zeros((), loss_dtype), jnp.zeros((), jnp.int32))
             (new_stats, grads, loss, correct), _ = jax.lax.scan(
                 body, init, (xs, ys, jnp.arange(grad_accum_steps)))
             grads = jax.tree.map(lambda g: g / grad_accum_steps, grads)
