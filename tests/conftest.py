@@ -21,7 +21,8 @@ if os.environ["JAX_PLATFORMS"].split(",")[0].strip() not in ("", "cpu"):
 # started under nohup, or in the background of a script, hands its children those signals ignored, and
 # cnn keeps an inherited SIG_IGN (nohup's contract). A handler is reset to the default across exec: this
 # process, and its xdist workers (told by the variable), go on ignoring them in effect, while the
-# commands the tests start get the default.
+# commands the tests start get the default. The price: a terminal that really closes under such a run
+# ends the commands running at that moment (their tests fail), never pytest itself.
 _IGNORED = "CNN_TESTS_IGNORE_SIGNALS"
 for _sig in (signal.SIGINT, signal.SIGHUP):
     if signal.getsignal(_sig) is signal.SIG_IGN or _sig.name in os.environ.get(_IGNORED, "").split():
@@ -58,6 +59,19 @@ train:
 output:
   tensorboard: false
 """
+
+
+@pytest.fixture(autouse=True)
+def pinned_quiet(monkeypatch):
+    """The calls a test made to `orbax_io.stay_quiet` (a checkpoint manager closed after a failed write),
+    recorded instead of pinning Orbax's quiet scope for the rest of this worker: the tests that check a
+    manager leaves no process-wide change behind would otherwise compare a pinned state with itself.
+    Commands and scripts run in their own processes pin for real."""
+    from cnncli.checkpoint import orbax_io
+
+    calls: list[bool] = []
+    monkeypatch.setattr(orbax_io, "stay_quiet", lambda: calls.append(True))
+    return calls
 
 
 @pytest.fixture

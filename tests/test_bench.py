@@ -149,7 +149,8 @@ def test_reference_resnet20_matches_cnn_loss_over_three_sgd_steps():
     # among the ~3M activations of three steps some sit within float32 rounding of zero (this batch has
     # one at 3.4e-6 in the last block), and which side of the kink it lands on depends on the order of
     # float32 sums (oneDNN or XLA, this CPU or another): the third loss moves by 6.5e-4. The input is
-    # cnn's own normalisation (XLA's x / 255 is a multiplication, an ulp off numpy's division).
+    # cnn's own normalisation (XLA's x / 255 is a multiplication, an ulp off numpy's division). cnn's
+    # oneDNN kernels take float32 only: here its XLA path runs; tests/test_kernels.py holds one to the other.
     ref = _reference()
     mean, std = [0.4, 0.5, 0.6], [0.2, 0.25, 0.3]
     rng = np.random.default_rng(0)

@@ -381,7 +381,7 @@ def test_last_complete_step_waits_for_the_save_in_flight_and_skips_a_failed_one(
         subprocess.run(["umount", str(mnt)], check=False)
 
 
-def test_temporaries_recreated_after_a_failed_save_are_cleaned_at_close(tmp_path):
+def test_temporaries_recreated_after_a_failed_save_are_cleaned_at_close(tmp_path, pinned_quiet):
     """A failed save's array writers can outlive Orbax's interest in them and recreate its temporary
     directory after the first clean-up; closing cleans until none has come back for a while."""
     import threading
@@ -402,6 +402,7 @@ def test_temporaries_recreated_after_a_failed_save_are_cleaned_at_close(tmp_path
     mgr.close()
     writer.join()
     assert not list((tmp_path / "ck").glob("*orbax-checkpoint-tmp*"))
+    assert pinned_quiet == [True]  # Orbax's debris of the failed write stays quiet after close
 
 
 QUIET_SCRIPT = """
@@ -585,6 +586,9 @@ def test_a_manager_leaves_no_process_wide_change_behind(tmp_path):
 
     from cnncli.checkpoint import DamagedCheckpoint
 
+    from cnncli.checkpoint import orbax_io
+
+    assert orbax_io._QUIET._depth == 0  # nothing pinned in this process (conftest's pinned_quiet)
     before = process_wide_state()
     ck = tmp_path / "ck"
     writer = CheckpointManager(ck)

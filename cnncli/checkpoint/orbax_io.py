@@ -157,11 +157,13 @@ def _raised_by_closed_loop(exc: BaseException | None) -> bool:
 
 class _Quiet:
     """A counted scope: the first entry installs the filter and the unraisable hook, the last exit removes
-    them, whatever order the scopes of several managers end in."""
+    them, whatever order the scopes of several managers end in. `pin()` takes one entry that is never
+    exited (after a failed write)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._depth = 0
+        self._pinned = False
         self._filter = _OrbaxRecords()
         self._previous_hook: Any = None
 
@@ -171,15 +173,24 @@ class _Quiet:
 
     def enter(self) -> None:
         with self._lock:
-            self._depth += 1
-            if self._depth == 1:
-                # absl's logger first: created by getLogger before absl is imported, it would be a plain
-                # Logger, whose records name absl's file rather than Orbax's as where they come from
-                from absl import logging as absl_logging  # noqa: F401
+            self._enter()
 
-                for name in ("absl", "asyncio"):
-                    logging.getLogger(name).addFilter(self._filter)
-                self._previous_hook, sys.unraisablehook = sys.unraisablehook, self._hook
+    def pin(self) -> None:
+        with self._lock:
+            if not self._pinned:
+                self._pinned = True
+                self._enter()
+
+    def _enter(self) -> None:  # under the lock
+        self._depth += 1
+        if self._depth == 1:
+            # absl's logger first: created by getLogger before absl is imported, it would be a plain
+            # Logger, whose records name absl's file rather than Orbax's as where they come from
+            from absl import logging as absl_logging  # noqa: F401
+
+            for name in ("absl", "asyncio"):
+                logging.getLogger(name).addFilter(self._filter)
+            self._previous_hook, sys.unraisablehook = sys.unraisablehook, self._hook
 
     def exit(self) -> None:
         with self._lock:
@@ -198,7 +209,8 @@ _QUIET = _Quiet()
 @contextlib.contextmanager
 def quiet():
     """While inside: Orbax's reports of the failures cnn reports itself in one line are dropped. Nothing
-    else is changed, and everything is as before once the last open scope ends."""
+    else is changed, and everything is as before once the last open scope ends (unless `stay_quiet()`
+    pinned one open)."""
     _QUIET.enter()
     try:
         yield
@@ -206,18 +218,11 @@ def quiet():
         _QUIET.exit()
 
 
-_STAYS_QUIET = threading.Event()
-
-
 def stay_quiet() -> None:
-    """After a failed write: keep the scope open for the rest of the process. Orbax's futures of that
+    """After a failed write: a scope that stays open for the rest of the process. Orbax's futures of that
     write may be collected at any later time (a collection outside every scope, at exit, once tensorstore
     lets go of them) and asyncio would log each one's traceback; the filter drops only Orbax's records."""
-    with _QUIET._lock:
-        first = not _STAYS_QUIET.is_set()
-        _STAYS_QUIET.set()
-    if first:
-        _QUIET.enter()
+    _QUIET.pin()
 
 
 # -- failures and leftovers ---------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """The model registry: `create_model(name, ...)`, `list_models(pattern)`.
 
-Every model takes NHWC float input and returns float32 logits [N, num_classes].
+Every model takes NHWC float input and returns float32 logits [N, num_classes] (float64 where its layers
+were made to compute in float64, as some tests do).
 """
 
 from __future__ import annotations

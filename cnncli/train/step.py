@@ -79,7 +79,7 @@ def make_train_step(parts: ModelParts, tx: optax.GradientTransformation, schedul
                 return (stats, g_sum, l_sum + l.astype(l_sum.dtype), c_sum), None
 
             zeros = jax.tree.map(jnp.zeros_like, state.params)
-            loss_dtype = jnp.promote_types(jax.tree.leaves(state.params)[0].dtype, jnp.float32)  # f64 params: f64
+            loss_dtype = jnp.result_type(jnp.float32, *jax.tree.leaves(state.params))  # f64 params: f64
             init = (state.batch_stats, zeros, jnp.zeros((), loss_dtype), jnp.zeros((), jnp.int32))
             (new_stats, grads, loss, correct), _ = jax.lax.scan(
                 body, init, (xs, ys, jnp.arange(grad_accum_steps)))
