@@ -24,10 +24,13 @@ if os.environ["JAX_PLATFORMS"].split(",")[0].strip() not in ("", "cpu"):
 # commands the tests start get the default. The price: a terminal that really closes under such a run
 # ends the commands running at that moment (their tests fail), never pytest itself.
 _IGNORED = "CNN_TESTS_IGNORE_SIGNALS"
+_ignored = set(os.environ.get(_IGNORED, "").split())
 for _sig in (signal.SIGINT, signal.SIGHUP):
-    if signal.getsignal(_sig) is signal.SIG_IGN or _sig.name in os.environ.get(_IGNORED, "").split():
-        os.environ[_IGNORED] = " ".join(sorted(set(os.environ.get(_IGNORED, "").split()) | {_sig.name}))
+    if signal.getsignal(_sig) is signal.SIG_IGN or _sig.name in _ignored:
+        _ignored.add(_sig.name)
         signal.signal(_sig, lambda *_: None)
+if _ignored:
+    os.environ[_IGNORED] = " ".join(sorted(_ignored))
 
 import cnncli  # noqa: E402
 

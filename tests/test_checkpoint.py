@@ -470,7 +470,7 @@ abandon_an_orbax_future()
 
 @pytest.mark.parametrize("when", ["after-a-failed-write", "never-failed"])
 def test_orbax_debris_collected_late_is_quiet_after_a_failed_write(when):
-    """A failed write's futures may be collected long after its manager closed (seen in CI: asyncio's
+    """A failed write's futures may be collected long after its manager closed (seen once in a rehearsal of CI: asyncio's
     'Future exception was never retrieved' with tensorstore's RESOURCE_EXHAUSTED, after the one line)."""
     r = subprocess.run([sys.executable, "-c", DEBRIS_SCRIPT, when, str(Path(__file__).parent)],
                        capture_output=True, text=True, timeout=120)
@@ -584,9 +584,7 @@ def test_a_manager_leaves_no_process_wide_change_behind(tmp_path):
     (one of a damaged step) and close, also when two managers' operations end out of order."""
     import orbax.checkpoint  # noqa: F401 (its own import-time set-up is not ours)
 
-    from cnncli.checkpoint import DamagedCheckpoint
-
-    from cnncli.checkpoint import orbax_io
+    from cnncli.checkpoint import DamagedCheckpoint, orbax_io
 
     assert orbax_io._QUIET._depth == 0  # nothing pinned in this process (conftest's pinned_quiet)
     before = process_wide_state()
